@@ -1,0 +1,9 @@
+"""The ReasonIR-8B recipe: Llama-3.1-8B, bidirectional, REFERENCE.md section 2 defaults."""
+from reasonir_jax.config_base import base_config
+
+
+def get_config():
+  c = base_config()
+  c.mesh.shape = (1, -1, 1)  # FSDP over every chip.
+  c.train.grad_cache_chunk = 0
+  return c

@@ -1,0 +1,118 @@
+"""The base config every variant starts from: model, mesh, sharding rules, data, optimiser, training.
+
+Variants (`configs/tiny.py`, `configs/llama3_8b.py`) call `base_config()` and change a few
+fields. Every field can be overridden on the command line, e.g. `--config.optim.lr=1e-5`.
+"""
+import ml_collections
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Llama-3.1-8B dimensions (REFERENCE.md section 1)."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=128256,
+      hidden_size=4096,
+      intermediate_size=14336,
+      num_layers=32,
+      num_heads=32,
+      num_kv_heads=8,
+      head_dim=128,
+      rms_norm_eps=1e-5,
+      rope_theta=500000.0,
+      # rope_type: "llama3" or "default" (no scaling).
+      rope_type="llama3",
+      rope_factor=8.0,
+      rope_low_freq_factor=1.0,
+      rope_high_freq_factor=4.0,
+      rope_original_max_position_embeddings=8192,
+      max_position_embeddings=131072,
+      bos_token_id=128000,
+      eos_token_id=128001,
+      pad_token_id=128004,
+      # fp32 master weights; bf16 matmuls. Norms and softmax always run in fp32.
+      param_dtype="float32",
+      dtype="bfloat16",
+      scan_layers=True,
+      # remat_policy: "none", "full" (save nothing), "dots" (save matmul outputs),
+      # "dots_no_batch" (save weight matmuls only).
+      remat_policy="full",
+  ))
+
+
+# Logical axis -> mesh axes. Parameters: embed/vocab/heads/kv_heads/mlp/head_dim/layers.
+# Activations: batch/length/act_embed/act_heads/act_kv_heads/act_mlp.
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = model_config()
+
+  # One -1 entry is filled from the device count.
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor")))
+  c.sharding_rules = SHARDING_RULES
+
+  # Initialise from a local Hugging Face directory ("" = random init).
+  c.init_from = ""
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      # Comma-separated "name=glob[:weight]" entries, e.g. "public=/d/pub-*.tfrecord:0.5,hq=/d/hq-*:0.5".
+      # "sample" is the small training set shipped with the package.
+      sources="sample",
+      # Each global batch drawn from one source (as the reference does).
+      single_source_batches=True,
+      tokenizer="",  # "" = the model directory's tokenizer, else the shipped sample tokenizer.
+      max_length=2048,
+      query_max_length=2048,
+      passage_max_length=2048,
+      group_size=2,  # 1 positive + (group_size - 1) hard negatives per query.
+      # Sequences are padded to the smallest of these that fits (capped at max_length).
+      bucket_lengths=(128, 256, 512, 1024, 2048),
+      shuffle_seed=0,
+      skip_corrupt=False,
+      num_workers=2,
+      prefetch=2,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=2e-5,
+      schedule="constant",  # "constant" or "cosine", both after linear warmup.
+      warmup_ratio=0.06,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch_size=2048,
+      num_steps=1000,
+      temperature=0.02,
+      # GradCache chunk size per sub-batch (0 = off: one full-batch backward).
+      grad_cache_chunk=0,
+      log_every=10,
+      # Peak bf16 FLOP/s of one device for MFU (0 = look it up from the device kind).
+      peak_flops_per_device=0.0,
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=500,
+      keep=3,
+      async_save=True,
+  ))
+  return c

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs the whole suite on a fake 8-device CPU mesh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
+export JAX_PLATFORMS=cpu
+exec .venv/bin/python -m pytest -q tests "$@"
