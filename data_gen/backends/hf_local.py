@@ -1,0 +1,86 @@
+"""`transformers` backend: a local Hugging Face causal LM with `generate`, on CPU or GPU.
+
+For small runs and tests. Prompts use the tokenizer's chat template when it has one, else a
+plain "System/User/Assistant" layout. Batches are left-padded. `json_schema` is not enforced
+(no constrained decoding here); answers are parsed and validated by the pipelines as always.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from data_gen.backends.base import ChatBackend, ChatFailure, Message, SamplingParams
+
+
+def plain_chat_format(messages: Sequence[Message]) -> str:
+  """The fallback prompt for tokenizers without a chat template."""
+  names = {"system": "System", "user": "User", "assistant": "Assistant"}
+  lines = [f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
+  return "\n\n".join(lines) + "\n\nAssistant:"
+
+
+class TransformersBackend(ChatBackend):
+  name = "transformers"
+
+  def __init__(self, model: str | Any, tokenizer: Any = None, device: str | None = None,
+               dtype: str = "auto", batch_size: int = 8):
+    """`model`: a local path (or hub id, if the hub is reachable) or a loaded model object;
+    `tokenizer` defaults to the one saved with the model."""
+    import torch
+    import transformers
+    self.torch = torch
+    if device is None:
+      device = "cuda" if torch.cuda.is_available() else "cpu"
+    self.device = device
+    if isinstance(model, str):
+      self.model = model
+      torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+      self.lm = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+      self.tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(model)
+    else:
+      self.lm = model
+      self.model = getattr(getattr(model, "config", None), "_name_or_path", "") or "local-model"
+      if tokenizer is None:
+        raise ValueError("transformers backend: pass `tokenizer` with a model object")
+      self.tokenizer = tokenizer
+    if isinstance(self.tokenizer, str):
+      self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer)
+    self.lm.to(device).eval()
+    if self.tokenizer.pad_token_id is None:
+      self.tokenizer.pad_token = self.tokenizer.eos_token
+    self.batch_size = batch_size
+
+  def format_prompt(self, messages: Sequence[Message]) -> str:
+    if getattr(self.tokenizer, "chat_template", None):
+      return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                add_generation_prompt=True)
+    return plain_chat_format(messages)
+
+  def chat(self, conversations: Sequence[Sequence[Message]], sampling: SamplingParams,
+           json_schema: dict | None = None) -> list[str | ChatFailure]:
+    del json_schema  # not enforced here
+    torch = self.torch
+    prompts = [self.format_prompt(c) for c in conversations]
+    # A chat template already starts with BOS; do not add a second one.
+    add_special = not getattr(self.tokenizer, "chat_template", None)
+    self.tokenizer.padding_side = "left"
+    torch.manual_seed(sampling.seed)
+    results: list[str | ChatFailure] = []
+    for start in range(0, len(prompts), self.batch_size):
+      chunk = prompts[start:start + self.batch_size]
+      enc = self.tokenizer(chunk, return_tensors="pt", padding=True,
+                           add_special_tokens=add_special).to(self.device)
+      gen_kwargs = dict(max_new_tokens=sampling.max_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id)
+      if sampling.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+      else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None)
+      try:
+        with torch.no_grad():
+          out = self.lm.generate(**enc, **gen_kwargs)
+      except (RuntimeError, ValueError) as e:
+        results.extend(ChatFailure(f"generate failed: {e}") for _ in chunk)
+        continue
+      new_tokens = out[:, enc["input_ids"].shape[1]:]
+      results.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return results

@@ -1,0 +1,1 @@
+"""The generation pipelines, one module each: `hq`, `vl`, `negatives` (LLM) and `mine` (BM25)."""

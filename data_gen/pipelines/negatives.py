@@ -1,0 +1,79 @@
+"""Multi-turn hard negatives: turn 1 the LLM analyses what the query needs and what the positive
+gives; turn 2 (same conversation) it writes a document of >= N words that looks related but
+lacks those ideas. The answer is checked for length and for low lexical overlap with the
+positive; each turn gets up to `max_attempts` tries. Output: the input rows with the negative
+appended."""
+from __future__ import annotations
+
+import dataclasses
+
+from data_gen import prompts
+from data_gen.filters import lexical_overlap
+from data_gen.generate import run_step
+from data_gen.parsing import AnswerError, require_keys, require_text
+from data_gen.pipelines.common import merge_metadata, rejected
+from data_gen.runner import Generation, Pipeline
+from data_gen.stage import Outcome
+from reasonir_jax.data.schema import TrainingRow
+
+
+class NegativesPipeline(Pipeline):
+  name = "negatives"
+
+  def __init__(self, gen: Generation, min_words: int = 300, max_words: int | None = 2000,
+               max_overlap: float = 0.4):
+    self.gen = gen
+    self.min_words = min_words
+    self.max_words = max_words
+    self.max_overlap = max_overlap
+
+  def input_id(self, row: TrainingRow) -> str:
+    return row.row_id
+
+  def settings(self) -> dict:
+    return {**self.gen.settings(), "prompt": [prompts.NEG_ANALYSIS, prompts.NEG_DOCUMENT],
+            "negative_words": [self.min_words, self.max_words], "max_overlap": self.max_overlap}
+
+  def process(self, batch: list[TrainingRow]) -> list[Outcome]:
+    rows = {r.row_id: r for r in batch}
+    first_turn = {i: prompts.negative_analysis(r.query, r.positives[0]) for i, r in rows.items()}
+    analyses = run_step(self.gen.backend, self.gen.sampling, "analysis", first_turn,
+                        lambda k, text: require_text(text, "analysis", 5), None, None,
+                        self.gen.max_attempts)
+
+    def validate(row_id, obj: dict) -> str:
+      require_keys(obj, {"hard_negative_document"})
+      doc = require_text(obj["hard_negative_document"], "hard_negative_document",
+                         self.min_words, self.max_words)
+      positive = rows[row_id].positives[0]
+      overlap = lexical_overlap(doc, positive)
+      if overlap > self.max_overlap:
+        raise AnswerError(f"word overlap with the positive is {overlap:.2f}, above "
+                          f"{self.max_overlap}: use different words")
+      return doc
+
+    second_turn = {i: prompts.negative_document(first_turn[i], a, self.min_words)
+                   for i, a in analyses.values.items()}
+    negatives = run_step(self.gen.backend, self.gen.sampling, "negative", second_turn, validate,
+                         prompts.NEG_DOCUMENT_SCHEMA, ["hard_negative_document"],
+                         self.gen.max_attempts)
+    outcomes = []
+    for row_id, row in rows.items():
+      steps = {"analysis": analyses.step_info(row_id)}
+      if row_id not in analyses.values:
+        outcomes.append(rejected(row_id, analyses.failures[row_id], steps))
+        continue
+      steps["negative"] = negatives.step_info(row_id)
+      if row_id not in negatives.values:
+        outcomes.append(rejected(row_id, negatives.failures[row_id], steps))
+        continue
+      negative = negatives.values[row_id]
+      provenance = self.gen.metadata(
+          [prompts.NEG_ANALYSIS, prompts.NEG_DOCUMENT],
+          attempts={k: v["attempts"] for k, v in steps.items()},
+          overlap=round(lexical_overlap(negative, row.positives[0]), 4))
+      new = dataclasses.replace(
+          row, negatives=[*row.negatives, negative],
+          metadata=merge_metadata(row.metadata, "hard_negative", provenance))
+      outcomes.append(Outcome(input_id=row_id, rows=[new.validate()], steps=steps))
+    return outcomes

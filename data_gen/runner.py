@@ -1,0 +1,159 @@
+"""Runs a pipeline over one shard of its inputs: batches -> resumable stage -> final TFRecords,
+rejects file and manifest (all written atomically) in the output directory.
+
+Output of shard i of N for a run named NAME (default: the pipeline name), in OUTPUT_DIR:
+  NAME-shardIIIIIofNNNNN-XXXXX-of-YYYYY.tfrecord   the rows (Y = --output-shards files)
+  NAME-shardIIIIIofNNNNN.rejects.jsonl             inputs that failed, with attempts and reasons
+  NAME-shardIIIIIofNNNNN.manifest.json             counts, settings, files
+  _stage/NAME-shardIIIIIofNNNNN/                   the resumable work files (kept for audits)
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from data_gen.backends.base import ChatBackend, SamplingParams
+from data_gen.inputs import select_shard
+from data_gen.stage import Outcome, Stage, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Generation:
+  """The LLM side shared by the generating pipelines."""
+  backend: ChatBackend
+  sampling: SamplingParams
+  max_attempts: int = 3
+
+  def metadata(self, prompt: str | list[str], **extra) -> dict:
+    return {"generator": self.backend.model, "backend": self.backend.name, "prompt": prompt,
+            "sampling": self.sampling.to_dict(), **extra}
+
+  def settings(self) -> dict:
+    return {"generator": self.backend.model, "sampling": self.sampling.to_dict(),
+            "max_attempts": self.max_attempts}
+
+
+class Pipeline(abc.ABC):
+  name: str = "pipeline"
+
+  @abc.abstractmethod
+  def input_id(self, item) -> str:
+    """The stable id of an input (sharding and the ledger key on it)."""
+
+  @abc.abstractmethod
+  def process(self, batch: list) -> list[Outcome]:
+    """One Outcome per input of the batch, in any order."""
+
+  def settings(self) -> dict[str, Any]:
+    """What determines the output; a restart with different settings is refused."""
+    return {}
+
+
+def shard_name(name: str, shard_index: int, num_shards: int) -> str:
+  return f"{name}-shard{shard_index:05d}of{num_shards:05d}"
+
+
+def _check_settings(stage_dir: str, settings: dict) -> None:
+  path = os.path.join(stage_dir, "settings.json")
+  settings = json.loads(json.dumps(settings))  # normalize tuples etc.
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if changed:
+      raise ValueError(
+          f"{stage_dir} was started with different settings ({', '.join(changed)}); "
+          "resume with the same flags, or use another --output-dir or --name")
+  else:
+    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def _backend_retries(pipeline: Pipeline) -> int | None:
+  """HTTP-level retries of the `openai` backend in this run (others do not retry)."""
+  gen = getattr(pipeline, "gen", None)
+  return getattr(gen.backend, "num_retries", None) if gen is not None else None
+
+
+def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_index: int = 0,
+                 num_shards: int = 1, batch_size: int = 64, output_shards: int = 1,
+                 name: str | None = None, extra_manifest: dict | None = None) -> dict:
+  """Processes this shard's inputs not yet in the ledger, then writes the final files.
+  Returns the manifest."""
+  from reasonir_jax.data.writer import write_rows
+  if batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+  if output_shards < 1:
+    raise ValueError(f"--output-shards must be >= 1, got {output_shards}")
+  started = time.time()
+  base = shard_name(name or pipeline.name, shard_index, num_shards)
+  mine = select_shard(items, pipeline.input_id, shard_index, num_shards)
+  stage_dir = os.path.join(output_dir, "_stage", base)
+  os.makedirs(stage_dir, exist_ok=True)
+  _check_settings(stage_dir, {"pipeline": pipeline.name, **pipeline.settings()})
+  stage = Stage(stage_dir)
+  todo = [it for it in mine if pipeline.input_id(it) not in stage.ledger]
+  log.info("%s: %d inputs in shard %d/%d, %d already done, %d to do", base, len(mine),
+           shard_index, num_shards, len(mine) - len(todo), len(todo))
+  rejected = sum(e["status"] == "rejected" for e in stage.ledger.values())
+  with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=base, unit="input",
+            dynamic_ncols=True) as bar:
+    for start in range(0, len(todo), batch_size):
+      batch = todo[start:start + batch_size]
+      outcomes = pipeline.process(batch)
+      got = sorted(o.input_id for o in outcomes)
+      want = sorted(pipeline.input_id(it) for it in batch)
+      if got != want:
+        raise RuntimeError(f"{pipeline.name}.process returned outcomes for {got[:5]}..., "
+                           f"expected {want[:5]}...")
+      stage.commit(outcomes)
+      bar.update(len(batch))
+      rejected += sum(o.reject is not None for o in outcomes)
+      bar.set_postfix(rejected=rejected)
+
+  mine_ids = {pipeline.input_id(it) for it in mine}
+  stale = set(stage.ledger) - mine_ids
+  if stale:
+    log.warning("%s: ledger has %d ids that are not in this shard's input (ignored), e.g. %s",
+                base, len(stale), sorted(stale)[:3])
+  rows = [r for src, r in stage.committed_rows() if src in mine_ids]
+  paths = write_rows(rows, output_dir, base, output_shards)
+  rejects = [r for r in stage.committed_rejects() if r["input_id"] in mine_ids]
+  rejects_path = os.path.join(output_dir, f"{base}.rejects.jsonl")
+  write_text_atomic(rejects_path,
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+  entries = [stage.ledger[i] for i in sorted(mine_ids)]
+  manifest = {
+      "pipeline": pipeline.name,
+      "name": name or pipeline.name,
+      "shard_index": shard_index,
+      "num_shards": num_shards,
+      "inputs": len(mine),
+      "inputs_accepted": sum(e["status"] == "ok" for e in entries),
+      "inputs_rejected": sum(e["status"] == "rejected" for e in entries),
+      "rows": len(rows),
+      "steps": stage.step_counts(mine_ids),
+      "settings": pipeline.settings(),
+      "backend_retries_this_run": _backend_retries(pipeline),
+      "files": [os.path.basename(p) for p in paths],
+      "rejects_file": os.path.basename(rejects_path),
+      "elapsed_s_this_run": round(time.time() - started, 3),
+      **(extra_manifest or {}),
+  }
+  manifest_path = os.path.join(output_dir, f"{base}.manifest.json")
+  write_text_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
+  print(f"{base}: {manifest['inputs']} inputs, {manifest['inputs_accepted']} accepted, "
+        f"{manifest['inputs_rejected']} rejected, {manifest['rows']} rows -> {output_dir}")
+  for step, c in manifest["steps"].items():
+    print(f"  step {step}: accepted {c['accepted']}, rejected {c['rejected']}, "
+          f"retried {c['retried']}")
+  return manifest
+

@@ -1,0 +1,1 @@
+"""Data shipped with the package: the sample training set, the BRIGHT-layout sample, a tokenizer."""

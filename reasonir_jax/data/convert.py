@@ -1,0 +1,195 @@
+"""Converts reference JSON-lines training data into our sharded TFRecords.
+
+  python -m reasonir_jax.data.convert --input ROWS.jsonl --output DIR --num-shards N \
+      [--name NAME] [--source SOURCE] [--documents BRIGHT_DOCS.(jsonl|parquet)]
+
+Input lines: {"query": [instruction, text], "pos": [[instruction, text], ...],
+              "neg": [[instruction, text], ...]}  (optional "id" and "source" keys are kept).
+In the released HQ rows a positive is a BRIGHT document id; with --documents (a file of `id`,
+`content` rows) such ids are replaced by the document text. A positive that is not found (or
+that looks like an id when no --documents is given) is never written as text: the row is
+rejected, counted, and listed in DIR/NAME.rejects.jsonl. A malformed line is an error naming
+the file and line number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Iterator
+
+from tqdm import tqdm
+
+from reasonir_jax.data.schema import TrainingRow
+from reasonir_jax.data.writer import write_rows
+
+log = logging.getLogger(__name__)
+_ID_MAX_CHARS = 200
+
+
+class ConvertError(ValueError):
+  pass
+
+
+def load_documents(path: str) -> dict[str, str]:
+  """id -> content from a BRIGHT documents file (.parquet or .jsonl)."""
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    table = pq.read_table(path)
+    for col in ("id", "content"):
+      if col not in table.column_names:
+        raise ConvertError(f"{path}: no column {col!r} (has {table.column_names})")
+    return dict(zip(table.column("id").to_pylist(), table.column("content").to_pylist()))
+  docs = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+        docs[str(obj["id"])] = obj["content"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConvertError(f"{path}:{lineno}: bad document line ({e!r})") from None
+  return docs
+
+
+def _looks_like_id(text: str) -> bool:
+  return bool(text) and len(text) <= _ID_MAX_CHARS and not any(c.isspace() for c in text)
+
+
+def _pair(value, where: str, field: str) -> tuple[str, str]:
+  if (not isinstance(value, (list, tuple)) or len(value) != 2 or
+      not all(isinstance(v, str) for v in value)):
+    raise ConvertError(f"{where}: {field!r} must be [instruction, text] strings, got {value!r:.120}")
+  return value[0], value[1]
+
+
+def _pairs(obj, where: str, field: str, required: bool) -> list[tuple[str, str]]:
+  if field not in obj:
+    if required:
+      raise ConvertError(f"{where}: missing field {field!r}")
+    return []
+  value = obj[field]
+  if not isinstance(value, list) or (required and not value):
+    raise ConvertError(f"{where}: {field!r} must be a non-empty list of [instruction, text]")
+  return [_pair(v, where, f"{field}[{i}]") for i, v in enumerate(value)]
+
+
+def _one_instruction(pairs, where: str, field: str) -> str:
+  instructions = {inst for inst, _ in pairs}
+  if len(instructions) > 1:
+    raise ConvertError(f"{where}: all {field!r} entries must share one instruction, got {sorted(instructions)}")
+  return next(iter(instructions), "")
+
+
+def parse_line(obj, where: str, source: str, row_id: str,
+               documents: dict[str, str] | None) -> tuple[TrainingRow | None, list[str]]:
+  """(row, []) or (None, missing document ids) for one reference JSON object."""
+  if not isinstance(obj, dict):
+    raise ConvertError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  if "query" not in obj:
+    raise ConvertError(f"{where}: missing field 'query'")
+  q_inst, query = _pair(obj["query"], where, "query")
+  pos = _pairs(obj, where, "pos", required=True)
+  neg = _pairs(obj, where, "neg", required=False)
+  positives, missing = [], []
+  for _, text in pos:
+    if documents is not None and text in documents:
+      positives.append(documents[text])
+    elif _looks_like_id(text):
+      missing.append(text)
+    else:
+      positives.append(text)
+  if missing:
+    return None, missing
+  row = TrainingRow(
+      row_id=str(obj.get("id", row_id)), source=str(obj.get("source", source)), query=query,
+      positives=positives, negatives=[t for _, t in neg], query_instruction=q_inst,
+      positive_instruction=_one_instruction(pos, where, "pos"),
+      negative_instruction=_one_instruction(neg, where, "neg"),
+      metadata=json.dumps({k: obj[k] for k in obj if k not in ("query", "pos", "neg", "id", "source")},
+                          ensure_ascii=False, sort_keys=True))
+  try:
+    return row.validate(), []
+  except ValueError as e:
+    raise ConvertError(f"{where}: {e}") from None
+
+
+def iter_converted(input_path: str, source: str, documents: dict[str, str] | None,
+                   rejects: list[dict], progress: bool = True) -> Iterator[TrainingRow]:
+  name = os.path.splitext(os.path.basename(input_path))[0]
+  with open(input_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(tqdm(f, desc=f"convert {name}", unit=" rows", disable=not progress), 1):
+      if not line.strip():
+        continue
+      where = f"{input_path}:{lineno}"
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ConvertError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+      row, missing = parse_line(obj, where, source, f"{source}-{name}-{lineno}", documents)
+      if row is None:
+        rejects.append({"line": lineno, "missing_document_ids": missing})
+        continue
+      yield row
+
+
+def convert(input_path: str, output_dir: str, num_shards: int, name: str | None = None,
+            source: str | None = None, documents_path: str | None = None,
+            progress: bool = True) -> dict:
+  """Converts one JSONL file; returns a report dict (paths, rows written, rejects)."""
+  if not os.path.isfile(input_path):
+    raise ConvertError(f"--input {input_path!r}: no such file")
+  name = name or os.path.splitext(os.path.basename(input_path))[0]
+  source = source or name
+  documents = load_documents(documents_path) if documents_path else None
+  rejects: list[dict] = []
+  counter = {"rows": 0}
+
+  def counted():
+    for row in iter_converted(input_path, source, documents, rejects, progress):
+      counter["rows"] += 1
+      yield row
+
+  paths = write_rows(counted(), output_dir, name, num_shards)
+  report = {"paths": paths, "rows_written": counter["rows"], "rows_rejected": len(rejects),
+            "missing_document_ids": sorted({i for r in rejects for i in r["missing_document_ids"]})}
+  if rejects:
+    rejects_path = os.path.join(output_dir, f"{name}.rejects.jsonl")
+    with open(rejects_path, "w", encoding="utf-8") as f:
+      for r in rejects:
+        f.write(json.dumps(r) + "\n")
+    report["rejects_path"] = rejects_path
+    hint = "" if documents is not None else " (no --documents given: pass the BRIGHT documents file)"
+    log.warning("%d rows rejected: positive document id not found%s; %d distinct ids, listed in %s",
+                len(rejects), hint, len(report["missing_document_ids"]), rejects_path)
+  return report
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description="Convert reference JSONL training rows to TFRecords.")
+  parser.add_argument("--input", required=True, help="reference JSON-lines file")
+  parser.add_argument("--output", required=True, help="output directory")
+  parser.add_argument("--num-shards", type=int, required=True)
+  parser.add_argument("--name", default=None, help="shard file prefix (default: input file name)")
+  parser.add_argument("--source", default=None, help="source name stored in rows (default: --name)")
+  parser.add_argument("--documents", default=None, help="BRIGHT documents (.jsonl or .parquet) to join ids")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  try:
+    report = convert(args.input, args.output, args.num_shards, args.name, args.source, args.documents)
+  except ConvertError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({k: v for k, v in report.items() if k != "missing_document_ids"}, indent=1))
+  if report["rows_rejected"]:
+    print(f"{report['rows_rejected']} rows rejected; missing ids: "
+          f"{report['missing_document_ids'][:20]}{' ...' if len(report['missing_document_ids']) > 20 else ''}",
+          file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

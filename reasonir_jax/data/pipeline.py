@@ -1,0 +1,133 @@
+"""The training input pipeline: TFRecord files -> tokenized, padded, device-sharded batches.
+
+Stages (per JAX process):
+  1. sources.py: each source's files are split between processes; an offset index gives Grain
+     random access; Grain shuffles all local records (new permutation each epoch, per seed).
+  2. batching.py (HostBatchIterator): per-batch source choice, row parsing, positive/negative
+     sampling, dropping of over-long instructions, tokenization, bucket padding.
+  3. prefetch.py (PrefetchIterator): a background thread keeps `prefetch` batches ready, with
+     `num_workers` tokenizer threads.
+  4. TrainIterator (here): agrees on the bucket lengths across processes, builds global
+     jax.Arrays with `make_array_from_process_local_data`, keeps the next batch on device.
+
+Entry points: `make_train_iterator` (the trainer) and `make_host_iterator` (numpy; tests, bench).
+Both iterators have get_state()/set_state() (a JSON-serialisable dict) and stats().
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from reasonir_jax.data.batching import Batch, HostBatchIterator, RawBatch, process_info
+from reasonir_jax.data.prefetch import PrefetchIterator
+
+__all__ = ["make_train_iterator", "make_host_iterator", "TrainIterator", "HostBatchIterator",
+           "PrefetchIterator", "RawBatch"]
+
+
+def make_host_iterator(config, tokenizer=None, *, process_index: int | None = None,
+                       process_count: int | None = None, local_batch_size: int | None = None,
+                       prefetch: int | None = None, num_workers: int | None = None):
+  """Numpy batches of this process. `prefetch` (default config.data.prefetch) batches are kept
+  ready by a background thread (0: none, everything runs in the caller), with `num_workers`
+  (default config.data.num_workers) tokenizer threads; call close() to stop them. `tokenizer` is
+  a PromptTokenizer, an HF tokenizer, a directory, or None (config.data.tokenizer, else the
+  model directory config.init_from, else the shipped sample tokenizer)."""
+  it = HostBatchIterator(config, tokenizer, process_index=process_index,
+                         process_count=process_count, local_batch_size=local_batch_size)
+  depth = config.data.get("prefetch", 2) if prefetch is None else prefetch
+  workers = config.data.get("num_workers", 0) if num_workers is None else num_workers
+  return PrefetchIterator(it, depth, workers) if depth else it
+
+
+class TrainIterator:
+  """Global batches as jax.Arrays in `NamedSharding(mesh, batch_spec)`, one batch ahead on
+  device. Multi-process: the bucket lengths of a global batch are the maximum over processes
+  (one tiny all-gather per step, in program order on every process)."""
+
+  def __init__(self, host_iter, mesh, batch_spec, process_count: int, device_prefetch: int = 1):
+    import jax
+    self._jax = jax
+    self.host_iter = host_iter
+    self.sharding = jax.sharding.NamedSharding(mesh, batch_spec)
+    self.process_count = process_count
+    self.device_prefetch = max(0, int(device_prefetch))
+    self._buffer = []  # (device batch, state after it, stats)
+    self._state = host_iter.get_state()
+    self._stats = host_iter.stats()
+
+  def _agree_lengths(self, batch: Batch) -> Batch:
+    if self.process_count == 1:
+      return batch
+    from jax.experimental import multihost_utils
+    local = np.asarray([batch["query"]["input_ids"].shape[1],
+                        batch["passage"]["input_ids"].shape[1]], np.int32)
+    lq, lp = np.max(multihost_utils.process_allgather(local), axis=0)
+    return {"query": _pad_to(batch["query"], int(lq), self.host_iter),
+            "passage": _pad_to(batch["passage"], int(lp), self.host_iter)}
+
+  def _to_device(self, batch: Batch):
+    batch = self._agree_lengths(batch)
+    make = self._jax.make_array_from_process_local_data
+    return {part: {k: make(self.sharding, v) for k, v in arrays.items()}
+            for part, arrays in batch.items()}
+
+  def _fill(self):
+    while len(self._buffer) <= self.device_prefetch:
+      batch = next(self.host_iter)
+      self._buffer.append((self._to_device(batch), self.host_iter.get_state(),
+                           self.host_iter.stats()))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self._fill()
+    batch, self._state, self._stats = self._buffer.pop(0)
+    if self.device_prefetch:
+      self._fill()  # start the next transfer before the caller's step runs
+    return batch
+
+  def get_state(self):
+    return json.loads(json.dumps(self._state))
+
+  def set_state(self, state):
+    self._buffer = []
+    self.host_iter.set_state(state)
+    self._state, self._stats = self.host_iter.get_state(), self.host_iter.stats()
+
+  def stats(self):
+    return json.loads(json.dumps(self._stats))
+
+  def close(self):
+    if hasattr(self.host_iter, "close"):
+      self.host_iter.close()
+
+
+def _pad_to(arrays: dict[str, np.ndarray], length: int, host_iter) -> dict[str, np.ndarray]:
+  n, cur = arrays["input_ids"].shape
+  if cur == length:
+    return arrays
+  pad_id = _pad_id(host_iter)
+  out = {}
+  for k, v in arrays.items():
+    fill = pad_id if k == "input_ids" else 0
+    out[k] = np.concatenate([v, np.full((n, length - cur), fill, v.dtype)], axis=1)
+  return out
+
+
+def _pad_id(host_iter) -> int:
+  inner = getattr(host_iter, "inner", host_iter)
+  return inner.tok.pad_id
+
+
+def make_train_iterator(config, tokenizer, mesh, batch_spec, *, process_index: int | None = None,
+                        process_count: int | None = None):
+  """The trainer's entry point: an iterator of global batches
+    {"query": {input_ids, attention_mask, pool_mask}: int32[B, Lq],
+     "passage": {...}: int32[B*G, Lp]}  (passages of query i: rows i*G..i*G+G-1, positive first)
+  placed in NamedSharding(mesh, batch_spec), with get_state()/set_state()/stats()."""
+  pi, pc = process_info(process_index, process_count)
+  host = make_host_iterator(config, tokenizer, process_index=pi, process_count=pc)
+  return TrainIterator(host, mesh, batch_spec, pc)

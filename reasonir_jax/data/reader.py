@@ -1,0 +1,64 @@
+"""Reading training rows back from TFRecord files, in file order (for tests, tools and checks).
+
+The training input pipeline (pipeline.py) reads through an offset index instead; this reader
+is the simple sequential path.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Iterator, Sequence
+
+from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_row
+from reasonir_jax.data.schema import TrainingRow
+from reasonir_jax.data.tfrecord import CorruptRecordError, iter_records
+
+log = logging.getLogger(__name__)
+
+
+def expand_paths(pattern_or_paths: str | Sequence[str]) -> list[str]:
+  """Sorted files of a glob pattern (or a comma-separated list of them, or a list of paths).
+  A pattern that matches no file is an error naming it."""
+  if isinstance(pattern_or_paths, (str, os.PathLike)):
+    items = [p for p in str(pattern_or_paths).split(",") if p]
+  else:
+    items = [str(p) for p in pattern_or_paths]
+  paths = []
+  for item in items:
+    if glob.has_magic(item):
+      matched = sorted(p for p in glob.glob(item) if ".tmp-" not in p)
+      if not matched:
+        raise FileNotFoundError(f"no files match {item!r}")
+      paths.extend(matched)
+    elif os.path.isfile(item):
+      paths.append(item)
+    else:
+      raise FileNotFoundError(f"no such file: {item!r}")
+  return paths
+
+
+def read_rows(pattern_or_paths: str | Sequence[str], skip_corrupt: bool = False,
+              stats: dict | None = None) -> Iterator[TrainingRow]:
+  """Yields every row of the files in order. A corrupt record or unparsable Example raises an
+  error naming the file and byte offset; with skip_corrupt it is logged and counted in
+  `stats["skipped_corrupt"]` instead."""
+  stats = stats if stats is not None else {}
+  stats.setdefault("skipped_corrupt", 0)
+  stats.setdefault("rows_read", 0)
+
+  def on_skip(path, offset, reason):
+    stats["skipped_corrupt"] += 1
+    log.warning("skipped corrupt record in %s at byte offset %d: %s", path, offset, reason)
+
+  for path in expand_paths(pattern_or_paths):
+    for offset, data in iter_records(path, skip_corrupt=skip_corrupt, on_skip=on_skip):
+      try:
+        row = example_bytes_to_row(data)
+      except ExampleParseError as e:
+        if not skip_corrupt:
+          raise CorruptRecordError(path, offset, str(e)) from None
+        on_skip(path, offset, str(e))
+        continue
+      stats["rows_read"] += 1
+      yield row

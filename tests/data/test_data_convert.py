@@ -1,0 +1,102 @@
+"""The JSONL -> TFRecord converter (HQ document-id join, rejects, line-numbered errors) and the
+shipped sample data."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reasonir_jax.data import convert, sample
+from reasonir_jax.data.reader import read_rows
+
+
+def _write_jsonl(path, objs):
+  with open(path, "w", encoding="utf-8") as f:
+    for o in objs:
+      f.write((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n")
+
+
+def test_reference_jsonl_to_tfrecords_to_rows(tmp_path):
+  src = tmp_path / "public.jsonl"
+  _write_jsonl(src, [
+      {"query": ["Retrieve a passage that answers the question", "why is the sky blue?"],
+       "pos": [["", "Rayleigh scattering favours short wavelengths."]],
+       "neg": [["", "The sky is a popular subject of paintings."], ["", "Blue is a primary colour."]]},
+      {"query": ["", "café ünïcode"], "pos": [["", "a b"]]},
+  ])
+  assert convert.main(["--input", str(src), "--output", str(tmp_path / "out"), "--num-shards", "2",
+                       "--source", "public"]) == 0
+  rows = sorted(read_rows(str(tmp_path / "out" / "public-*-of-00002.tfrecord")), key=lambda r: r.row_id)
+  assert [r.query for r in rows] == ["why is the sky blue?", "café ünïcode"]
+  assert rows[0].query_instruction == "Retrieve a passage that answers the question"
+  assert rows[0].negatives == ["The sky is a popular subject of paintings.", "Blue is a primary colour."]
+  assert rows[1].negatives == [] and rows[1].source == "public"
+  assert len({r.row_id for r in rows}) == 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_hq_document_ids_are_joined_and_missing_ids_reported(tmp_path, fmt):
+  docs = [{"id": "biology/doc_1.txt", "content": "Osmosis moves water toward higher solute concentration."},
+          {"id": "doc_2", "content": "Countercurrent exchange keeps heat in the core."}]
+  docs_path = tmp_path / f"docs.{fmt}"
+  if fmt == "parquet":
+    pq.write_table(pa.Table.from_pylist(docs), docs_path)
+  else:
+    _write_jsonl(docs_path, docs)
+  inst = "Given a biology post, retrieve relevant passages that help answer the post"
+  _write_jsonl(tmp_path / "hq.jsonl", [
+      {"query": [inst, "Why do cucumbers go limp in brine?"], "pos": [["", "biology/doc_1.txt"]],
+       "neg": [["", "Cucumbers are gourds."]]},
+      {"query": [inst, "Why do ducks not freeze?"], "pos": [["", "doc_2"]], "neg": []},
+      {"query": [inst, "Missing one"], "pos": [["", "biology/doc_404.txt"]], "neg": []},
+  ])
+  report = convert.convert(str(tmp_path / "hq.jsonl"), str(tmp_path / "out"), 1, source="hq",
+                           documents_path=str(docs_path), progress=False)
+  assert report["rows_written"] == 2 and report["rows_rejected"] == 1
+  assert report["missing_document_ids"] == ["biology/doc_404.txt"]
+  rejects = [json.loads(l) for l in open(report["rejects_path"])]
+  assert rejects == [{"line": 3, "missing_document_ids": ["biology/doc_404.txt"]}]
+  rows = list(read_rows(report["paths"]))
+  assert sorted(r.positives[0] for r in rows) == sorted(d["content"] for d in docs)
+  assert not any("doc_404" in p for r in rows for p in r.positives)
+  # Without --documents an id-like positive is never written as text.
+  report = convert.convert(str(tmp_path / "hq.jsonl"), str(tmp_path / "out2"), 1, progress=False)
+  assert report["rows_written"] == 0 and report["rows_rejected"] == 3
+
+
+@pytest.mark.parametrize("line,match", [
+    ("{not json", "bad.jsonl:2: not valid JSON"),
+    ('{"pos": [["", "p"]]}', "bad.jsonl:2: missing field 'query'"),
+    ('{"query": ["i", "q"], "pos": []}', "bad.jsonl:2: 'pos' must be a non-empty list"),
+    ('{"query": ["i"], "pos": [["", "p q"]]}', r"bad.jsonl:2: 'query' must be \[instruction, text\]"),
+    ('{"query": ["i", "q"], "pos": [["", "p q"]], "neg": [["a", "n"], ["b", "m"]]}', "share one instruction"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path, line, match):
+  path = tmp_path / "bad.jsonl"
+  _write_jsonl(path, [{"query": ["i", "q"], "pos": [["", "fine text"]]}, line])
+  with pytest.raises(convert.ConvertError, match=match):
+    convert.convert(str(path), str(tmp_path / "out"), 1, progress=False)
+  assert not list((tmp_path).glob("out/*.tfrecord"))  # nothing half-written under a final name
+
+
+def test_shipped_sample_data(tmp_path):
+  rows = [json.loads(l) for l in open(sample.sample_rows_path(), encoding="utf-8")]
+  assert 240 <= len(rows) <= 300
+  assert len({r["domain"] for r in rows}) >= 7
+  assert all(r["query"][0] and r["pos"][0][1] and r["neg"] for r in rows)
+  pattern = sample.materialize_sample_tfrecords(str(tmp_path))
+  assert len(list(read_rows(pattern))) == len(rows)
+  bright = sample.sample_bright_dir()
+  for task in ("biology", "leetcode"):
+    ex = pq.read_table(f"{bright}/examples/{task}-00000-of-00001.parquet").to_pylist()
+    docs = {d["id"] for d in pq.read_table(f"{bright}/documents/{task}-00000-of-00001.parquet").to_pylist()}
+    long_docs = {d["id"] for d in pq.read_table(f"{bright}/long_documents/{task}-00000-of-00001.parquet").to_pylist()}
+    rewritten = pq.read_table(f"{bright}/gpt4_reason/{task}-00000-of-00001.parquet").to_pylist()
+    assert len(ex) == len(rewritten) == 20 and len(docs) == 200
+    assert all(set(e["gold_ids"]) <= docs and set(e["gold_ids_long"]) <= long_docs for e in ex)
+    assert any(e["excluded_ids"] == ["N/A"] for e in ex)
+    assert any(e["excluded_ids"] != ["N/A"] and set(e["excluded_ids"]) <= docs for e in ex)
+    assert [r["id"] for r in rewritten] == [e["id"] for e in ex]
+  from reasonir_jax.tokenization import load_tokenizer
+  tok = load_tokenizer(sample.sample_tokenizer_dir())
+  assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2) and len(tok) <= 2048

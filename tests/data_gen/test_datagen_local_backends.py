@@ -1,0 +1,161 @@
+"""The `transformers` backend with a tiny random Llama (plumbing), and the `vllm` backend's request
+building against injected fake vLLM modules (no vLLM, no GPU)."""
+import json
+import types
+
+import pytest
+
+from data_gen.backends import SamplingParams, make_backend
+from data_gen.backends.base import ChatFailure
+from data_gen.backends.hf_local import plain_chat_format
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir):
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, max_position_embeddings=1024,
+                                    bos_token_id=0, eos_token_id=1, pad_token_id=2)
+  out = tmp_path_factory.mktemp("tiny_llama")
+  transformers.LlamaForCausalLM(config).save_pretrained(out)
+  transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+  return str(out)
+
+
+def test_transformers_backend_generates_with_a_tiny_random_llama(tiny_llama_dir):
+  backend = make_backend("transformers", model=tiny_llama_dir, device="cpu", batch_size=2)
+  assert not backend.tokenizer.chat_template  # exercises the plain fallback format
+  convs = [[{"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": "Photosynthesis converts light energy."}],
+           [{"role": "user", "content": "A binary search halves the interval."}],
+           [{"role": "user", "content": "x"}]]
+  greedy = SamplingParams(temperature=0.0, max_tokens=6, seed=0)
+  out = backend.chat(convs, greedy)
+  assert len(out) == 3 and all(isinstance(o, str) for o in out)
+  assert out == backend.chat(convs, greedy)  # greedy is deterministic
+  # Left padding: an answer does not depend on the other conversations of its batch.
+  assert backend.chat(convs[1:2], greedy) == out[1:2]
+  sampled = backend.chat(convs[:1], SamplingParams(temperature=1.0, top_p=0.9, max_tokens=6,
+                                                   seed=3))
+  assert sampled == backend.chat(convs[:1], SamplingParams(temperature=1.0, top_p=0.9,
+                                                           max_tokens=6, seed=3))
+  # The sampling parameters reach `generate`, and only the new tokens are decoded.
+  seen = {}
+  real_generate = backend.lm.generate
+
+  def spy(**kwargs):
+    seen.update(kwargs)
+    seen["out"] = real_generate(**kwargs)
+    return seen["out"]
+
+  backend.lm.generate = spy
+  [text] = backend.chat(convs[1:2], greedy)
+  assert seen["max_new_tokens"] == 6 and seen["do_sample"] is False
+  prompt_len = seen["input_ids"].shape[1]
+  assert 0 < seen["out"].shape[1] - prompt_len <= 6
+  assert text == backend.tokenizer.decode(seen["out"][0, prompt_len:], skip_special_tokens=True)
+  assert backend.tokenizer.decode(seen["input_ids"][0]).endswith("Assistant:")
+  # With a chat template, the template formats the prompt.
+  backend.tokenizer.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+                                     "{% endfor %}{% if add_generation_prompt %}[assistant]"
+                                     "{% endif %}")
+  assert backend.format_prompt(convs[1]) == ("[user]A binary search halves the interval."
+                                             "[assistant]")
+  assert isinstance(backend.chat(convs[1:2], greedy)[0], str)
+
+
+def test_transformers_backend_in_a_pipeline_rejects_non_json(tiny_llama_dir, tmp_path):
+  from data_gen.pipelines.hq import HQPipeline
+  from data_gen.runner import Generation, run_pipeline
+  backend = make_backend("transformers", model=tiny_llama_dir, device="cpu")
+  gen = Generation(backend, SamplingParams(max_tokens=4), max_attempts=2)
+  docs = [{"id": "a", "text": "The mitochondria is the powerhouse of the cell."}]
+  manifest = run_pipeline(HQPipeline(gen, queries_per_doc=1), docs, str(tmp_path))
+  assert manifest["inputs_rejected"] == 1  # random weights never write valid JSON
+  with open(tmp_path / manifest["rejects_file"]) as f:
+    [reject] = [json.loads(line) for line in f]
+  assert len(reject["attempts"]) == 2 and reject["attempts"][0]["answer"] is not None
+
+
+def test_plain_chat_format():
+  text = plain_chat_format([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+  assert text == "System: S\n\nUser: U\n\nAssistant:"
+
+
+# --- vLLM with fake modules -----------------------------------------------------------------
+class _Params:
+  def __init__(self, **kwargs):
+    self.kwargs = kwargs
+
+
+def _fake_vllm(kind: str, fail_on: str | None = None):
+  calls = {"llm_init": None, "chat": []}
+
+  class LLM:
+    def __init__(self, **kwargs):
+      calls["llm_init"] = kwargs
+
+    def chat(self, messages, sampling_params, use_tqdm=True):
+      calls["chat"].append((messages, sampling_params))
+      if fail_on and any(fail_on in m[-1]["content"] for m in messages):
+        raise ValueError("prompt is longer than max_model_len")
+      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+          text=f"answer to {m[-1]['content']}")]) for m in messages]
+
+  sp = types.SimpleNamespace()
+  if kind == "new":
+    sp.StructuredOutputsParams = type("StructuredOutputsParams", (_Params,), {})
+  elif kind == "old":
+    sp.GuidedDecodingParams = type("GuidedDecodingParams", (_Params,), {})
+  module = types.SimpleNamespace(LLM=LLM, SamplingParams=_Params, sampling_params=sp)
+  return module, calls
+
+
+@pytest.mark.parametrize("kind,field,cls", [("new", "structured_outputs",
+                                             "StructuredOutputsParams"),
+                                            ("old", "guided_decoding", "GuidedDecodingParams"),
+                                            ("none", None, None)])
+def test_vllm_request_building(kind, field, cls):
+  module, calls = _fake_vllm(kind)
+  backend = make_backend("vllm", model="llama-70b", tensor_parallel_size=8, max_model_len=8192,
+                         seed=1, vllm_module=module)
+  assert calls["llm_init"] == {"model": "llama-70b", "tensor_parallel_size": 8, "dtype": "auto",
+                               "gpu_memory_utilization": 0.9, "seed": 1, "max_model_len": 8192}
+  convs = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+  schema = {"type": "object", "properties": {"query": {"type": "string"}}}
+  out = backend.chat(convs, SamplingParams(temperature=0.0, top_p=0.95, max_tokens=1536, seed=4),
+                     json_schema=schema)
+  assert out == ["answer to a", "answer to b"]
+  [(messages, params)] = calls["chat"]
+  assert messages == convs  # all conversations in one llm.chat call
+  base = {"temperature": 0.0, "top_p": 0.95, "max_tokens": 1536, "seed": 4}
+  assert {k: v for k, v in params.kwargs.items() if k in base} == base
+  if field is None:
+    assert set(params.kwargs) == set(base)
+  else:
+    assert type(params.kwargs[field]).__name__ == cls
+    assert params.kwargs[field].kwargs == {"json": schema}
+  # Without a schema, no structured-output parameter is sent.
+  backend.chat(convs[:1], SamplingParams())
+  assert set(calls["chat"][-1][1].kwargs) == set(base)
+
+
+def test_vllm_one_bad_prompt_fails_alone():
+  module, calls = _fake_vllm("new", fail_on="huge")
+  backend = make_backend("vllm", model="m", vllm_module=module)
+  convs = [[{"role": "user", "content": c}] for c in ("a", "huge", "c")]
+  out = backend.chat(convs, SamplingParams())
+  assert out[0] == "answer to a" and out[2] == "answer to c"
+  assert isinstance(out[1], ChatFailure) and "max_model_len" in out[1].reason
+  assert len(calls["chat"]) == 4  # the batch, then one by one
+
+
+def test_vllm_missing_gives_install_hint():
+  import importlib.util
+  if importlib.util.find_spec("vllm") is not None:
+    pytest.skip("vllm is installed here")
+  with pytest.raises(ImportError, match=r"pip install 'reasonir-jax\[datagen\]'"):
+    make_backend("vllm", model="m")
