@@ -1,0 +1,208 @@
+"""Reading a local copy of the BRIGHT dataset: tasks, query instructions, examples and corpora.
+
+Layout (the Hugging Face dataset repository, downloaded as files):
+
+  DIR/examples/<task>-00000-of-00001.parquet       id, query, reasoning, gold_ids, gold_ids_long, excluded_ids
+  DIR/documents/<task>-00000-of-00001.parquet      id, content
+  DIR/long_documents/<task>-00000-of-00001.parquet id, content
+  DIR/gpt4_reason/<task>-00000-of-00001.parquet    same fields as examples; `query` is GPT-4's rewrite
+
+Several shards per task (`<task>-0000i-of-0000n.parquet`), `<task>.parquet` and JSON lines
+(`<task>.jsonl`) with the same fields are read too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Sequence
+
+STACKEXCHANGE_TASKS = ("biology", "earth_science", "economics", "psychology", "robotics",
+                       "stackoverflow", "sustainable_living")
+TASKS = STACKEXCHANGE_TASKS + ("leetcode", "pony", "aops", "theoremqa_theorems",
+                               "theoremqa_questions")
+MATH_TASKS = ("aops", "theoremqa_theorems", "theoremqa_questions")
+CODE_TASKS = ("leetcode",)
+
+LAYOUT_HELP = (
+    "expected a local copy of the BRIGHT dataset repository: "
+    "examples/<task>-00000-of-00001.parquet, documents/<task>-*.parquet, "
+    "long_documents/<task>-*.parquet, gpt4_reason/<task>-*.parquet "
+    "(or <task>.jsonl with the same fields)")
+
+
+def query_instruction(task: str) -> str:
+  """The per-task query instruction of REFERENCE.md section 6 (exact strings)."""
+  if task in STACKEXCHANGE_TASKS:
+    return f"Given a {task} post, retrieve relevant passages that help answer the post"
+  if task == "pony":
+    return f"Given a {task} question, retrieve relevant passages that help answer the question"
+  if task == "leetcode":
+    return "Given a coding problem, retrieve relevant examples that help answer the problem"
+  if task in ("aops", "theoremqa_questions"):
+    return "Given a Math problem, retrieve relevant examples that help answer the problem"
+  if task == "theoremqa_theorems":
+    return "Given a Math problem, retrieve relevant theorems that help answer the problem"
+  raise ValueError(f"unknown BRIGHT task {task!r}; tasks are: {', '.join(TASKS)}")
+
+
+def available_tasks(data_dir: str) -> list[str]:
+  """The tasks that have a file under `examples/`."""
+  out = []
+  for task in TASKS:
+    try:
+      split_file(data_dir, "examples", task)
+      out.append(task)
+    except FileNotFoundError:
+      pass
+  return out
+
+
+def parse_tasks(spec: str, data_dir: str | None = None) -> list[str]:
+  """`all`, `available` (tasks present in data_dir) or a comma-separated list of task names."""
+  if spec.strip() == "all":
+    return list(TASKS)
+  if spec.strip() == "available":
+    found = available_tasks(data_dir) if data_dir else []
+    if not found:
+      raise ValueError(f"--tasks available: no task files under {data_dir}/examples; {LAYOUT_HELP}")
+    return found
+  tasks = [t.strip() for t in spec.split(",") if t.strip()]
+  bad = [t for t in tasks if t not in TASKS]
+  if bad or not tasks:
+    raise ValueError(f"--tasks: unknown task(s) {bad or spec!r}; choose 'all', 'available' or from "
+                     f"{', '.join(TASKS)}")
+  return tasks
+
+
+@dataclasses.dataclass
+class Example:
+  id: str
+  query: str
+  gold_ids: list[str]
+  gold_ids_long: list[str]
+  excluded_ids: list[str]
+
+
+def split_file(data_dir: str, split: str, task: str) -> list[str]:
+  """The files holding `split/task`, or a FileNotFoundError naming what was looked for."""
+  base = os.path.join(data_dir, split)
+  for pattern in (f"{task}-*.parquet", f"{task}.parquet", f"{task}.jsonl", f"{task}-*.jsonl"):
+    found = sorted(glob.glob(os.path.join(base, pattern)))
+    if found:
+      return found
+  raise FileNotFoundError(
+      f"BRIGHT data: no file for task {task!r} in {base} "
+      f"(looked for {task}-*.parquet, {task}.parquet, {task}.jsonl); {LAYOUT_HELP}")
+
+
+def read_rows(paths: Sequence[str]) -> list[dict]:
+  rows = []
+  for path in paths:
+    if path.endswith(".parquet"):
+      import pyarrow.parquet as pq
+      rows.extend(pq.read_table(path).to_pylist())
+    else:
+      with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+          if line.strip():
+            try:
+              rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+              raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+  return rows
+
+
+def _field(row: dict, name: str, path: str):
+  if name not in row:
+    raise KeyError(f"{path}: row {row.get('id', '?')!r} has no field {name!r} (fields: {sorted(row)})")
+  return row[name]
+
+
+def _id_list(value) -> list[str]:
+  """gold/excluded id lists; None, "N/A" and "" entries mean none."""
+  if value is None:
+    return []
+  if isinstance(value, str):
+    value = [value]
+  return [str(v) for v in value if v is not None and str(v) not in ("N/A", "")]
+
+
+def load_examples(data_dir: str, task: str, split: str = "examples") -> list[Example]:
+  paths = split_file(data_dir, split, task)
+  out = []
+  for row in read_rows(paths):
+    where = paths[0]
+    out.append(Example(
+        id=str(_field(row, "id", where)),
+        query=str(_field(row, "query", where)),
+        gold_ids=_id_list(_field(row, "gold_ids", where)),
+        gold_ids_long=_id_list(row.get("gold_ids_long")),
+        excluded_ids=_id_list(row.get("excluded_ids")),
+    ))
+  return out
+
+
+def load_documents(data_dir: str, task: str, long_documents: bool = False) -> tuple[list[str], list[str]]:
+  """(ids, contents) of the task's corpus, in file order."""
+  split = "long_documents" if long_documents else "documents"
+  paths = split_file(data_dir, split, task)
+  ids, contents = [], []
+  for row in read_rows(paths):
+    ids.append(str(_field(row, "id", paths[0])))
+    contents.append(str(_field(row, "content", paths[0])))
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"{paths[0]}: duplicate document ids")
+  return ids, contents
+
+
+def read_query_file(path: str, task: str) -> dict[str, str]:
+  """Queries from `--queries FILE`: a directory holding `<task>.jsonl`, a path with `{task}`,
+  or one JSON lines file (rows `{"id", "query"}`, optionally `"task"` to hold several tasks)."""
+  if "{task}" in path:
+    path = path.format(task=task)
+  elif os.path.isdir(path):
+    path = os.path.join(path, f"{task}.jsonl")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--queries: file {path} not found (JSON lines of id, query)")
+  out = {}
+  for row in read_rows([path]):
+    if "id" not in row or "query" not in row:
+      raise KeyError(f"--queries {path}: every row needs 'id' and 'query' (got {sorted(row)})")
+    if row.get("task", task) == task:
+      out[str(row["id"])] = str(row["query"])
+  return out
+
+
+def load_queries(data_dir: str, task: str, queries: str = "original") -> list[Example]:
+  """The task's examples with the query text chosen by `--queries` (original|gpt4_reason|FILE);
+  gold and excluded ids always come from `examples/`."""
+  examples = load_examples(data_dir, task)
+  if queries == "original":
+    return examples
+  if queries == "gpt4_reason":
+    source = {e.id: e.query for e in load_examples(data_dir, task, split="gpt4_reason")}
+    where = f"{data_dir}/gpt4_reason ({task})"
+  else:
+    source = read_query_file(queries, task)
+    where = queries
+  missing = [e.id for e in examples if e.id not in source]
+  if missing:
+    raise KeyError(f"--queries {where}: no query for {len(missing)} example id(s) of {task}, "
+                   f"e.g. {missing[:3]}")
+  return [dataclasses.replace(e, query=source[e.id]) for e in examples]
+
+
+def qrels_for(examples: Sequence[Example], long_documents: bool = False) -> dict[str, dict[str, int]]:
+  """Binary relevance from gold_ids (gold_ids_long with long documents)."""
+  return {e.id: {d: 1 for d in (e.gold_ids_long if long_documents else e.gold_ids)} for e in examples}
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)

@@ -1,0 +1,147 @@
+"""On-disk embedding cache for corpora, written in chunks so an interrupted encoding resumes.
+
+A cache entry is a directory named by a hash of what determines the embeddings (model, task,
+corpus contents, max length, ...): `meta.json` plus `chunk_00000.npy`, `chunk_00001.npy`, ...
+Each chunk is written to a temporary name and renamed, so a killed run leaves only whole chunks;
+the next run encodes the missing ones. A second run (other queries, a reranker) encodes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+  h = hashlib.sha256()
+  for i, t in zip(ids, texts):
+    h.update(i.encode("utf-8", "surrogatepass") + b"\0" + t.encode("utf-8", "surrogatepass") + b"\0")
+  return h.hexdigest()
+
+
+def _files_signature(directory: str) -> list:
+  out = []
+  for root, _, files in sorted(os.walk(directory)):
+    for name in sorted(files):
+      st = os.stat(os.path.join(root, name))
+      out.append([os.path.relpath(os.path.join(root, name), directory), st.st_size, int(st.st_mtime)])
+  return out
+
+
+def model_fingerprint(path: str) -> str:
+  """Identifies the weights a model path resolves to: an HF directory's files, or a training
+  workdir's latest checkpoint (so a newer checkpoint gets a new cache entry)."""
+  path = os.path.realpath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--model: {path} does not exist")
+  ckpt_root = os.path.join(path, "checkpoints")
+  if os.path.isdir(ckpt_root):
+    steps = [d for d in os.listdir(ckpt_root) if re.fullmatch(r"\d+", d)]
+    if steps:
+      latest = os.path.join(ckpt_root, max(steps, key=int))
+      sig = [latest, _files_signature(latest)]
+    else:
+      sig = [ckpt_root, _files_signature(ckpt_root)]
+  elif os.path.isdir(path):
+    sig = [path, [f for f in _files_signature(path) if os.sep not in f[0]]]
+  else:
+    sig = [path, os.path.getsize(path), int(os.path.getmtime(path))]
+  return hashlib.sha256(json.dumps(sig).encode()).hexdigest()[:16]
+
+
+class ChunkedEmbeddings:
+  """Read-only [n, dim] view over the chunk files (memory-mapped), sliceable by rows."""
+
+  def __init__(self, paths: Sequence[str]):
+    self.chunks = [np.load(p, mmap_mode="r") for p in paths]
+    self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+    self.dim = self.chunks[0].shape[1] if self.chunks else 0
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (len(self), self.dim)
+
+  def __getitem__(self, s: slice) -> np.ndarray:
+    if not isinstance(s, slice) or s.step not in (None, 1):
+      raise TypeError("ChunkedEmbeddings supports contiguous row slices only")
+    start, stop, _ = s.indices(len(self))
+    parts = []
+    for c, c0 in zip(self.chunks, self.starts[:-1]):
+      lo, hi = max(start - c0, 0), min(stop - c0, len(c))
+      if lo < hi:
+        parts.append(np.asarray(c[lo:hi]))
+    if not parts:
+      return np.zeros((0, self.dim), np.float32)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+  def to_array(self) -> np.ndarray:
+    return self[0:len(self)]
+
+
+class EmbeddingCache:
+  """One cache entry per `key` (a JSON-able mapping); `encode(texts) -> [n, dim]` fills it."""
+
+  def __init__(self, root: str, key: Mapping, chunk_size: int = 8192, name: str = "corpus"):
+    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:20]
+    self.dir = os.path.join(root, f"{name}-{digest}")
+    self.key = dict(key)
+    self.chunk_size = chunk_size
+    meta_path = os.path.join(self.dir, "meta.json")
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        meta = json.load(f)
+      self.chunk_size = int(meta["chunk_size"])  # resume with the chunking already on disk
+
+  def chunk_path(self, i: int) -> str:
+    return os.path.join(self.dir, f"chunk_{i:05d}.npy")
+
+  def missing_chunks(self, n: int) -> list[int]:
+    num = -(-n // self.chunk_size)
+    return [i for i in range(num) if not os.path.exists(self.chunk_path(i))]
+
+  def get_or_encode(self, texts: Sequence[str], encode: Callable[[Sequence[str]], np.ndarray],
+                    show_progress: bool = True) -> ChunkedEmbeddings:
+    n = len(texts)
+    os.makedirs(self.dir, exist_ok=True)
+    meta_path = os.path.join(self.dir, "meta.json")
+    if not os.path.exists(meta_path):
+      with open(meta_path + ".tmp", "w") as f:
+        json.dump({"key": self.key, "num_texts": n, "chunk_size": self.chunk_size}, f, indent=1)
+      os.replace(meta_path + ".tmp", meta_path)
+    num = -(-n // self.chunk_size)
+    todo = self.missing_chunks(n)
+    if todo:
+      log.info("embedding cache %s: encoding %d of %d chunks (%d texts)", self.dir, len(todo), num, n)
+    bar = None
+    if show_progress and todo:
+      from tqdm import tqdm
+      bar = tqdm(total=sum(min(self.chunk_size, n - i * self.chunk_size) for i in todo),
+                 desc="encode corpus", unit="doc")
+    t0, done = time.time(), 0
+    for i in todo:
+      chunk = texts[i * self.chunk_size:(i + 1) * self.chunk_size]
+      emb = np.asarray(encode(chunk), dtype=np.float32)
+      if emb.ndim != 2 or len(emb) != len(chunk):
+        raise ValueError(f"encoder returned shape {emb.shape} for {len(chunk)} texts")
+      tmp = self.chunk_path(i) + ".tmp.npy"
+      np.save(tmp, emb)
+      os.replace(tmp, self.chunk_path(i))
+      done += len(chunk)
+      if bar is not None:
+        bar.update(len(chunk))
+      else:
+        log.info("encoded %d/%d new texts (%.1f docs/s)", done, n, done / max(time.time() - t0, 1e-9))
+    if bar is not None:
+      bar.close()
+    return ChunkedEmbeddings([self.chunk_path(i) for i in range(num)])

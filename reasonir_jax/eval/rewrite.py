@@ -1,0 +1,96 @@
+"""Query rewriting (REFERENCE.md section 5): an LLM expands each query with its reasoning, and the
+expansion replaces the query. Sampling: temperature 0.8, top_p 0.8, optional token budget.
+
+    python -m reasonir_jax.eval.rewrite --data BRIGHT_DIR --tasks biology --out REWRITTEN \\
+        --backend openai --backend-model M --base-url http://localhost:8000/v1 [--max-tokens 1024]
+
+writes `REWRITTEN/<task>.jsonl` rows `{"id", "query"}`; feed them back with
+`python -m reasonir_jax.eval.bright --queries REWRITTEN ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Sequence
+
+from reasonir_jax.eval import bright_data, llm
+
+log = logging.getLogger(__name__)
+
+# Our wording of the reference's "identify the problem, think step by step, draft an answer".
+REWRITE_PROMPT = """{instruction}.
+
+Query:
+{query}
+
+Before searching, work through the query so that a search engine can find what answers it:
+1. Name the core problem the query is really about.
+2. Reason step by step about which concepts, facts, theorems or worked examples a helpful
+   document would contain.
+3. Write a draft answer that brings in as many of those relevant ideas as you can."""
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def rewrite_prompt(query: str, task: str) -> str:
+  return REWRITE_PROMPT.format(instruction=bright_data.query_instruction(task), query=query)
+
+
+def rewrite_queries(backend, queries: Sequence[str], task: str, max_tokens: int | None = None,
+                    seed: int = 0) -> tuple[list[str], int]:
+  """Returns (rewritten queries, number of failures); a failed or empty rewrite keeps the query."""
+  from data_gen.backends import ChatFailure, SamplingParams
+  sampling = SamplingParams(temperature=0.8, top_p=0.8, max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+                            seed=seed)
+  conversations = [[{"role": "user", "content": rewrite_prompt(q, task)}] for q in queries]
+  answers = backend.chat(conversations, sampling)
+  out, failed = [], 0
+  for q, a in zip(queries, answers):
+    if isinstance(a, ChatFailure) or not str(a).strip():
+      failed += 1
+      out.append(q)
+    else:
+      out.append(str(a).strip())
+  if failed:
+    log.warning("%s: %d of %d rewrites failed; those keep the original query", task, failed, len(queries))
+  return out, failed
+
+
+def rewrite_task(backend, data_dir: str, task: str, out_dir: str, queries: str = "original",
+                 max_tokens: int | None = None, seed: int = 0) -> str:
+  """Rewrites one task's queries and saves `out_dir/<task>.jsonl`; returns that path."""
+  examples = bright_data.load_queries(data_dir, task, queries)
+  rewritten, _ = rewrite_queries(backend, [e.query for e in examples], task, max_tokens, seed)
+  path = os.path.join(out_dir, f"{task}.jsonl")
+  bright_data.write_jsonl(path, [{"id": e.id, "query": q} for e, q in zip(examples, rewritten)])
+  log.info("%s: %d rewritten queries -> %s", task, len(examples), path)
+  return path
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", required=True, help="local BRIGHT dataset directory")
+  parser.add_argument("--tasks", default="all", help="'all', 'available' or comma-separated task names")
+  parser.add_argument("--out", required=True, help="directory for <task>.jsonl")
+  parser.add_argument("--queries", default="original", help="queries to rewrite: original|gpt4_reason|FILE")
+  parser.add_argument("--max-tokens", type=int, default=None, help="token budget of each rewrite")
+  parser.add_argument("--seed", type=int, default=0)
+  llm.add_backend_flags(parser, required=True, what="the rewriter")
+  llm.add_base_url_flag(parser)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    tasks = bright_data.parse_tasks(args.tasks, args.data)
+    backend = llm.make_backend_from_args(args)
+  except ValueError as e:
+    parser.error(str(e))
+  try:
+    for task in tasks:
+      rewrite_task(backend, args.data, task, args.out, args.queries, args.max_tokens, args.seed)
+  finally:
+    backend.close()
+
+
+if __name__ == "__main__":
+  main()

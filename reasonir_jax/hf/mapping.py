@@ -1,0 +1,123 @@
+"""The one table between our parameter paths and Hugging Face Llama tensor names.
+
+Import (`load.py`) and export (`save.py`) both walk `param_entries(cfg, scanned)`, so they cannot
+drift apart. Each row names our path, the HF tensor (bare `LlamaModel` names; `model.` is added
+or stripped for `LlamaForCausalLM` checkpoints by the loader) and a layout transform:
+
+  identity   same layout (embeddings, norm scales)
+  transpose  HF [out, in] <-> ours [in, out] (MLP)
+  in_heads   HF [heads*head_dim, d] <-> ours [d, heads, head_dim] (q/k/v)
+  out_heads  HF [d, heads*head_dim] <-> ours [heads, head_dim, d] (o)
+
+With scanned layers our array has a leading "layers" axis; the rows then list one HF name per
+layer, and the loader/saver stacks/unstacks along axis 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+TOP_LEVEL = (
+    (("embed_tokens",), "embed_tokens.weight", "identity"),
+    (("final_norm", "scale"), "norm.weight", "identity"),
+)
+
+PER_LAYER = (
+    (("input_norm", "scale"), "input_layernorm.weight", "identity"),
+    (("attn", "q_proj"), "self_attn.q_proj.weight", "in_heads"),
+    (("attn", "k_proj"), "self_attn.k_proj.weight", "in_heads"),
+    (("attn", "v_proj"), "self_attn.v_proj.weight", "in_heads"),
+    (("attn", "o_proj"), "self_attn.o_proj.weight", "out_heads"),
+    (("post_attn_norm", "scale"), "post_attention_layernorm.weight", "identity"),
+    (("mlp", "gate_proj"), "mlp.gate_proj.weight", "transpose"),
+    (("mlp", "up_proj"), "mlp.up_proj.weight", "transpose"),
+    (("mlp", "down_proj"), "mlp.down_proj.weight", "transpose"),
+)
+
+# Tensors a checkpoint may hold that the encoder does not use.
+IGNORED = ("lm_head.weight",)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  path: tuple  # our path in the state dict (str keys; int layer index when not scanned)
+  hf_names: tuple[str, ...]  # one name, or one per layer when stacked
+  transform: str
+  stacked: bool  # our array has a leading layers axis (hf_names[i] is layer i)
+
+
+def param_entries(num_layers: int, scanned: bool) -> list[Entry]:
+  entries = [Entry(path, (hf,), t, False) for path, hf, t in TOP_LEVEL]
+  for path, hf, t in PER_LAYER:
+    if scanned:
+      names = tuple(f"layers.{i}.{hf}" for i in range(num_layers))
+      entries.append(Entry(("layers",) + path, names, t, True))
+    else:
+      entries.extend(Entry(("layers", i) + path, (f"layers.{i}.{hf}",), t, False)
+                     for i in range(num_layers))
+  return entries
+
+
+def to_ours(transform: str, hf_arr: np.ndarray, our_shape: tuple[int, ...]) -> np.ndarray:
+  """HF layout -> our layout (`our_shape` is one layer's shape)."""
+  if transform == "identity":
+    return hf_arr
+  if transform == "transpose":
+    return hf_arr.T
+  if transform == "in_heads":
+    d, n, h = our_shape
+    return hf_arr.reshape(n, h, d).transpose(2, 0, 1)
+  if transform == "out_heads":
+    n, h, d = our_shape
+    return hf_arr.reshape(d, n, h).transpose(1, 2, 0)
+  raise ValueError(f"unknown transform {transform!r}")
+
+
+def to_hf(transform: str, our_arr: np.ndarray) -> np.ndarray:
+  """Our layout (one layer) -> HF layout."""
+  if transform == "identity":
+    return our_arr
+  if transform == "transpose":
+    return our_arr.T
+  if transform == "in_heads":
+    d, n, h = our_arr.shape
+    return our_arr.transpose(1, 2, 0).reshape(n * h, d)
+  if transform == "out_heads":
+    n, h, d = our_arr.shape
+    return our_arr.transpose(2, 0, 1).reshape(d, n * h)
+  raise ValueError(f"unknown transform {transform!r}")
+
+
+def hf_shape(transform: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The HF tensor shape for one layer of our shape."""
+  if transform == "identity":
+    return tuple(our_shape)
+  if transform == "transpose":
+    return tuple(reversed(our_shape))
+  if transform == "in_heads":
+    d, n, h = our_shape
+    return (n * h, d)
+  if transform == "out_heads":
+    n, h, d = our_shape
+    return (d, n * h)
+  raise ValueError(f"unknown transform {transform!r}")
+
+
+def is_ignored(hf_name: str) -> bool:
+  return hf_name in IGNORED or hf_name.endswith(IGNORED_SUFFIXES)
+
+
+def get_path(tree, path):
+  node = tree
+  for key in path:
+    node = node[key]
+  return node
+
+
+def set_path(tree, path, value) -> None:
+  node = tree
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = value

@@ -1,0 +1,97 @@
+"""Reading and writing safetensors files one tensor at a time, bf16 included, without torch.
+
+The format is an 8-byte little-endian header size, a JSON header (name -> dtype, shape,
+data_offsets), then raw little-endian bytes. Reading memory-maps a single tensor, so a checkpoint
+is never held in host memory as a whole; writing streams tensors into the file in order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Callable, Iterable
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class SafetensorsFile:
+  """Lazy reader: `names()`, `shape(name)`, `dtype(name)`, `get(name)` -> read-only np array."""
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      raw = f.read(8)
+      if len(raw) != 8:
+        raise ValueError(f"{path}: not a safetensors file (too short)")
+      (n,) = struct.unpack("<Q", raw)
+      try:
+        header = json.loads(f.read(n))
+      except ValueError as e:
+        raise ValueError(f"{path}: corrupt safetensors header: {e}") from None
+    self.metadata = header.pop("__metadata__", None) or {}
+    self._header = header
+    self._data_start = 8 + n
+
+  def names(self) -> list[str]:
+    return list(self._header)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._header[name]["shape"])
+
+  def dtype(self, name: str) -> np.dtype:
+    code = self._header[name]["dtype"]
+    if code not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
+    return _DTYPES[code]
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self._header:
+      raise KeyError(f"{self.path}: no tensor {name!r}")
+    start, end = self._header[name]["data_offsets"]
+    shape, dtype = self.shape(name), self.dtype(name)
+    if end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+      raise ValueError(f"{self.path}: tensor {name!r} byte range does not match shape {shape}")
+    if end == start:
+      return np.zeros(shape, dtype)
+    return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start,
+                     shape=shape)
+
+
+def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
+                      fetch: Callable[[str], np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+  """Writes the tensors `specs` (name, shape, dtype), calling `fetch(name)` for one at a time."""
+  header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+  offset = 0
+  for name, shape, dtype in specs:
+    dtype = np.dtype(dtype)
+    if dtype not in _NAMES:
+      raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be written to safetensors")
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    header[name] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+    offset += size
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # the format aligns the data start to 8 bytes
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for name, shape, dtype in specs:
+      arr = np.ascontiguousarray(fetch(name))
+      if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise ValueError(f"tensor {name!r}: got {arr.shape} {arr.dtype}, planned {shape} {dtype}")
+      f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+  os.replace(tmp, path)
+
+
+def tensor_bytes(shape: Iterable[int], dtype) -> int:
+  return int(np.prod(tuple(shape), dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -1,0 +1,63 @@
+"""Embeddings from an exported encoder with plain PyTorch + transformers (no JAX).
+
+This is the code docs/hf_usage.md shows to PyTorch users, and the reference our tests compare
+`Encoder.encode` against. It depends only on torch and transformers.
+
+Two transformers pitfalls it avoids: `LlamaModel` is causal by default, and with no padding
+its mask builder returns no mask at all, so SDPA falls back to each attention module's
+`is_causal=True`. We clear `is_causal` on every module AND pass a ready-made 4-D mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def make_bidirectional(model: torch.nn.Module) -> torch.nn.Module:
+  """Turns off causal attention in every layer of a transformers LlamaModel (in place)."""
+  for module in model.modules():
+    if hasattr(module, "is_causal"):
+      module.is_causal = False
+  return model
+
+
+def key_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+  """[b, l] 1/0 mask -> [b, 1, l, l] additive mask: every token sees every real token."""
+  b, l = attention_mask.shape
+  keep = attention_mask[:, None, None, :].bool().expand(b, 1, l, l)
+  mask = torch.zeros((b, 1, l, l), dtype=dtype)
+  return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def prompt_prefix(instruction: str | None) -> str:
+  return f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n"
+
+
+@torch.no_grad()
+def encode(model, tokenizer, texts: list[str], instruction: str | None = None,
+           max_length: int = 2048) -> torch.Tensor:
+  """[len(texts), hidden] float32 L2-normalised ReasonIR embeddings."""
+  # BOS + prefix tokens, tokenized apart from the text so the prefix length is exact
+  # (and with add_special_tokens=False so there is only one BOS).
+  prefix = [tokenizer.bos_token_id] + tokenizer(prompt_prefix(instruction),
+                                                 add_special_tokens=False)["input_ids"]
+  rows = []
+  for text in texts:
+    text_ids = tokenizer(text[: 10 * max_length], add_special_tokens=False)["input_ids"]
+    rows.append(prefix + text_ids[: max_length - len(prefix)])
+  length = max(len(r) for r in rows)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+  attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+  for i, r in enumerate(rows):  # right padding; position ids are 0..l-1
+    input_ids[i, : len(r)] = torch.tensor(r)
+    attention_mask[i, : len(r)] = 1
+  pool_mask = attention_mask.clone()
+  pool_mask[:, : len(prefix)] = 0  # the instruction prefix is not pooled
+
+  dtype = next(model.parameters()).dtype
+  hidden = model(input_ids=input_ids, attention_mask=key_padding_mask(attention_mask, dtype)
+                 ).last_hidden_state.float()
+  summed = (hidden * pool_mask[..., None].float()).sum(dim=1)
+  mean = summed / pool_mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+  return F.normalize(mean, dim=-1)

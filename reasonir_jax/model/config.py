@@ -1,0 +1,169 @@
+"""`ModelConfig`: the encoder's dimensions and switches, from our ConfigDict or an HF config.json.
+
+Reads both Hugging Face layouts: transformers 5 (`rope_parameters` holding `rope_theta` and the
+scaling fields, `head_dim`, `dtype`) and the published Llama-3.1 one (top-level `rope_theta`,
+`rope_scaling`, `torch_dtype`). `to_hf_dict()` writes a LlamaConfig dict transformers 5 loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+ROPE_TYPES = ("llama3", "default")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 128256
+  hidden_size: int = 4096
+  intermediate_size: int = 14336
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int = 8
+  head_dim: int = 128
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 500000.0
+  rope_type: str = "llama3"
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_position_embeddings: int = 8192
+  max_position_embeddings: int = 131072
+  bos_token_id: int = 128000
+  eos_token_id: int = 128001
+  pad_token_id: int = 128004
+  param_dtype: str = "float32"
+  dtype: str = "bfloat16"
+  scan_layers: bool = True
+  remat_policy: str = "full"
+
+  def __post_init__(self):
+    if self.rope_type not in ROPE_TYPES:
+      raise ValueError(f"model.rope_type={self.rope_type!r} is not supported (one of {ROPE_TYPES})")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"model.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} is not a multiple of "
+                       f"model.num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+
+  @property
+  def jnp_param_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_config(cls, model_config: Mapping[str, Any]) -> "ModelConfig":
+    """From `config.model` (an ml_collections ConfigDict or a plain dict)."""
+    d = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"config.model has unknown fields {unknown}")
+    return cls(**d)
+
+  @classmethod
+  def from_hf_dict(cls, d: Mapping[str, Any], **overrides) -> "ModelConfig":
+    """From a Hugging Face Llama config.json dict (either layout); `overrides` replace fields."""
+    model_type = d.get("model_type", "llama")
+    if model_type != "llama":
+      raise ValueError(f"config.json: model_type={model_type!r} is not supported (need 'llama')")
+    for key, ok in (("attention_bias", False), ("mlp_bias", False)):
+      if d.get(key, ok) != ok:
+        raise ValueError(f"config.json: {key}={d[key]!r} is not supported")
+    if d.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"config.json: hidden_act={d['hidden_act']!r} is not supported (need 'silu')")
+
+    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    rope_theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+      raise ValueError(f"config.json: rope type {rope_type!r} is not supported (one of {ROPE_TYPES})")
+    num_heads = int(d["num_attention_heads"])
+    hidden = int(d["hidden_size"])
+    head_dim = d.get("head_dim") or hidden // num_heads
+    dtype = d.get("dtype") or d.get("torch_dtype") or "float32"
+    if dtype not in DTYPES:
+      raise ValueError(f"config.json: dtype {dtype!r} is not supported (one of {DTYPES})")
+
+    def first_id(v, default):
+      if isinstance(v, (list, tuple)):
+        v = v[0] if v else None
+      return default if v is None else int(v)
+
+    eos = first_id(d.get("eos_token_id"), 1)
+    kw = dict(
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or num_heads),
+        head_dim=int(head_dim),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(rope_theta),
+        rope_type=rope_type,
+        max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+        bos_token_id=first_id(d.get("bos_token_id"), 0),
+        eos_token_id=eos,
+        pad_token_id=first_id(d.get("pad_token_id"), eos),
+        param_dtype=dtype,
+        dtype=dtype,
+    )
+    if rope_type == "llama3":
+      for ours, theirs in (("rope_factor", "factor"), ("rope_low_freq_factor", "low_freq_factor"),
+                           ("rope_high_freq_factor", "high_freq_factor"),
+                           ("rope_original_max_position_embeddings",
+                            "original_max_position_embeddings")):
+        if theirs not in rope:
+          raise ValueError(f"config.json: llama3 rope scaling lacks {theirs!r}")
+        kw[ours] = type(getattr(cls, ours))(rope[theirs])
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf_dict(self, dtype: str | None = None) -> dict[str, Any]:
+    """A transformers-5 LlamaConfig dict for a bare `LlamaModel`."""
+    rope: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
+    if self.rope_type == "llama3":
+      rope.update(factor=self.rope_factor, low_freq_factor=self.rope_low_freq_factor,
+                  high_freq_factor=self.rope_high_freq_factor,
+                  original_max_position_embeddings=self.rope_original_max_position_embeddings)
+    return {
+        "architectures": ["LlamaModel"],
+        "model_type": "llama",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": self.max_position_embeddings,
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_parameters": rope,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": self.eos_token_id,
+        "pad_token_id": self.pad_token_id,
+        "initializer_range": 0.02,
+        "use_cache": False,
+        "dtype": dtype or self.param_dtype,
+    }

@@ -1,0 +1,222 @@
+"""The bidirectional Llama-3.1 encoder (Flax NNX): embeddings, RMSNorm, RoPE, GQA attention
+with a key-padding mask only (no causal mask), SwiGLU MLP, final norm; no LM head.
+
+Axis suffixes: b batch, t/s query/key time, d model width, n heads, k kv heads, g query heads per
+kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names for sharding
+(`out_sharding` metadata, mapped to the mesh by `reasonir_jax.sharding`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reasonir_jax import sharding
+from reasonir_jax.model.config import ModelConfig
+from reasonir_jax.model.rope import apply_rope, rope_cos_sin
+
+_INIT_STD = 0.02
+# Longer sequences compute attention in query chunks of this size, so the fp32 score tensor
+# is [chunk, length] per head rather than [length, length] (e.g. 32k-token evaluation).
+ATTN_QUERY_CHUNK = 4096
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None], dtype,
+           ones: bool = False) -> nnx.Param:
+  if ones:
+    value = jnp.ones(shape, dtype)
+  else:
+    value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  # eager_sharding=False: the logical names are mapped to a mesh by reasonir_jax.sharding.
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig):
+    self.eps = cfg.rms_norm_eps
+    self.dtype = cfg.jnp_dtype
+    self.scale = _param(None, (cfg.hidden_size,), (None,), cfg.jnp_param_dtype, ones=True)
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    x = x_btd.astype(jnp.float32)
+    var_bt1 = jnp.mean(x * x, axis=-1, keepdims=True)
+    normed = (x * jax.lax.rsqrt(var_bt1 + self.eps)).astype(self.dtype)
+    return self.scale[...].astype(self.dtype) * normed
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pd = cfg.jnp_param_dtype
+    self.cfg = cfg
+    self.q_proj = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), pd)
+    self.k_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.v_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.o_proj = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd)
+
+  def __call__(self, x_btd, key_mask_bs, cos_th, sin_th):
+    cfg = self.cfg
+    dt = cfg.jnp_dtype
+    k_heads, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_proj[...].astype(dt))
+    k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_proj[...].astype(dt))
+    v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_proj[...].astype(dt))
+    q_btnh = sharding.constrain(q_btnh, ("batch", "length", "act_heads", None))
+    k_btkh = sharding.constrain(k_btkh, ("batch", "length", "act_kv_heads", None))
+    v_btkh = sharding.constrain(v_btkh, ("batch", "length", "act_kv_heads", None))
+    q_btnh = apply_rope(q_btnh, cos_th, sin_th)
+    k_btkh = apply_rope(k_btkh, cos_th, sin_th)
+
+    # GQA without repeating K/V: query heads grouped by the KV head they share.
+    b, t = q_btnh.shape[:2]
+    q_btkgh = q_btnh.reshape(b, t, k_heads, groups, cfg.head_dim)
+    chunk = ATTN_QUERY_CHUNK
+    if t > chunk and t % chunk == 0:
+      q_cbtkgh = jnp.moveaxis(q_btkgh.reshape(b, t // chunk, chunk, *q_btkgh.shape[2:]), 1, 0)
+      out_cbtkgh = jax.lax.map(lambda q: _attend(q, k_btkh, v_btkh, key_mask_bs, dt), q_cbtkgh)
+      out_btkgh = jnp.moveaxis(out_cbtkgh, 0, 1).reshape(q_btkgh.shape)
+    else:
+      out_btkgh = _attend(q_btkgh, k_btkh, v_btkh, key_mask_bs, dt)
+    out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
+    return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_proj[...].astype(dt))
+
+
+def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype):
+  """Softmax attention in fp32 over all real keys (bidirectional: padded keys masked only).
+
+  Queries are laid out [b, k, g*t, h] so that each score/value product is one batched matmul
+  per (batch, kv head), which XLA runs faster than the 5-D einsum on CPU.
+  """
+  b, t, k, g, h = q_btkgh.shape
+  q_bkxh = q_btkgh.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
+  k_bksh = k_bskh.transpose(0, 2, 1, 3)
+  v_bksh = v_bskh.transpose(0, 2, 1, 3)
+  scores_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh, preferred_element_type=jnp.float32)
+  scores_bkxs = scores_bkxs * (h ** -0.5)
+  keep_b11s = key_mask_bs[:, None, None, :].astype(bool)
+  scores_bkxs = jnp.where(keep_b11s, scores_bkxs, jnp.finfo(jnp.float32).min)
+  probs_bkxs = jax.nn.softmax(scores_bkxs, axis=-1).astype(dtype)
+  out_bkxh = jnp.einsum("bkxs,bksh->bkxh", probs_bkxs, v_bksh)
+  return out_bkxh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f, pd = cfg.hidden_size, cfg.intermediate_size, cfg.jnp_param_dtype
+    self.dtype = cfg.jnp_dtype
+    self.gate_proj = _param(rngs, (d, f), ("embed", "mlp"), pd)
+    self.up_proj = _param(rngs, (d, f), ("embed", "mlp"), pd)
+    self.down_proj = _param(rngs, (f, d), ("mlp", "embed"), pd)
+
+  def __call__(self, x_btd):
+    dt = self.dtype
+    gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_proj[...].astype(dt))
+    up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_proj[...].astype(dt))
+    h_btf = sharding.constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "act_mlp"))
+    return jnp.einsum("btf,fd->btd", h_btf, self.down_proj[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(cfg)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.post_attn_norm = RMSNorm(cfg)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_btd, key_mask_bs, cos_th, sin_th):
+    x_btd = x_btd + self.attn(self.input_norm(x_btd), key_mask_bs, cos_th, sin_th)
+    x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+    return sharding.constrain(x_btd, ("batch", "length", "act_embed"))
+
+
+def _layer_fn(graphdef, remat_policy: str):
+  """A pure function (params, x, mask, cos, sin) -> x for one layer, rematerialised if asked."""
+
+  def run(params, x_btd, key_mask_bs, cos_th, sin_th):
+    return nnx.merge(graphdef, params)(x_btd, key_mask_bs, cos_th, sin_th)
+
+  if remat_policy == "none":
+    return run
+  return jax.checkpoint(run, policy=REMAT_POLICIES[remat_policy])
+
+
+class LlamaEncoder(nnx.Module):
+  """Bidirectional Llama: [b, l] token ids + attention mask -> [b, l, d] final-norm states."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                               cfg.jnp_param_dtype)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked(rngs):
+        return Block(cfg, rngs=rngs)
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg)
+    self._activation_sharding = None
+
+  def set_activation_sharding(self, mesh, rules) -> None:
+    """Makes the activation constraints act on `mesh` (they are no-ops until this is set)."""
+    if mesh is None:
+      self._activation_sharding = None
+    else:
+      rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+      self._activation_sharding = (mesh, rules)
+
+  def __call__(self, input_ids_bl: jax.Array, attention_mask_bl: jax.Array, *,
+               output_hidden_states: bool = False):
+    """Returns hidden_bld (after the final norm, compute dtype); with output_hidden_states also
+    the tuple (embeddings, output of layer 1, ..., output of layer N) before the final norm."""
+    if self._activation_sharding is None:
+      return self._forward(input_ids_bl, attention_mask_bl, output_hidden_states)
+    with sharding.activation_sharding(*self._activation_sharding):
+      return self._forward(input_ids_bl, attention_mask_bl, output_hidden_states)
+
+  def _forward(self, input_ids_bl, attention_mask_bl, output_hidden_states):
+    cfg = self.cfg
+    dt = cfg.jnp_dtype
+    input_ids_bl = sharding.constrain(input_ids_bl, ("batch", "length"))
+    x_bld = jnp.take(self.embed_tokens[...], input_ids_bl, axis=0).astype(dt)
+    x_bld = sharding.constrain(x_bld, ("batch", "length", "act_embed"))
+    cos_lh, sin_lh = rope_cos_sin(cfg, input_ids_bl.shape[1], dt)
+    key_mask_bl = attention_mask_bl.astype(bool)
+    hidden = [x_bld]
+
+    if cfg.scan_layers:
+      graphdef, params = nnx.split(self.layers)
+      layer = _layer_fn(graphdef, cfg.remat_policy)
+
+      def body(x, layer_params):
+        y = layer(layer_params, x, key_mask_bl, cos_lh, sin_lh)
+        return y, (y if output_hidden_states else None)
+
+      x_bld, ys_nbld = jax.lax.scan(body, x_bld, params)
+      if output_hidden_states:
+        hidden.extend(ys_nbld[i] for i in range(cfg.num_layers))
+    else:
+      for block in self.layers:
+        graphdef, params = nnx.split(block)
+        x_bld = _layer_fn(graphdef, cfg.remat_policy)(params, x_bld, key_mask_bl, cos_lh, sin_lh)
+        hidden.append(x_bld)
+
+    out_bld = self.final_norm(x_bld)
+    if output_hidden_states:
+      return out_bld, tuple(hidden)
+    return out_bld

@@ -1,0 +1,119 @@
+"""BRIGHT harness end to end on a tiny BRIGHT-layout fixture (BM25 and a tiny random model),
+and the embedding cache (a second run encodes nothing; an interrupted encoding resumes)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from reasonir_jax.eval import bright, bright_data, cache, metrics
+
+
+def _check_out_dir(out, tasks, examples_by_task):
+  results = json.load(open(os.path.join(out, "results.json")))
+  assert set(results) == set(tasks) | {"average"}
+  for task in tasks:
+    assert 0.0 <= results[task]["ndcg@10"] <= 1.0
+    run = metrics.read_trec_run(os.path.join(out, f"{task}.run"))
+    for e in examples_by_task[task]:
+      assert not set(run.get(e.id, {})) & set(e.excluded_ids), (task, e.id)
+  assert results["average"]["ndcg@10"] == pytest.approx(np.mean([results[t]["ndcg@10"] for t in tasks]))
+  return results
+
+
+def test_bm25_end_to_end(bright_dir, tmp_path, capsys):
+  out = str(tmp_path / "bm25")
+  bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", out, "--tasks", "biology,leetcode"])
+  examples = {t: bright_data.load_examples(bright_dir, t) for t in ("biology", "leetcode")}
+  results = _check_out_dir(out, ["biology", "leetcode"], examples)
+  # The fixture's queries share stemmed words with their gold documents.
+  assert results["biology"]["ndcg@10"] > 0.6 and results["leetcode"]["ndcg@10"] > 0.6
+  table = capsys.readouterr().out
+  assert "ReasonIR-8B (pub.)" in table and "26.2" in table and "24.4" in table  # biology, leetcode
+  # The excluded near-duplicate of b0's gold would rank first if it were not removed.
+  run = metrics.read_trec_run(os.path.join(out, "biology.run"))
+  assert metrics.ranked_ids(run["b0"])[0] == "bio_mito"
+
+
+def test_query_sources(bright_dir, tmp_path):
+  reason = bright_data.load_queries(bright_dir, "biology", "gpt4_reason")
+  assert reason[0].query.endswith("Reasoning: the relevant concept.")
+  assert reason[0].excluded_ids == ["bio_dup"]  # gold/excluded come from examples/
+  path = tmp_path / "biology.jsonl"
+  path.write_text("".join(json.dumps({"id": i, "query": f"q {i}"}) + "\n" for i in ("b0", "b1", "b2")))
+  assert [e.query for e in bright_data.load_queries(bright_dir, "biology", str(tmp_path))] == [
+      "q b0", "q b1", "q b2"]
+  path.write_text(json.dumps({"id": "b0", "query": "x"}) + "\n")
+  with pytest.raises(KeyError, match="no query for 2 example"):
+    bright_data.load_queries(bright_dir, "biology", str(path))
+
+
+def _dense(encoder, bright_dir, cache_dir, chunk_size=2):
+  examples = bright_data.load_examples(bright_dir, "biology")
+  ids, docs = bright_data.load_documents(bright_dir, "biology")
+  return bright.dense_run(encoder, "model-key", "biology", examples, ids, docs, max_length=64, batch_size=4,
+                          long_documents=False, cache_dir=cache_dir, chunk_size=chunk_size)
+
+
+def test_cache_second_run_encodes_nothing(bright_dir, tmp_path, bow_encoder):
+  first = bow_encoder()
+  run1 = _dense(first, bright_dir, str(tmp_path))
+  assert first.texts_encoded == 6 + 3  # corpus + queries
+  second = bow_encoder()
+  run2 = _dense(second, bright_dir, str(tmp_path))
+  assert second.texts_encoded == 3  # queries only
+  assert run1 == run2
+  assert "bio_dup" not in run1["b0"]
+
+
+def test_interrupted_encoding_resumes(bright_dir, tmp_path, bow_encoder):
+  reference = _dense(bow_encoder(), bright_dir, str(tmp_path / "ref"))
+  interrupted = bow_encoder(fail_after_calls=2)  # 6 docs in chunks of 2: dies on the third chunk
+  with pytest.raises(KeyboardInterrupt):
+    _dense(interrupted, bright_dir, str(tmp_path / "c"))
+  (entry,) = os.listdir(tmp_path / "c")
+  assert sorted(f for f in os.listdir(tmp_path / "c" / entry) if f.startswith("chunk")) == [
+      "chunk_00000.npy", "chunk_00001.npy"]
+  resumed = bow_encoder()
+  # A different chunk size asked for later still resumes the chunking on disk.
+  assert _dense(resumed, bright_dir, str(tmp_path / "c"), chunk_size=4) == reference
+  assert resumed.texts_encoded == 2 + 3  # the last chunk + queries
+
+
+def test_model_fingerprint_follows_latest_checkpoint(tmp_path):
+  (tmp_path / "checkpoints" / "500").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "500" / "w").write_text("a")
+  before = cache.model_fingerprint(str(tmp_path))
+  (tmp_path / "events.log").write_text("training logs do not matter")
+  assert cache.model_fingerprint(str(tmp_path)) == before
+  (tmp_path / "checkpoints" / "1000").mkdir()
+  (tmp_path / "checkpoints" / "1000" / "w").write_text("b")
+  assert cache.model_fingerprint(str(tmp_path)) != before
+
+
+def test_dense_end_to_end_tiny_model(bright_dir, tiny_model_dir, tmp_path, monkeypatch):
+  try:
+    from reasonir_jax.encoder import Encoder
+  except ImportError as e:
+    pytest.skip(f"reasonir_jax.encoder is not available: {e}")
+  documents_encoded = []
+  original = Encoder.encode
+
+  def spy(self, texts, instruction=None, **kw):
+    if instruction is None:
+      documents_encoded.extend(texts)
+    return original(self, texts, instruction=instruction, **kw)
+
+  monkeypatch.setattr(Encoder, "encode", spy)
+  common = ["--model", tiny_model_dir, "--data", bright_dir, "--tasks", "biology,leetcode", "--dtype", "float32",
+            "--max-length", "64", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache")]
+  out = str(tmp_path / "dense")
+  bright.main(common + ["--out", out])
+  examples = {t: bright_data.load_examples(bright_dir, t) for t in ("biology", "leetcode")}
+  _check_out_dir(out, ["biology", "leetcode"], examples)
+  assert len(documents_encoded) == 6 + 4
+  run = metrics.read_trec_run(os.path.join(out, "biology.run"))
+  assert len(run["b1"]) == 6 and len(run["b0"]) == 5  # whole corpus minus the excluded id
+  # Other queries, same corpus: the cache serves every document embedding.
+  bright.main(common + ["--out", str(tmp_path / "dense2"), "--queries", "gpt4_reason", "--tasks", "biology"])
+  assert len(documents_encoded) == 6 + 4

@@ -1,0 +1,220 @@
+"""Query rewriting, ReasonIR-Rerank and RAG against a scripted OpenAI-compatible loopback server."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_gen.backends import ChatFailure, make_backend
+from data_gen.testing import ScriptedChatServer, last_user_message
+from reasonir_jax.eval import bright, metrics, rag, rerank, rewrite
+
+
+def _backend(server):
+  return make_backend("openai", base_url=server.base_url, model="m", max_retries=0, max_concurrency=4)
+
+
+# ---------------------------------------------------------------- rerank
+
+@pytest.mark.parametrize("answer,score", [
+    ("Reasoning... Relevance score: 4.", 4.0),
+    ("**Relevance score:** 3", 3.0),
+    ("relevance score: 2.5", 2.5),
+    ("Relevance score: 1. Wait, on reflection Relevance score: 5.", 5.0),  # the last marker counts
+    ("I think it is quite relevant.", 0.0),  # missing marker
+    ("Relevance score: high", -1.0),  # parse failure
+    ("Relevance score: 7", -1.0),  # out of the 0..5 scale
+    (ChatFailure("HTTP 500"), -1.0),
+])
+def test_parse_relevance(answer, score):
+  assert rerank.parse_relevance(answer) == score
+
+
+def test_interpolation():
+  assert rerank.interpolate(5, 0.2) == pytest.approx(0.6)
+  assert rerank.interpolate(0, 0.8, alpha=0.25) == pytest.approx(0.6)
+  assert rerank.interpolate(-1, 0.5) == pytest.approx(0.15)
+
+
+def _judge(request):
+  text = last_user_message(request)
+  if "Mitochondria produce ATP" in text:
+    return "Relevance score: 5."
+  if "Photosynthesis in plants" in text:
+    return "The document explains it. Relevance score: 4"
+  if "DNA replication" in text:
+    return "no marker at all"
+  if "Enzymes" in text:
+    return 400  # a failed request
+  if "Binary search halves" in text:
+    return "Relevance score: 5"
+  return "Relevance score: 1."
+
+
+def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
+  out = str(tmp_path)
+  base = {"b0": {"bio_neuron": 0.9, "bio_mito": 0.5, "bio_dna": 0.4, "bio_photo": 0.1},
+          "b1": {"bio_enzyme": 0.7, "bio_photo": 0.6, "bio_neuron": 0.2},
+          "b2": {"bio_dna": 0.3, "bio_neuron": 0.2}}
+  metrics.write_trec_run(os.path.join(out, "biology.run"), base)
+  metrics.write_trec_run(os.path.join(out, "leetcode.run"), {"l0": {"lc_dp": 0.8, "lc_bsearch": 0.6}})
+  with ScriptedChatServer(_judge) as server:
+    backend = _backend(server)
+    results = rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"], top_k=3, seed=7)
+    backend.close()
+    requests = list(server.requests)
+  new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
+  # top_k=3: b0's 4th document is dropped; every score is 0.5 * rel / 5 + 0.5 * retriever.
+  assert set(new["b0"]) == {"bio_neuron", "bio_mito", "bio_dna"}
+  assert new["b0"]["bio_mito"] == pytest.approx(0.5 * 5 / 5 + 0.5 * 0.5)
+  assert new["b0"]["bio_neuron"] == pytest.approx(0.5 * 1 / 5 + 0.5 * 0.9)
+  assert new["b0"]["bio_dna"] == pytest.approx(0.5 * 0 + 0.5 * 0.4)  # missing marker: 0
+  assert new["b1"]["bio_enzyme"] == pytest.approx(0.5 * -1 / 5 + 0.5 * 0.7)  # failure: -1
+  assert metrics.ranked_ids(new["b0"])[0] == "bio_mito"
+  assert results["biology"]["ndcg@10"] > results["biology"]["before"]["ndcg@10"]
+  assert len(requests) == 3 + 3 + 2 + 2
+  assert all(r["seed"] == 7 and r["temperature"] == 0.0 for r in requests)
+  leet = [r for r in requests if "Binary search halves" in last_user_message(r)]
+  assert "coding problem" in last_user_message(leet[0])
+  judgments = [json.loads(l) for l in open(os.path.join(out, "rerank", "biology.judgments.jsonl"))]
+  assert {j["relevance"] for j in judgments} == {5.0, 4.0, 1.0, 0.0, -1.0}
+  assert json.load(open(os.path.join(out, "rerank", "results.json")))["config"]["seed"] == 7
+
+
+# ---------------------------------------------------------------- rewrite
+
+def test_rewrite_then_evaluate(bright_dir, tmp_path):
+  def expand(request):
+    text = last_user_message(request)
+    assert "core problem" in text and "step by step" in text and "draft answer" in text
+    return "mitochondria ATP respiration photosynthesis glucose DNA replication"
+
+  with ScriptedChatServer(expand) as server:
+    rewrite.main(["--data", bright_dir, "--tasks", "biology", "--out", str(tmp_path / "rw"),
+                  "--backend", "openai", "--backend-model", "m", "--base-url", server.base_url,
+                  "--max-tokens", "77"])
+    assert all(r["temperature"] == 0.8 and r["top_p"] == 0.8 and r["max_tokens"] == 77
+               for r in server.requests)
+    rows = [json.loads(l) for l in open(tmp_path / "rw" / "biology.jsonl")]
+    assert [r["id"] for r in rows] == ["b0", "b1", "b2"] and rows[0]["query"].startswith("mitochondria")
+    # The eval option does the same in one go and saves the rewrites.
+    bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path / "ev"), "--tasks",
+                 "biology", "--rewrite-backend", "openai", "--rewrite-model", "m", "--base-url",
+                 server.base_url])
+  assert os.path.isfile(tmp_path / "ev" / "rewritten" / "biology.jsonl")
+  # Saved rewrites feed back through --queries.
+  bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path / "fb"), "--tasks", "biology",
+               "--queries", str(tmp_path / "rw")])
+  saved = [json.loads(l) for l in open(tmp_path / "fb" / "queries" / "biology.jsonl")]
+  assert saved == rows
+
+
+# ---------------------------------------------------------------- RAG
+
+@pytest.mark.parametrize("text,letter", [
+    ("... so the answer is (C).", "C"),
+    ("The answer is B", "B"),
+    ("the answer is (A). Hmm, no: the answer is (D)", "D"),
+    ("Answer: (B)", "B"),
+    ("the answer is (F)", None),  # not one of 4 choices
+    ("I am not sure.", None),
+    (ChatFailure("timeout"), None),
+])
+def test_parse_answer(text, letter):
+  assert rag.parse_answer(text, 4) == letter
+
+
+def _questions(tmp_path):
+  path = tmp_path / "q.jsonl"
+  rows = [{"id": "m0", "question": "Which organelle makes ATP?", "choices": ["Nucleus", "Mitochondrion",
+                                                                             "Ribosome", "Golgi"],
+           "answer": "B", "subject": "college_biology"},
+          {"id": "m1", "question": "What do plants make from light?", "choices": ["Glucose", "Salt", "Iron",
+                                                                                  "Gold"], "answer": 0}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_load_questions_formats(tmp_path):
+  qs = rag.load_questions(_questions(tmp_path), "mmlu")
+  assert [q["answer"] for q in qs] == ["B", "A"] and qs[0]["subject"] == "college biology"
+  gpqa = tmp_path / "g.jsonl"
+  gpqa.write_text(json.dumps({"Record ID": "r1", "Question": "Q?", "Correct Answer": "right",
+                              "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
+                              "Incorrect Answer 3": "w3"}) + "\n")
+  (g,) = rag.load_questions(str(gpqa), "gpqa")
+  assert g["choices"][rag.LETTERS.index(g["answer"])] == "right"
+  assert rag.load_questions(str(gpqa), "gpqa") == [g]  # seeded shuffle repeats
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "E"}) + "\n")
+  with pytest.raises(ValueError, match="answer 'E'"):
+    rag.load_questions(str(bad), "mmlu")
+
+
+def test_prompts_follow_the_reference_layout():
+  q = {"question": "Q?", "choices": ["x", "y"], "subject": ""}
+  mmlu = rag.build_prompt("mmlu", q, ["p one", "p two"])
+  assert mmlu.startswith("p one\n\np two\n\n") and 'the answer is (X)' in mmlu and "(B) y" in mmlu
+  assert rag.build_prompt("gpqa", q, ["p one", "p two"]).startswith("Passage 1: p one\n\nPassage 2: p two")
+  assert "Passage" not in rag.build_prompt("gpqa", q)
+
+
+def test_rag_retrieval_and_answers(tmp_path, bow_encoder):
+  store = tmp_path / "store"
+  store.mkdir()
+  (store / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+      {"id": "p0", "text": "The mitochondrion organelle makes ATP for the cell."},
+      {"id": "p1", "text": "Plants make glucose from light by photosynthesis."},
+      {"id": "p2", "text": "Iron and gold are metals."}]))
+  ids, texts = rag.load_datastore(str(store))
+  qs = rag.load_questions(_questions(tmp_path), "mmlu")
+  enc = bow_encoder()
+  passages = rag.retrieve_passages(enc, "k", qs, ids, texts, k=1, instruction=rag.DEFAULT_INSTRUCTION,
+                                   cache_dir=str(tmp_path / "cache"))
+  assert passages == [[texts[0]], [texts[1]]]
+  rag.retrieve_passages(enc, "k", qs, ids, texts, k=1, instruction="x", cache_dir=str(tmp_path / "cache"))
+  assert enc.texts_encoded == 3 + 2 + 2  # the datastore is encoded once
+
+  def reader(request):
+    text = last_user_message(request)
+    if "mitochondrion organelle" in text:
+      return "It is the mitochondrion, so the answer is (B)."
+    if "glucose from light" in text:
+      return "Answer: A"
+    return "Probably the answer is (C)."
+
+  with ScriptedChatServer(reader) as server:
+    backend = _backend(server)
+    closed, _ = rag.answer_questions(backend, "mmlu", qs, None)
+    with_rag, rows = rag.answer_questions(backend, "mmlu", qs, passages)
+    backend.close()
+    assert all(r["temperature"] == 0.0 for r in server.requests)
+  assert closed == 0.0 and with_rag == 1.0
+  assert [r["prediction"] for r in rows] == ["B", "A"]
+
+
+def test_rag_cli_with_tiny_model(tmp_path, tiny_model_dir):
+  pytest.importorskip("reasonir_jax.encoder")
+  store = tmp_path / "store"
+  store.mkdir()
+  (store / "a.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "text": f"passage {i} about cells"}) + "\n"
+                                         for i in range(5)))
+  with ScriptedChatServer(lambda r: "the answer is (B)" if "Passage 1:" in last_user_message(r)
+                          else "the answer is (A)") as server:
+    result = rag.main(["--task", "gpqa", "--data", _questions(tmp_path), "--datastore", str(store), "--model",
+                       tiny_model_dir, "--dtype", "float32", "--max-length", "64", "--k", "2", "--backend",
+                       "openai", "--backend-model", "m", "--base-url", server.base_url, "--out",
+                       str(tmp_path / "out")])
+  assert result["accuracy_closed_book"] == 0.5 and result["accuracy_with_retrieval"] == 0.5
+  saved = json.load(open(tmp_path / "out" / "rag_gpqa.json"))
+  assert all(len(p) == 2 for p in saved["passages"])
+
+
+def test_backend_flags_errors_name_the_flag(bright_dir, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path), "--tasks", "biology",
+                 "--rewrite-backend", "openai", "--rewrite-model", "m"])
+  assert "--rewrite-backend openai needs --base-url" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    rerank.main(["--run-dir", str(tmp_path), "--data", bright_dir, "--backend", "openai", "--base-url", "http://x"])
+  assert "no <task>.run files" in capsys.readouterr().err
