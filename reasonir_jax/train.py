@@ -1,0 +1,177 @@
+"""Contrastive training of the ReasonIR encoder on a device mesh.
+
+  python -m reasonir_jax.train --config=configs/tiny.py --workdir=/tmp/run \
+      [--config.optim.lr=1e-5 --config.mesh.shape=(2,-1,1) ...]
+
+A workdir holding a checkpoint resumes from it (same data order and RNG, so an interrupted run
+ends with the same parameters as one that never stopped). Otherwise the encoder starts from the
+Hugging Face directory `--config.init_from`, or from random weights. Several processes (TPU pod
+hosts, or `--coordinator_address/--num_processes/--process_id`) each read their own share of the
+data; global arrays are built from process-local data.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+import ml_collections
+
+log = logging.getLogger("reasonir_jax.train")
+
+StepCallback = Callable[[int, object, dict], None]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """Known flags plus `--config.a.b=value` overrides (returned as "a.b=value" strings)."""
+  parser = argparse.ArgumentParser(prog="python -m reasonir_jax.train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, config.json")
+  parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognised argument {item!r} (config overrides look like --config.optim.lr=1e-5)")
+    if "=" not in item:
+      parser.error(f"override {item!r} needs a value: {item}=VALUE")
+    overrides.append(item[len("--config."):])
+  return args, overrides
+
+
+def _has_tokenizer(path: str) -> bool:
+  return any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
+  """config.data.tokenizer, else the init_from directory's tokenizer, else the shipped sample one."""
+  if config.data.tokenizer:
+    return config.data.tokenizer
+  if config.init_from and _has_tokenizer(config.init_from):
+    return config.init_from
+  from reasonir_jax.data.sample import sample_tokenizer_dir
+  return sample_tokenizer_dir()
+
+
+def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
+  """Takes the architecture from `config.init_from`'s config.json (dtypes, scan and remat stay)."""
+  from reasonir_jax.hf import read_hf_config
+  from reasonir_jax.model import ModelConfig
+  keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy")}
+  hf_cfg = ModelConfig.from_hf_dict(read_hf_config(config.init_from), **keep)
+  for field in dataclasses.fields(hf_cfg):
+    if field.name in config.model:
+      config.model[field.name] = getattr(hf_cfg, field.name)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepCallback | None = None,
+        data_iterator=None):
+  """Trains to `config.train.num_steps`; returns the final TrainState.
+
+  `step_callback(step, state, metrics)` runs after every step (hooks for tests and profiling).
+  `data_iterator` replaces the Grain pipeline (it must have get_state/set_state).
+  """
+  import jax
+  from reasonir_jax import sharding as shd
+  from reasonir_jax.training import checkpoint as ckpt_lib
+  from reasonir_jax.training import flops as flops_lib
+  from reasonir_jax.training import metrics as metrics_lib
+  from reasonir_jax.training.step import build_trainer
+
+  os.makedirs(workdir, exist_ok=True)
+  if config.init_from:
+    if not os.path.isdir(config.init_from):
+      raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory")
+    adopt_hf_model_config(config)
+  mesh = shd.make_mesh(config.mesh)
+  trainer = build_trainer(config, mesh)
+  tokenizer_path = resolve_tokenizer(config)
+  ckpt_lib.save_config(workdir, config, tokenizer_path)
+  manager = ckpt_lib.CheckpointManager(workdir, config.checkpoint)
+
+  if data_iterator is None:
+    from reasonir_jax.data.pipeline import make_train_iterator
+    data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec)
+
+  latest = manager.latest_step()
+  if latest is not None:
+    state, data_state = manager.restore(trainer.abstract_state(), latest)
+    if data_state is not None:
+      data_iterator.set_state(data_state)
+    log.info("resumed from %s at step %d", manager.directory, latest)
+  elif config.init_from:
+    from reasonir_jax.hf import load_hf
+    model, _ = load_hf(config.init_from, mesh=mesh, rules=trainer.rules,
+                       param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                       scan_layers=config.model.scan_layers, remat_policy=config.model.remat_policy)
+    from flax import nnx
+    _, params = nnx.split(model, nnx.Param)
+    state = trainer.state_from_params(params)
+    log.info("initialised from %s", config.init_from)
+  else:
+    state = trainer.init_state(int(config.seed))
+
+  num_steps = int(config.train.num_steps)
+  step = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricWriter(workdir)
+  peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
+                                           float(config.train.peak_flops_per_device))
+  meter = metrics_lib.Throughput(jax.device_count(), peak)
+  log_every = max(int(config.train.log_every), 1)
+  group = trainer.group_size
+  if writer.enabled:
+    print(f"training {num_steps} steps from step {step} on {jax.device_count()} devices, "
+          f"mesh {dict(mesh.shape)}, global batch {trainer.global_batch} x group {group}"
+          + ("" if peak else " (device peak FLOP/s unknown: no MFU)"), flush=True)
+  last_saved = latest
+  try:
+    while step < num_steps:
+      batch = next(data_iterator)
+      state, metrics = trainer.train_step(state, batch)
+      step += 1
+      lq = batch["query"]["input_ids"].shape[1]
+      lp = batch["passage"]["input_ids"].shape[1]
+      meter.add(trainer.global_batch, flops_lib.tokens_per_step(trainer.global_batch, lq, lp, group),
+                flops_lib.train_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp, group,
+                                           trainer.chunk))
+      if manager.save(state, data_iterator.get_state(), step=step):
+        last_saved = step
+      if step % log_every == 0 or step == num_steps:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars.update(meter.report())
+        writer.write(step, scalars)
+      if step_callback is not None:
+        step_callback(step, state, metrics)
+    if last_saved != step:
+      manager.save(state, data_iterator.get_state(), step=step, force=True)
+    manager.wait()
+  finally:
+    manager.close()
+    writer.close()
+    if hasattr(data_iterator, "close"):
+      data_iterator.close()
+  return state
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  from reasonir_jax.training import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  from reasonir_jax.config import ConfigError, load_config
+  try:
+    config = load_config(args.config, overrides)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  run(config, args.workdir)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Contrastive training under a device mesh: loss, GradCache, optimiser, step, checkpoints, metrics."""

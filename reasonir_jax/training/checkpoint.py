@@ -1,0 +1,203 @@
+"""Orbax checkpoints of the train state and the data iterator: `WORKDIR/checkpoints/<step>/`.
+
+Each checkpoint holds three items: `params` (named by parameter path, so an export can read just
+them), `opt_state`, and `meta` (JSON: step, RNG key, the data iterator's state). Saves are
+asynchronous and atomic: Orbax writes into a temporary directory and renames it when every
+process has finished, so a crash mid-save never leaves a step that looks complete. Restoring
+places every array in the *current* mesh's sharding, whatever mesh wrote it.
+
+The resolved config is saved as `WORKDIR/config.json` so export and evaluation can rebuild the model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from reasonir_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---- naming the leaves -------------------------------------------------------------------------
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _flat_params(params) -> dict[str, Any]:
+  """{"layers.attn.q_proj": array, ...}: one entry per parameter, named by its path."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    names = [_key_name(k) for k in path if _key_name(k) != "value"]
+    out[".".join(names)] = leaf
+  return out
+
+
+def _flat_leaves(tree) -> dict[str, Any]:
+  """Any pytree as {"00012_<path>": leaf}, in flattening order (the index keeps names unique)."""
+  out = {}
+  for i, (path, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(tree)):
+    name = re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
+    out[f"{i:05d}_{name}"[:120]] = leaf
+  return out
+
+
+def _unflatten(flat: dict[str, Any], like) -> Any:
+  """Rebuilds a tree shaped like `like` from a dict made by `_flat_params` or `_flat_leaves`."""
+  treedef = jax.tree_util.tree_structure(like)
+  return jax.tree_util.tree_unflatten(treedef, list(flat.values()))
+
+
+def _abstract(flat: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+          for k, v in flat.items()}
+
+
+# ---- the config beside the checkpoints ---------------------------------------------------------
+def save_config(workdir: str, config: ml_collections.ConfigDict, tokenizer_path: str = "") -> str:
+  """Writes the resolved config (and the tokenizer it trained with) as JSON; process 0 only."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    payload = {"config": json.loads(config.to_json_best_effort()), "tokenizer_path": tokenizer_path}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+  return path
+
+
+def load_saved_config(workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+  """(config, tokenizer_path) written by `save_config`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+  with open(path) as f:
+    payload = json.load(f)
+  cfg = ml_collections.ConfigDict(_tuples(payload["config"]))
+  return cfg, payload.get("tokenizer_path", "")
+
+
+def _tuples(x):
+  """JSON turns tuples into lists; configs use tuples (mesh shape, rules, buckets)."""
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+# ---- the manager -------------------------------------------------------------------------------
+class CheckpointManager:
+  """Saves and restores (TrainState, data iterator state) under `workdir/checkpoints/<step>/`."""
+
+  def __init__(self, workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None):
+    every = int(ckpt_cfg.every_steps) if ckpt_cfg is not None else 1
+    self.every_steps = max(every, 1)
+    keep = int(ckpt_cfg.keep) if ckpt_cfg is not None else None
+    async_save = bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("params", "opt_state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, state: TrainState, data_state: Any = None, *, step: int | None = None,
+           force: bool = False) -> bool:
+    """Starts a save of `state` at `step` (default: read from the state) when the step is due
+    (every `every_steps`) or with force; returns whether a save started."""
+    step = int(jax.device_get(state.step)) if step is None else int(step)
+    if not force and step % self.every_steps:
+      return False
+    meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(), "data": data_state}
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(_flat_params(state.params)),
+        opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
+        meta=ocp.args.JsonSave(meta))
+    saved = self._manager.save(step, args=args, force=True)
+    if saved:
+      log.info("checkpoint: saving step %d to %s", step, self.directory)
+    return saved
+
+  def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, Any]:
+    """(state, data state) of `step` (default: the latest), each array in the sharding of
+    `abstract_state` (ShapeDtypeStructs, e.g. `Trainer.abstract_state()`)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    flat_p = _abstract(_flat_params(abstract_state.params))
+    flat_o = _abstract(_flat_leaves(abstract_state.opt_state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(flat_p), opt_state=ocp.args.StandardRestore(flat_o),
+        meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    params = _unflatten({k: restored["params"][k] for k in flat_p}, abstract_state.params)
+    opt_state = _unflatten({k: restored["opt_state"][k] for k in flat_o}, abstract_state.opt_state)
+    step_arr = jax.device_put(np.asarray(meta["step"], np.int32), abstract_state.step.sharding)
+    rng = jax.device_put(np.asarray(meta["rng"], np.uint32), abstract_state.rng.sharding)
+    return TrainState(step=step_arr, params=params, opt_state=opt_state, rng=rng), meta.get("data")
+
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the parameters (for export), in the shardings of `abstract_params`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                              f"(have: {self.all_steps()})")
+    flat_p = _abstract(_flat_params(abstract_params))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(flat_p)))
+    return _unflatten({k: restored["params"][k] for k in flat_p}, abstract_params)
+
+  def wait(self) -> None:
+    """Blocks until an asynchronous save has been committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def load_params_for_export(workdir: str, step: int | None = None):
+  """(params_state, model_cfg, tokenizer_path) of a training workdir's checkpoint (latest by default).
+
+  params_state is the encoder's `nnx.State` of Params on the default device, for `nnx.merge` /
+  `nnx.update` into a `LlamaEncoder(model_cfg)`.
+  """
+  from reasonir_jax.model import LlamaEncoder, ModelConfig
+  config, tokenizer_path = load_saved_config(workdir)
+  model_cfg = ModelConfig.from_config(config.model)
+  abstract_model = nnx.eval_shape(lambda: LlamaEncoder(model_cfg, rngs=nnx.Rngs(0)))
+  _, abstract_params = nnx.split(abstract_model, nnx.Param)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                 abstract_params)
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    raise FileNotFoundError(f"{workdir!r} has no {CHECKPOINT_DIR}/ folder: not a training workdir")
+  manager = CheckpointManager(workdir)
+  try:
+    params = manager.restore_params(abstract_params, step)
+  finally:
+    manager.close()
+  return params, model_cfg, tokenizer_path

@@ -1,0 +1,119 @@
+"""Loss and parameter gradients of the contrastive loss, full batch or with GradCache.
+
+GradCache (Gao et al. 2021) fits a large contrastive batch in memory: (1) encode every chunk
+of the batch without keeping activations, (2) take the gradient of the loss with respect to the
+embeddings only, (3) re-encode chunk by chunk and pull those embedding gradients back to the
+parameters through a VJP, summing over chunks. The result equals the full-batch gradient; the
+peak activation memory is that of one chunk.
+
+Chunks stay sharded over the data devices. A naive reshape of a sharded batch [B, L] into
+[C, B/C, L] puts whole chunks on single devices (XLA then all-to-alls or replicates). Instead
+chunk c is {sub-block c of every device's local block}: [B] -> [D, C, B/(D*C)] -> [C, D, B/(D*C)]
+-> [C, B/C]. Each device keeps exactly its own rows, so no data moves, and `unchunk_rows` puts
+the embeddings back in the original row order before the loss.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# encode_fn(params, input_ids_bl, attention_mask_bl, pool_mask_bl) -> emb_bd (fp32).
+EncodeFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+# loss_fn(q_emb_bd, p_emb_nd) -> (loss, metrics).
+LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict]]
+
+_INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
+
+
+def check_chunking(num_rows: int, chunk_size: int, num_shards: int, what: str = "batch") -> int:
+  """The number of chunks; a clear error when the rows cannot be split evenly."""
+  if chunk_size <= 0:
+    raise ValueError(f"config.train.grad_cache_chunk must be > 0 to chunk, got {chunk_size}")
+  if chunk_size % num_shards:
+    raise ValueError(f"config.train.grad_cache_chunk={chunk_size} must be a multiple of the "
+                     f"{num_shards} data-parallel devices (each chunk is spread over all of them)")
+  if num_rows % chunk_size:
+    raise ValueError(f"config.train.grad_cache_chunk={chunk_size} must divide the {what} rows "
+                     f"({num_rows})")
+  return num_rows // chunk_size
+
+
+def _constrain(x: jax.Array, mesh: Mesh | None, spec: P) -> jax.Array:
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def chunk_rows(x: jax.Array, num_chunks: int, num_shards: int, mesh: Mesh | None = None,
+               batch_axes: Sequence[str] | str | None = None) -> jax.Array:
+  """[B, ...] -> [C, B/C, ...] where chunk c holds sub-block c of every device's block of rows."""
+  b, rest = x.shape[0], x.shape[1:]
+  per = b // (num_shards * num_chunks)
+  x_dcr = x.reshape(num_shards, num_chunks, per, *rest)
+  x_cdr = jnp.swapaxes(x_dcr, 0, 1)
+  x_c = x_cdr.reshape(num_chunks, num_shards * per, *rest)
+  return _constrain(x_c, mesh, P(None, batch_axes))
+
+
+def unchunk_rows(x_c: jax.Array, num_shards: int, mesh: Mesh | None = None,
+                 batch_axes: Sequence[str] | str | None = None) -> jax.Array:
+  """The inverse of `chunk_rows`: [C, B/C, ...] -> [B, ...] in the original row order."""
+  c, rows, rest = x_c.shape[0], x_c.shape[1], x_c.shape[2:]
+  per = rows // num_shards
+  x_cdr = x_c.reshape(c, num_shards, per, *rest)
+  x_dcr = jnp.swapaxes(x_cdr, 0, 1)
+  x = x_dcr.reshape(c * rows, *rest)
+  return _constrain(x, mesh, P(batch_axes))
+
+
+def _encode(encode_fn: EncodeFn, params, inputs: dict) -> jax.Array:
+  return encode_fn(params, *(inputs[k] for k in _INPUT_KEYS))
+
+
+def full_batch_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batch: dict):
+  """(loss, metrics), grads with one backward over the whole batch (activations all kept)."""
+  def total(p):
+    q_emb = _encode(encode_fn, p, batch["query"])
+    p_emb = _encode(encode_fn, p, batch["passage"])
+    return loss_fn(q_emb, p_emb)
+  return jax.value_and_grad(total, has_aux=True)(params)
+
+
+def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batch: dict, *,
+                              chunk_size: int, num_shards: int, mesh: Mesh | None = None,
+                              batch_axes: Sequence[str] | str | None = None):
+  """Same result as `full_batch_value_and_grad`, holding the activations of one chunk at a time."""
+  def split(inputs: dict, what: str):
+    n = check_chunking(inputs["input_ids"].shape[0], chunk_size, num_shards, what)
+    return {k: chunk_rows(inputs[k], n, num_shards, mesh, batch_axes) for k in _INPUT_KEYS}, n
+
+  def encode_no_grad(chunks: dict) -> jax.Array:
+    def body(carry, chunk):
+      return carry, _encode(encode_fn, params, chunk)
+    _, emb_c = jax.lax.scan(body, None, chunks)
+    return unchunk_rows(jax.lax.stop_gradient(emb_c), num_shards, mesh, batch_axes)
+
+  q_chunks, _ = split(batch["query"], "query")
+  p_chunks, _ = split(batch["passage"], "passage")
+  q_emb = encode_no_grad(q_chunks)
+  p_emb = encode_no_grad(p_chunks)
+  (loss, metrics), (g_q, g_p) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(q_emb, p_emb)
+
+  def accumulate(grads, chunks: dict, g_emb: jax.Array):
+    g_c = chunk_rows(g_emb, chunks["input_ids"].shape[0], num_shards, mesh, batch_axes)
+
+    def body(acc, xs):
+      chunk, g_chunk = xs
+      _, vjp = jax.vjp(lambda p: _encode(encode_fn, p, chunk), params)
+      (g_params,) = vjp(g_chunk.astype(jnp.float32))
+      return jax.tree.map(jnp.add, acc, g_params), None
+    grads, _ = jax.lax.scan(body, grads, (chunks, g_c))
+    return grads
+
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads = accumulate(grads, q_chunks, g_q)
+  grads = accumulate(grads, p_chunks, g_p)
+  return (loss, metrics), grads

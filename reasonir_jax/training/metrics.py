@@ -1,0 +1,95 @@
+"""Step metrics to stdout and TensorBoard event files, with throughput and MFU.
+
+MFU uses the analytic FLOPs of `flops.py` (full bidirectional attention) and the device's peak
+bf16 FLOP/s, looked up by `device_kind` or given as `config.train.peak_flops_per_device`.
+Unknown devices (CPU) get no MFU rather than a made-up one.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping
+
+import jax
+
+# Peak dense bf16 FLOP/s per device, matched on `jax.Device.device_kind` (first match wins).
+PEAK_FLOPS_BY_KIND = (
+    ("v5 lite", 197e12), ("v5e", 197e12), ("v5p", 459e12), ("v5", 459e12),
+    ("v6 lite", 918e12), ("v6e", 918e12), ("v4", 275e12),
+    ("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak bf16 FLOP/s of one device, `override` if > 0, None when unknown (e.g. CPU)."""
+  if override and override > 0:
+    return float(override)
+  kind = device_kind.lower()
+  for key, peak in PEAK_FLOPS_BY_KIND:
+    if key in kind:
+      return peak
+  return None
+
+
+class Throughput:
+  """Examples/s, tokens/s and MFU over the steps since the last `report`."""
+
+  def __init__(self, num_devices: int, peak_flops: float | None):
+    self.num_devices = num_devices
+    self.peak_flops = peak_flops
+    self._reset()
+
+  def _reset(self):
+    self._t0 = time.perf_counter()
+    self._examples = self._tokens = 0
+    self._flops = 0.0
+    self._steps = 0
+
+  def add(self, examples: int, tokens: int, flops: float) -> None:
+    self._examples += examples
+    self._tokens += tokens
+    self._flops += flops
+    self._steps += 1
+
+  def report(self) -> dict[str, float]:
+    dt = max(time.perf_counter() - self._t0, 1e-9)
+    out = {"steps_per_s": self._steps / dt, "examples_per_s": self._examples / dt,
+           "tokens_per_s": self._tokens / dt,
+           "tokens_per_s_per_device": self._tokens / dt / self.num_devices}
+    if self.peak_flops:
+      out["mfu"] = self._flops / dt / (self.peak_flops * self.num_devices)
+    self._reset()
+    return out
+
+
+def format_line(step: int, scalars: Mapping[str, float]) -> str:
+  parts = [f"step {step}"]
+  for k, v in scalars.items():
+    parts.append(f"{k}={v:.4g}" if abs(v) < 1e5 else f"{k}={v:.3e}")
+  return " ".join(parts)
+
+
+class MetricWriter:
+  """Writes scalars to stdout and to TensorBoard event files under `workdir/tensorboard`
+  (process 0 only, so multi-host runs print once)."""
+
+  def __init__(self, workdir: str | None, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    if self.enabled and workdir:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    print(format_line(step, scalars), flush=True)
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(f"train/{k}", v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,144 @@
+"""The jitted contrastive train step on globally sharded arrays, and the `Trainer` that builds it.
+
+`build_trainer(config, mesh)` gives everything the train loop and the ahead-of-time compile
+report need: `init_state(seed)`, `abstract_state()`, `abstract_batch(query_len, passage_len)` and
+`train_step`, a `jax.jit` of `(state, batch) -> (state, metrics)` with its in/out shardings set
+and the state donated. One step encodes queries and passages (optionally with GradCache), scores
+every query against every passage of the global batch in fp32 and applies AdamW.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from reasonir_jax import sharding as shd
+from reasonir_jax.training import grad_cache, loss as loss_lib, optimizer as optim_lib
+from reasonir_jax.training import state as state_lib
+from reasonir_jax.training.state import TrainState
+
+INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
+
+
+def _model_api():
+  from reasonir_jax.model import LlamaEncoder, ModelConfig, embed
+  return LlamaEncoder, ModelConfig, embed
+
+
+class Trainer:
+  """Holds the model definition, optimiser, shardings and the jitted train step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    LlamaEncoder, ModelConfig, embed = _model_api()
+    self.config = config
+    self.mesh = mesh
+    self.rules = tuple(tuple(r) for r in config.sharding_rules)
+    self.model_cfg = ModelConfig.from_config(config.model)
+    self.global_batch = int(config.train.global_batch_size)
+    self.group_size = int(config.data.group_size)
+    self.temperature = float(config.train.temperature)
+    self.chunk = int(config.train.grad_cache_chunk)
+    self.num_data_shards = shd.data_parallel_size(mesh, self.rules)
+    batch_spec = shd.logical_to_spec(("batch",), self.rules, mesh)[0]
+    self.batch_axes = batch_spec
+    if self.global_batch % self.num_data_shards:
+      raise ValueError(f"config.train.global_batch_size={self.global_batch} must be a multiple of the "
+                       f"{self.num_data_shards} data-parallel devices of mesh {dict(mesh.shape)}")
+    if self.chunk:
+      grad_cache.check_chunking(self.global_batch, self.chunk, self.num_data_shards, "query")
+
+    seed = int(config.seed)
+    self._make_model = lambda s=seed: LlamaEncoder(self.model_cfg, rngs=nnx.Rngs(s))
+    abstract_model = nnx.eval_shape(self._make_model)
+    self.graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+      raise ValueError("the encoder holds non-Param state; the trainer only carries Params")
+    self._embed = embed
+    self.abstract_params = abstract_params
+    self.param_shardings = state_lib.expand_shardings(
+        shd.param_shardings(abstract_params, mesh, self.rules), abstract_params)
+
+    self.tx, self.schedule = optim_lib.make_optimizer(config.optim, int(config.train.num_steps))
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+    self.opt_shardings = state_lib.opt_state_shardings(self.tx, abstract_opt, self.param_shardings, mesh)
+    rep = state_lib.replicated(mesh)
+    self.state_shardings = TrainState(step=rep, params=self.param_shardings,
+                                      opt_state=self.opt_shardings, rng=rep)
+    self.batch_sharding = shd.batch_sharding(mesh, self.rules)
+    self._abstract_opt = abstract_opt
+    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, None),
+                              out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
+
+  # ---- pure functions -------------------------------------------------------------------------
+  def encode(self, params, input_ids_bl, attention_mask_bl, pool_mask_bl) -> jax.Array:
+    """fp32 L2-normalised embeddings [B, D] of one batch of sequences."""
+    model = nnx.merge(self.graphdef, params)
+    return self._embed(model, input_ids_bl, attention_mask_bl, pool_mask_bl)
+
+  def loss_fn(self, q_emb_bd, p_emb_nd):
+    return loss_lib.contrastive_loss(q_emb_bd, p_emb_nd, temperature=self.temperature,
+                                     group_size=self.group_size)
+
+  def loss_and_grads(self, params, batch: dict):
+    """((loss, metrics), grads), full batch or GradCache per `config.train.grad_cache_chunk`."""
+    with shd.activation_sharding(self.mesh, self.rules):
+      if self.chunk:
+        return grad_cache.grad_cache_value_and_grad(
+            self.encode, self.loss_fn, params, batch, chunk_size=self.chunk,
+            num_shards=self.num_data_shards, mesh=self.mesh, batch_axes=self.batch_axes)
+      return grad_cache.full_batch_value_and_grad(self.encode, self.loss_fn, params, batch)
+
+  def _train_step(self, state: TrainState, batch: dict):
+    batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.batch_sharding), batch)
+    (loss, metrics), grads = self.loss_and_grads(state.params, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng, _ = jax.random.split(state.rng)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+  # ---- states and batches ---------------------------------------------------------------------
+  def init_state(self, rng_or_seed: int | jax.Array | None = None) -> TrainState:
+    """A fresh state: random parameters created directly in their sharding."""
+    seed = int(self.config.seed) if rng_or_seed is None else rng_or_seed
+    if not isinstance(seed, int):
+      seed = int(jax.random.randint(seed, (), 0, 2**31 - 1))
+    model = shd.create_sharded_model(self.model_cfg, self.mesh, self.rules, seed)
+    _, params = nnx.split(model, nnx.Param)
+    return self.state_from_params(params, seed)
+
+  def state_from_params(self, params, seed: int | None = None) -> TrainState:
+    """A step-0 state around given parameters (e.g. imported from a Hugging Face directory)."""
+    seed = int(self.config.seed) if seed is None else seed
+    params = jax.device_put(params, self.param_shardings)
+    params = jax.tree.map(lambda a, ab: a.astype(ab.dtype), params, self.abstract_params)
+    opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+    return TrainState(step=state_lib.zero_step(self.mesh), params=params, opt_state=opt_state,
+                      rng=state_lib.initial_rng(seed, self.mesh))
+
+  def abstract_state(self) -> TrainState:
+    """The state as ShapeDtypeStructs carrying their shardings (nothing is allocated)."""
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=self.abstract_params,
+                          opt_state=self._abstract_opt,
+                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return state_lib.with_shardings(abstract, self.state_shardings)
+
+  def abstract_batch(self, query_len: int, passage_len: int) -> dict:
+    """A global batch as ShapeDtypeStructs: B queries of query_len, B*G passages of passage_len."""
+    def side(rows, length):
+      return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=self.batch_sharding)
+              for k in INPUT_KEYS}
+    return {"query": side(self.global_batch, query_len),
+            "passage": side(self.global_batch * self.group_size, passage_len)}
+
+  def place_batch(self, batch: dict) -> dict:
+    """Puts a host (NumPy) global batch into the batch sharding; jax.Arrays pass through."""
+    return jax.tree.map(
+        lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.batch_sharding), batch)
+
+
+def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
+  return Trainer(config, mesh)
