@@ -1,7 +1,7 @@
 """Train-step throughput: our jitted JAX step against a PyTorch reference, same run, same CPU.
 
 The reference is transformers' `LlamaModel` made bidirectional (is_causal cleared on every layer
-and a 4-D key-padding mask passed; REFERENCE.md section 10), with the same mean pooling over the
+and a 4-D key-padding mask passed; docs/reference.md section 10), with the same mean pooling over the
 text tokens, fp32 InfoNCE over the global batch and AdamW + clipping. Both start from the same
 weights (ours exported with `save_hf`), and the first-step losses are printed side by side.
 

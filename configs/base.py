@@ -1,4 +1,4 @@
-"""The base config (defaults of REFERENCE.md section 2); variants start from it."""
+"""The base config (defaults of docs/reference.md section 2); variants start from it."""
 from reasonir_jax.config_base import base_config
 
 

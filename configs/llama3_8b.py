@@ -1,4 +1,4 @@
-"""The ReasonIR-8B recipe: Llama-3.1-8B, bidirectional, REFERENCE.md section 2 defaults."""
+"""The ReasonIR-8B recipe: Llama-3.1-8B, bidirectional, docs/reference.md section 2 defaults."""
 from reasonir_jax.config_base import base_config
 
 

@@ -7,7 +7,7 @@ import ml_collections
 
 
 def model_config() -> ml_collections.ConfigDict:
-  """Llama-3.1-8B dimensions (REFERENCE.md section 1)."""
+  """Llama-3.1-8B dimensions (docs/reference.md section 1)."""
   return ml_collections.ConfigDict(dict(
       vocab_size=128256,
       hidden_size=4096,

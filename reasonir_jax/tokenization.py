@@ -1,7 +1,7 @@
 """The ReasonIR prompt template and its tokenization, with the exact prefix-token count.
 
 Every text is `BOS + prefix + text`, where the prefix is `<|user|>\\n{instruction}\\n<|embed|>\\n`
-(or `<|embed|>\\n` without an instruction; REFERENCE.md section 1). The prefix and the text are
+(or `<|embed|>\\n` without an instruction; docs/reference.md section 1). The prefix and the text are
 tokenized separately and concatenated, so the number of prefix tokens (what pooling masks out)
 is exact, and truncation cuts the text while keeping the prefix.
 """

@@ -196,7 +196,7 @@ DOMAINS = {
     ],
 }
 
-# The BRIGHT-style instruction of each domain (REFERENCE.md section 6 style).
+# The BRIGHT-style instruction of each domain (docs/reference.md section 6 style).
 INSTRUCTIONS = {
     "biology": "Given a biology post, retrieve relevant passages that help answer the post",
     "earth_science": "Given a earth_science post, retrieve relevant passages that help answer the post",

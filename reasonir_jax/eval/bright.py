@@ -6,7 +6,7 @@
         [--rewrite-backend openai --rewrite-model M --base-url U] \\
         [--rerank-backend openai --rerank-model M --base-url U]
 
-Per task: queries get the task instruction (REFERENCE.md section 6), documents none; the corpus
+Per task: queries get the task instruction (docs/reference.md section 6), documents none; the corpus
 is encoded once into an on-disk cache (resumable); exact top-k runs on device in blocks with the
 excluded ids masked out; the best 1000 are written as `OUT/<task>.run`. `OUT/results.json` holds
 nDCG@10 and recall@100 (fractions) per task and their plain mean; a table compares them with the

@@ -33,7 +33,7 @@ LAYOUT_HELP = (
 
 
 def query_instruction(task: str) -> str:
-  """The per-task query instruction of REFERENCE.md section 6 (exact strings)."""
+  """The per-task query instruction of docs/reference.md section 6 (exact strings)."""
   if task in STACKEXCHANGE_TASKS:
     return f"Given a {task} post, retrieve relevant passages that help answer the post"
   if task == "pony":

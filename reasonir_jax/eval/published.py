@@ -1,4 +1,4 @@
-"""Published BRIGHT nDCG@10 (%) of REFERENCE.md section 7, printed beside our numbers."""
+"""Published BRIGHT nDCG@10 (%) of docs/reference.md section 7, printed beside our numbers."""
 from __future__ import annotations
 
 from reasonir_jax.eval.bright_data import TASKS

@@ -1,4 +1,4 @@
-"""Retrieval-augmented multiple-choice QA (REFERENCE.md section 8): MMLU or GPQA, answered by an
+"""Retrieval-augmented multiple-choice QA (docs/reference.md section 8): MMLU or GPQA, answered by an
 LLM closed-book and with the top-k passages of a local datastore retrieved by our encoder.
 
     python -m reasonir_jax.eval.rag --task mmlu --data mmlu.jsonl --datastore DATASTORE \\

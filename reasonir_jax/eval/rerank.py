@@ -1,4 +1,4 @@
-"""ReasonIR-Rerank (REFERENCE.md section 5): an LLM scores each of a query's top-k documents 0..5,
+"""ReasonIR-Rerank (docs/reference.md section 5): an LLM scores each of a query's top-k documents 0..5,
 and the final score is alpha * score / 5 + (1 - alpha) * retriever score (alpha 0.5 breaks the
 many ties of the 0..5 scale). An answer without "Relevance score:" counts 0; one whose score does
 not parse (or a failed request) counts -1. Requests carry a fixed seed and temperature 0.

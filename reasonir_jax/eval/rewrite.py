@@ -1,4 +1,4 @@
-"""Query rewriting (REFERENCE.md section 5): an LLM expands each query with its reasoning, and the
+"""Query rewriting (docs/reference.md section 5): an LLM expands each query with its reasoning, and the
 expansion replaces the query. Sampling: temperature 0.8, top_p 0.8, optional token budget.
 
     python -m reasonir_jax.eval.rewrite --data BRIGHT_DIR --tasks biology --out REWRITTEN \\

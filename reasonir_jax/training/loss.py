@@ -2,7 +2,7 @@
 
 Queries are [B, D], passages [B*G, D] (the passages of query i are rows i*G .. i*G+G-1, the
 positive first). Logits are fp32 cosine / temperature with shape [B, B*G]; the target of query i
-is passage i*G (REFERENCE.md section 2).
+is passage i*G (docs/reference.md section 2).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AdamW with linear warmup then a constant (or cosine) learning rate, and global-norm clipping.
 
-Defaults follow REFERENCE.md section 2: lr 2e-5, 6% warmup, constant, betas 0.9/0.999, eps 1e-8,
+Defaults follow docs/reference.md section 2: lr 2e-5, 6% warmup, constant, betas 0.9/0.999, eps 1e-8,
 no weight decay, clip 1.0. When weight decay is on, norms and embeddings are not decayed.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ def test_loss_matches_numpy(batch, group):
   rng = np.random.default_rng(batch * 10 + group)
   q = _normalise(rng.normal(size=(batch, 8))).astype(np.float32)
   p = _normalise(rng.normal(size=(batch * group, 8))).astype(np.float32)
-  if group > 2:  # a query with too few negatives repeats one (REFERENCE.md section 2)
+  if group > 2:  # a query with too few negatives repeats one (docs/reference.md section 2)
     p[1 * group + 2] = p[1 * group + 1]
   ref, logits = numpy_infonce(q, p, 0.02, group)
   loss, metrics = loss_lib.contrastive_loss(jnp.asarray(q), jnp.asarray(p), temperature=0.02,
