@@ -5,5 +5,7 @@ from reasonir_jax.config_base import base_config
 def get_config():
   c = base_config()
   c.mesh.shape = (1, -1, 1)  # FSDP over every chip.
+  # Without GradCache the full 2048-query batch fits from v5p-256 up; on smaller slices set
+  # --config.train.grad_cache_chunk (e.g. 64 on v5p-128): see docs/scaling.md.
   c.train.grad_cache_chunk = 0
   return c

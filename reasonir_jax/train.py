@@ -34,6 +34,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--multihost", action="store_true",
+                      help="call jax.distributed.initialize() and let JAX find its peers (TPU pods)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -164,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   from reasonir_jax.training import distributed
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         multihost=args.multihost)
   from reasonir_jax.config import ConfigError, load_config
   try:
     config = load_config(args.config, overrides)

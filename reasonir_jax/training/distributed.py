@@ -1,8 +1,10 @@
 """Multi-process start-up: `jax.distributed.initialize()` when launched as several processes.
 
-Explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`) win; otherwise the
-standard environment (JAX_COORDINATOR_ADDRESS, or a multi-host TPU slice) lets JAX find its peers
-itself; a single process on one host starts nothing.
+Explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`) win. `--multihost` (or
+REASONIR_MULTIHOST=1) asks JAX to find its peers itself, which on a Cloud TPU VM it does from the
+metadata server: `launch/tpu.sh` passes it, since an ssh shell on a TPU worker need not carry any
+environment variable that names the other hosts. JAX_COORDINATOR_ADDRESS or a multi-host TPU
+environment also start it; a single process on one host starts nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def _multi_host_tpu() -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, multihost: bool = False) -> bool:
   """Initialises jax.distributed when needed; returns True when it did."""
   explicit = coordinator_address or (num_processes is not None and num_processes > 1)
   if explicit:
@@ -32,7 +34,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif os.environ.get("JAX_COORDINATOR_ADDRESS") or _multi_host_tpu():
+  elif (multihost or os.environ.get("REASONIR_MULTIHOST") == "1"
+        or os.environ.get("JAX_COORDINATOR_ADDRESS") or _multi_host_tpu()):
     jax.distributed.initialize()
   else:
     return False

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from reasonir_jax import sharding as shd
+from reasonir_jax.model import LlamaEncoder, ModelConfig, embed
 from reasonir_jax.training import grad_cache, loss as loss_lib, optimizer as optim_lib
 from reasonir_jax.training import state as state_lib
 from reasonir_jax.training.state import TrainState
@@ -23,16 +24,10 @@ from reasonir_jax.training.state import TrainState
 INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
 
 
-def _model_api():
-  from reasonir_jax.model import LlamaEncoder, ModelConfig, embed
-  return LlamaEncoder, ModelConfig, embed
-
-
 class Trainer:
   """Holds the model definition, optimiser, shardings and the jitted train step."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
-    LlamaEncoder, ModelConfig, embed = _model_api()
     self.config = config
     self.mesh = mesh
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -56,7 +51,6 @@ class Trainer:
     self.graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
     if jax.tree.leaves(rest):
       raise ValueError("the encoder holds non-Param state; the trainer only carries Params")
-    self._embed = embed
     self.abstract_params = abstract_params
     self.param_shardings = state_lib.expand_shardings(
         shd.param_shardings(abstract_params, mesh, self.rules), abstract_params)
@@ -76,7 +70,7 @@ class Trainer:
   def encode(self, params, input_ids_bl, attention_mask_bl, pool_mask_bl) -> jax.Array:
     """fp32 L2-normalised embeddings [B, D] of one batch of sequences."""
     model = nnx.merge(self.graphdef, params)
-    return self._embed(model, input_ids_bl, attention_mask_bl, pool_mask_bl)
+    return embed(model, input_ids_bl, attention_mask_bl, pool_mask_bl)
 
   def loss_fn(self, q_emb_bd, p_emb_nd):
     return loss_lib.contrastive_loss(q_emb_bd, p_emb_nd, temperature=self.temperature,

@@ -1,0 +1,138 @@
+"""The AOT fit report: argument errors, memory accounting helpers, and (with libtpu) a real
+compile of the tiny config's train step for a v5p-8 topology, which fits, and for a v5e-1 with a
+batch far too big, which does not.
+
+The TPU compiles run in a subprocess: this process already initialised JAX's CPU backend with 8
+fake devices, and a fresh process gives libtpu its own environment (same result, less coupling).
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reasonir_jax import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu]'); TPU AOT compile skipped")
+
+# configs/tiny.py parameter count: embedding 2048x64, 2 layers of q/k/v/o + 3 MLP matrices
+# + 2 norms, final norm.
+TINY_PARAMS = 2048 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config=tiny", "--topology=v5p-7"], "unknown TPU topology 'v5p-7'"),
+    (["--config=tiny", "--topology=v5p-8", "--config.train.nope=1"], "unknown config key 'train.nope'"),
+    (["--config=tiny", "--topology=v5p-8", "--config.train.global_batch_size=x"],
+     "config key 'train.global_batch_size'"),
+    (["--config=no/such/config.py", "--topology=v5p-8"], "config file not found"),
+    (["--config=tiny", "--topology=v5p-8", "--query_len=-4"], "--query_len must be positive"),
+    (["--config=tiny", "--topology=v5p-8", "--num_slices=0"], "--num_slices must be >= 1"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
+  assert aot.main(argv) == aot.EXIT_BAD_ARGS
+  assert message in capsys.readouterr().err
+
+
+def test_unknown_flag_and_missing_topology_exit_2():
+  for argv in (["--config=tiny", "--topology=v5p-8", "--colour=red"], ["--config=tiny"]):
+    with pytest.raises(SystemExit) as e:
+      aot.main(argv)
+    assert e.value.code == aot.EXIT_BAD_ARGS
+
+
+def test_parse_oom_reads_both_compiler_messages():
+  total = "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory " \
+          "space hbm. Used 17.50G of 15.75G hbm. Exceeded hbm capacity by 1.75G."
+  temp = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO " \
+         "temporaries (198.26G) exceeds available HBM (95.74G)."
+  assert aot.parse_oom(total) == ("total", int(17.5 * 2**30), int(15.75 * 2**30))
+  assert aot.parse_oom(temp) == ("temp", int(198.26 * 2**30), int(95.74 * 2**30))
+  assert aot.parse_oom("INTERNAL: something else") is None
+
+
+def test_per_device_bytes_follow_the_sharding():
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(jax.devices()[:8], ("fsdp",))
+  sharded = jax.ShapeDtypeStruct((64, 10), jnp.float32, sharding=NamedSharding(mesh, P("fsdp")))
+  replicated = jax.ShapeDtypeStruct((5,), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+  assert aot.per_device_bytes(sharded) == 8 * 10 * 4
+  assert aot.per_device_bytes(replicated) == 10
+  state = {"params": [sharded], "opt_state": (sharded, sharded), "step": replicated}
+  assert aot.split_state_bytes(state) == {"params": 320, "opt_state": 640, "other_state": 10}
+
+
+def _run_aot(*args, timeout=600):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # the fake CPU devices are not needed in the subprocess
+  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.aot", "--config=tiny", *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  lines = proc.stdout.strip().splitlines()
+  assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+  try:
+    report = json.loads(lines[-1])
+  except json.JSONDecodeError:
+    pytest.fail(f"last line is not JSON: {lines[-1]!r}\nstderr:\n{proc.stderr[-3000:]}")
+  return proc, report
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8():
+  from reasonir_jax.training import flops
+  proc, r = _run_aot("--topology=v5p-8", "--query_len=32", "--passage_len=64",
+                     "--config.mesh.shape=(1,-1,1)", "--config.train.grad_cache_chunk=8")
+  assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
+  assert set(r) >= {"topology", "chips", "per_chip_bytes", "hbm_bytes", "fits", "flops_per_step",
+                    "tokens_per_step"}
+  assert (r["topology"], r["chips"], r["fits"]) == ("v5p-8", 4, True)
+  assert r["hbm_bytes"] == 95 * 2**30
+  assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}  # from the override
+  mem = r["memory"]
+  # fp32 weight matrices are split 4 ways over fsdp; the tiny norm scales may stay replicated.
+  norms = 2 * 2 * 64 + 64
+  assert 4 * TINY_PARAMS // 4 <= mem["params"] <= 4 * (TINY_PARAMS - norms) // 4 + 4 * norms
+  assert 2 * mem["params"] <= mem["opt_state"] <= 2 * mem["params"] + 64  # Adam mu, nu, counters
+  assert mem["activations_temp"] > 0
+  assert r["per_chip_bytes"] >= mem["params"] + mem["opt_state"] + mem["activations_temp"]
+  model_cfg = aot.load_config("tiny").model
+  assert r["flops_per_step"] == flops.train_step_flops(model_cfg, 16, 32, 64, 2, grad_cache_chunk=8)
+  assert r["tokens_per_step"] == 16 * 32 + 32 * 64
+  assert "Per-chip memory on v5p-8" in proc.stdout
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_too_big_a_batch_does_not_fit_and_exits_3_with_a_hint():
+  proc, r = _run_aot("--topology=v5e-1", "--config.train.global_batch_size=2048",
+                     "--query_len=2048", "--passage_len=2048")
+  assert proc.returncode == aot.EXIT_DOES_NOT_FIT, proc.stderr[-3000:]
+  assert r["fits"] is False and r["chips"] == 1
+  assert r["per_chip_bytes"] > r["hbm_bytes"]
+  assert "grad_cache_chunk" in proc.stdout and "--topology=v5e-4" in proc.stdout
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_two_slices_put_the_data_axis_across_them():
+  proc, r = _run_aot("--topology=v5p-8", "--num_slices=2", "--query_len=16", "--passage_len=16")
+  assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
+  assert (r["topology"], r["chips"]) == ("2xv5p-8", 8)
+  assert r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_a_batch_the_mesh_cannot_split_exits_2():
+  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.aot", "--config=tiny",
+                         "--topology=v5p-8", "--config.train.global_batch_size=6"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == aot.EXIT_BAD_ARGS
+  assert "global_batch_size=6 must be a multiple" in proc.stderr
