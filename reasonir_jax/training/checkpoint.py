@@ -67,6 +67,26 @@ def _abstract(flat: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
           for k, v in flat.items()}
 
 
+def check_stored(item_dir: str, wanted: dict[str, Any]) -> None:
+  """Raises a ValueError naming each missing, unexpected or reshaped tensor of a stored item, so
+  a checkpoint that does not match the config fails clearly before Orbax starts reading."""
+  try:
+    stored = ocp.StandardCheckpointer().metadata(item_dir)
+  except Exception as e:  # noqa: BLE001 - any unreadable metadata is reported the same way
+    raise ValueError(f"cannot read checkpoint metadata in {item_dir}: {e}") from e
+  stored = getattr(stored, "item_metadata", stored)
+  stored = dict(stored.items()) if stored is not None else {}
+  problems = [f"missing tensor {k!r}" for k in wanted if k not in stored]
+  problems += [f"unexpected tensor {k!r}" for k in stored if k not in wanted]
+  for k, v in wanted.items():
+    shape = getattr(stored.get(k), "shape", None)
+    if k in stored and shape is not None and tuple(shape) != tuple(v.shape):
+      problems.append(f"tensor {k!r} is stored as {tuple(shape)}, the config needs {tuple(v.shape)}")
+  if problems:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    raise ValueError(f"checkpoint {item_dir} does not match the model config: {shown}")
+
+
 # ---- the config beside the checkpoints ---------------------------------------------------------
 def save_config(workdir: str, config: ml_collections.ConfigDict, tokenizer_path: str = "") -> str:
   """Writes the resolved config (and the tokenizer it trained with) as JSON; process 0 only."""
@@ -148,6 +168,8 @@ class CheckpointManager:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     flat_p = _abstract(_flat_params(abstract_state.params))
     flat_o = _abstract(_flat_leaves(abstract_state.opt_state))
+    check_stored(os.path.join(self.directory, str(step), "params"), flat_p)
+    check_stored(os.path.join(self.directory, str(step), "opt_state"), flat_o)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(flat_p), opt_state=ocp.args.StandardRestore(flat_o),
         meta=ocp.args.JsonRestore()))
@@ -167,6 +189,7 @@ class CheckpointManager:
       raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                               f"(have: {self.all_steps()})")
     flat_p = _abstract(_flat_params(abstract_params))
+    check_stored(os.path.join(self.directory, str(step), "params"), flat_p)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(flat_p)))
     return _unflatten({k: restored["params"][k] for k in flat_p}, abstract_params)
