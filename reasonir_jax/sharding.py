@@ -134,6 +134,11 @@ def activation_sharding(mesh: Mesh | None, rules: Rules):
     _ACTIVE.reset(token)
 
 
+def active_sharding() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) that `constrain` acts on here; None outside `activation_sharding`."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   """`with_sharding_constraint` on logical names; a no-op when no mesh is active."""
   active = _ACTIVE.get()

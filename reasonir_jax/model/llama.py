@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from reasonir_jax import sharding
 from reasonir_jax.model.config import ModelConfig
@@ -154,6 +155,43 @@ def _layer_fn(graphdef, remat_policy: str):
   return jax.checkpoint(run, policy=REMAT_POLICIES[remat_policy])
 
 
+def _lookup_embeddings(table_vd: jax.Array, ids_bl: jax.Array, dtype) -> jax.Array:
+  """`table_vd[ids_bl]` in `dtype`, laid out so that neither the lookup nor its gradient replicates [b, l, d].
+
+  Under FSDP the table's embed dim is split over mesh axes ("fsdp") that also split the batch.
+  Left alone, XLA cannot move the gradient's batch-split [b, l, d] cotangent into the table's
+  embed-split layout ("Involuntary full rematerialization"): it all-gathers the whole cotangent
+  onto every device, or scatter-adds into a full [v, d] gradient and all-reduces that. So the
+  lookup runs with the batch split over the other axes only and the embed dim split like the
+  table: each device gathers its own columns for a group of rows (the ids are all-gathered
+  within the group) and the caller's batch constraint is one all-to-all. The gradient goes back
+  the same way: an all-to-all, a scatter-add into the local table shard, an all-reduce over the
+  remaining batch axes. (Gathering the table instead would put all of it, 2 GiB in fp32 for
+  Llama-3 8B, and its gradient on every device.) Without a mesh this is a plain `jnp.take`.
+  """
+  active = sharding.active_sharding()
+  if active is None:
+    return jnp.take(table_vd, ids_bl, axis=0).astype(dtype)
+  mesh, rules = active
+  embed_spec = sharding.logical_to_spec(("vocab", "embed"), rules, mesh, table_vd.shape)[1]
+  table_axes = _mesh_axes(embed_spec)
+  ids_spec = sharding.logical_to_spec(("batch", "length"), rules, mesh, ids_bl.shape)
+  # Axes dropped from an evenly divided dimension leave it evenly divided.
+  ids_spec = [tuple(a for a in _mesh_axes(s) if a not in table_axes) or None for s in ids_spec]
+  ids_bl = jax.lax.with_sharding_constraint(ids_bl, NamedSharding(mesh, PartitionSpec(*ids_spec)))
+  # Cast before the all-to-all so that it (and its transpose) moves compute-dtype values.
+  x_bld = jnp.take(table_vd, ids_bl, axis=0).astype(dtype)
+  return jax.lax.with_sharding_constraint(
+      x_bld, NamedSharding(mesh, PartitionSpec(*ids_spec, embed_spec)))
+
+
+def _mesh_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 class LlamaEncoder(nnx.Module):
   """Bidirectional Llama: [b, l] token ids + attention mask -> [b, l, d] final-norm states."""
 
@@ -193,7 +231,7 @@ class LlamaEncoder(nnx.Module):
     cfg = self.cfg
     dt = cfg.jnp_dtype
     input_ids_bl = sharding.constrain(input_ids_bl, ("batch", "length"))
-    x_bld = jnp.take(self.embed_tokens[...], input_ids_bl, axis=0).astype(dt)
+    x_bld = _lookup_embeddings(self.embed_tokens[...], input_ids_bl, dt)
     x_bld = sharding.constrain(x_bld, ("batch", "length", "act_embed"))
     cos_lh, sin_lh = rope_cos_sin(cfg, input_ids_bl.shape[1], dt)
     key_mask_bl = attention_mask_bl.astype(bool)
