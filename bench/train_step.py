@@ -20,22 +20,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def make_batch(b, g, lq, lp, vocab, seed=0):
-  rng = np.random.default_rng(seed)
-
-  def side(rows, length):
-    ids = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
-    ids[:, 0] = 0
-    lens = rng.integers(length // 2, length + 1, size=rows)
-    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int32)
-    ids = np.where(mask == 1, ids, 2).astype(np.int32)
-    pool = mask.copy()
-    pool[:, :3] = 0
-    return {"input_ids": ids, "attention_mask": mask, "pool_mask": pool}
-
-  return {"query": side(b, lq), "passage": side(b * g, lp)}
-
-
 def torch_reference(hf_dir, config, batch, steps):
   import torch
   import torch.nn.functional as F
@@ -126,11 +110,12 @@ def main():
   import torch
   torch.set_num_threads(args.threads)
   from reasonir_jax.config import load_config
+  from reasonir_jax.training.synthetic import random_batch
   config = load_config(args.config, [f"train.global_batch_size={args.batch}", "mesh.shape=(1,1,1)"])
   import jax
   config.mesh.shape = (jax.device_count(), 1, 1)
-  batch = make_batch(args.batch, config.data.group_size, args.query_len, args.passage_len,
-                     config.model.vocab_size)
+  batch = random_batch(args.batch, config.data.group_size, args.query_len, args.passage_len,
+                       config.model.vocab_size)
   with tempfile.TemporaryDirectory() as hf_dir:
     jax_first, jax_sps = jax_ours(config, batch, args.steps, hf_dir)
     torch_first, torch_sps = torch_reference(hf_dir, config, batch, args.steps)

@@ -1,13 +1,18 @@
 """Regenerates the shipped sample data from the hand-written facts in sample_facts.py.
 
-  python -m reasonir_jax.assets.make_sample [--out DIR]
+  python -m reasonir_jax.assets.make_sample [--out DIR] [--tokenizer]
 
 Writes (deterministically; no randomness beyond a fixed seed):
-  sample_train.jsonl       ~280 training rows in the reference JSON-lines format, plus "id",
-                           "source" and "domain" keys
+  sample_train.jsonl       280 training rows in the reference JSON-lines format, plus "id",
+                           "source" and "domain" keys; queries from the facts' `situations`
   bright_sample/           a BRIGHT-layout evaluation set for tasks "biology" and "leetcode":
-                           examples/, documents/, long_documents/, gpt4_reason/ parquet files
-  tokenizer/               a byte-level BPE (vocab 2048; BOS 0, EOS 1, PAD 2) trained on all of it
+                           examples/, documents/, long_documents/, gpt4_reason/ parquet files;
+                           queries from the facts' held-out `eval_situations`, so no evaluation
+                           query (nor its scenario) is a training query
+  tokenizer/               only with --tokenizer: a byte-level BPE (vocab 2048; BOS 0, EOS 1,
+                           PAD 2) trained on all of it. Without the flag the shipped tokenizer is
+                           kept: retraining changes token ids, and with them every checkpoint
+                           and cached encoding made with the shipped one.
 """
 from __future__ import annotations
 
@@ -116,7 +121,10 @@ def bright_tables(task: str, domain: str) -> dict[str, list[dict]]:
   examples, rewritten = [], []
   templates = _templates(domain)
   for fi, fact in enumerate(facts):
-    for si, situation in enumerate(fact["situations"]):
+    if len(fact.get("eval_situations", [])) != 2:
+      raise ValueError(f"sample_facts.py: {domain} fact {fact['concept']!r} needs 2 eval_situations "
+                       "(held-out scenarios for the BRIGHT-sample queries)")
+    for si, situation in enumerate(fact["eval_situations"]):
       for ti in (0, 2) if si == 0 else (1, 3):
         qid = str(len(examples))
         query = templates[ti].format(s=situation, d=domain.replace("_", " "))
@@ -133,12 +141,24 @@ def bright_tables(task: str, domain: str) -> dict[str, list[dict]]:
           "gpt4_reason": rewritten}
 
 
-def write_bright(out_dir: str) -> list[str]:
+def check_held_out(train_rows: list[dict], tables: dict[str, dict[str, list[dict]]]) -> None:
+  """Raises if an evaluation query is a training query or reuses a training scenario."""
+  train_queries = {r["query"][1] for r in train_rows}
+  situations = [s for facts in DOMAINS.values() for f in facts for s in f["situations"]]
+  for task, task_tables in tables.items():
+    for table in ("examples", "gpt4_reason"):
+      for row in task_tables[table]:
+        if row["query"] in train_queries or any(s in row["query"] for s in situations):
+          raise ValueError(f"bright_sample {table}/{task} query {row['id']} overlaps the training "
+                           f"set: {row['query'][:80]!r}")
+
+
+def write_bright(out_dir: str, tables: dict[str, dict[str, list[dict]]]) -> list[str]:
   import pyarrow as pa
   import pyarrow.parquet as pq
   texts = []
-  for task, domain in BRIGHT_TASKS.items():
-    for table, rows in bright_tables(task, domain).items():
+  for task, task_tables in tables.items():
+    for table, rows in task_tables.items():
       os.makedirs(os.path.join(out_dir, table), exist_ok=True)
       path = os.path.join(out_dir, table, f"{task}-00000-of-00001.parquet")
       pq.write_table(pa.Table.from_pylist(rows), path)
@@ -149,19 +169,27 @@ def write_bright(out_dir: str) -> list[str]:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=HERE, help="where to write (default: this package folder)")
+  parser.add_argument("--tokenizer", action="store_true",
+                      help="also retrain tokenizer/ (changes token ids; off by default)")
   args = parser.parse_args(argv)
   rows = training_rows()
+  tables = {task: bright_tables(task, domain) for task, domain in BRIGHT_TASKS.items()}
+  check_held_out(rows, tables)
+  os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "sample_train.jsonl"), "w", encoding="utf-8") as f:
     for r in rows:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  texts = write_bright(os.path.join(args.out, "bright_sample"))
+  texts = write_bright(os.path.join(args.out, "bright_sample"), tables)
+  print(f"wrote {len(rows)} training rows and the BRIGHT sample for {list(BRIGHT_TASKS)} "
+        f"under {args.out}")
+  if not args.tokenizer:
+    return
   from reasonir_jax.tokenization import prompt_prefix, train_tokenizer
   corpus = [prompt_prefix(i) for i in INSTRUCTIONS.values()] + [prompt_prefix(None)]
   for r in rows:
     corpus += [r["query"][1]] + [t for _, t in r["pos"]] + [t for _, t in r["neg"]]
   train_tokenizer(corpus + texts, vocab_size=VOCAB_SIZE, out_dir=os.path.join(args.out, "tokenizer"))
-  print(f"wrote {len(rows)} training rows, BRIGHT sample for {list(BRIGHT_TASKS)}, tokenizer "
-        f"(vocab {VOCAB_SIZE}) under {args.out}")
+  print(f"wrote the tokenizer (vocab {VOCAB_SIZE}) under {args.out}")
 
 
 if __name__ == "__main__":

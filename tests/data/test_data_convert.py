@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from reasonir_jax.assets.sample_facts import DOMAINS
 from reasonir_jax.data import convert, sample
 from reasonir_jax.data.reader import read_rows
 
@@ -81,8 +82,11 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, match):
 
 def test_shipped_sample_data(tmp_path):
   rows = [json.loads(l) for l in open(sample.sample_rows_path(), encoding="utf-8")]
-  assert 240 <= len(rows) <= 300
+  assert len(rows) == 280
   assert len({r["domain"] for r in rows}) >= 7
+  train_queries = {r["query"][1] for r in rows}
+  train_concepts = {r["pos"][0][1].split("\n\n")[0] for r in rows}
+  train_situations = [s for facts in DOMAINS.values() for f in facts for s in f["situations"]]
   assert all(r["query"][0] and r["pos"][0][1] and r["neg"] for r in rows)
   pattern = sample.materialize_sample_tfrecords(str(tmp_path))
   assert len(list(read_rows(pattern))) == len(rows)
@@ -90,13 +94,21 @@ def test_shipped_sample_data(tmp_path):
   for task in ("biology", "leetcode"):
     ex = pq.read_table(f"{bright}/examples/{task}-00000-of-00001.parquet").to_pylist()
     docs = {d["id"] for d in pq.read_table(f"{bright}/documents/{task}-00000-of-00001.parquet").to_pylist()}
-    long_docs = {d["id"] for d in pq.read_table(f"{bright}/long_documents/{task}-00000-of-00001.parquet").to_pylist()}
+    long_table = pq.read_table(f"{bright}/long_documents/{task}-00000-of-00001.parquet").to_pylist()
+    long_docs = {d["id"] for d in long_table}
     rewritten = pq.read_table(f"{bright}/gpt4_reason/{task}-00000-of-00001.parquet").to_pylist()
     assert len(ex) == len(rewritten) == 20 and len(docs) == 200
     assert all(set(e["gold_ids"]) <= docs and set(e["gold_ids_long"]) <= long_docs for e in ex)
     assert any(e["excluded_ids"] == ["N/A"] for e in ex)
     assert any(e["excluded_ids"] != ["N/A"] and set(e["excluded_ids"]) <= docs for e in ex)
     assert [r["id"] for r in rewritten] == [e["id"] for e in ex]
+    # Held out: no evaluation query is a training query or reuses a training scenario, but the
+    # concept each one asks for is taught by some training rows.
+    for e in ex + rewritten:
+      assert e["query"] not in train_queries, e["query"]
+      assert not any(s in e["query"] for s in train_situations), e["query"]
+    concepts = {d["id"]: d["content"].split("\n\n")[0] for d in long_table}
+    assert all(concepts[e["gold_ids_long"][0]] in train_concepts for e in ex)
   from reasonir_jax.tokenization import load_tokenizer
   tok = load_tokenizer(sample.sample_tokenizer_dir())
   assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2) and len(tok) <= 2048

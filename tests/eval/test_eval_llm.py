@@ -2,7 +2,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 from data_gen.backends import ChatFailure, make_backend

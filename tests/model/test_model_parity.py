@@ -77,7 +77,6 @@ def test_reference_and_ours_are_bidirectional(tmp_path, hf_model_factory):
 
 
 def test_scan_and_remat_switches_give_same_numbers_and_grads(hf_dir):
-  import jax
   import jax.numpy as jnp
   from flax import nnx
   from reasonir_jax.hf import load_hf

@@ -9,8 +9,6 @@ import textwrap
 
 import numpy as np
 
-import jax
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES = ["model.num_layers=1", "model.vocab_size=256", "model.hidden_size=32",
              "model.intermediate_size=64", "model.head_dim=8", "mesh.shape=(2,4,1)"]
