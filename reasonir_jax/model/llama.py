@@ -100,13 +100,15 @@ def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype):
   per (batch, kv head), which XLA runs faster than the 5-D einsum on CPU.
   """
   b, t, k, g, h = q_btkgh.shape
-  q_bkxh = q_btkgh.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
+  # Scale q (h times smaller than the scores) rather than the [b, k, x, s] scores.
+  q_bkxh = (q_btkgh * (h ** -0.5)).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
   k_bksh = k_bskh.transpose(0, 2, 1, 3)
   v_bksh = v_bskh.transpose(0, 2, 1, 3)
   scores_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh, preferred_element_type=jnp.float32)
-  scores_bkxs = scores_bkxs * (h ** -0.5)
-  keep_b11s = key_mask_bs[:, None, None, :].astype(bool)
-  scores_bkxs = jnp.where(keep_b11s, scores_bkxs, jnp.finfo(jnp.float32).min)
+  # An additive key bias rather than `where`: the backward then needs no full-size zero fill.
+  # -1e30 keeps a fully padded row finite (uniform weights over its pads, never NaN).
+  bias_b11s = jnp.where(key_mask_bs[:, None, None, :].astype(bool), 0.0, -1e30).astype(jnp.float32)
+  scores_bkxs = scores_bkxs + bias_b11s
   probs_bkxs = jax.nn.softmax(scores_bkxs, axis=-1).astype(dtype)
   out_bkxh = jnp.einsum("bkxs,bksh->bkxh", probs_bkxs, v_bksh)
   return out_bkxh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
