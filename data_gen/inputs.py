@@ -16,6 +16,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from reasonir_jax.data.reader import expand_paths
 from reasonir_jax.data.schema import TrainingRow
 
 _ROW_FIELDS = {f.name for f in dataclasses.fields(TrainingRow)}
@@ -32,15 +33,11 @@ def expand_inputs(spec: str | Sequence[str]) -> list[str]:
       if not found:
         raise FileNotFoundError(f"--input {item!r}: directory has no .jsonl/.parquet/.tfrecord")
       paths.extend(found)
-    elif glob.has_magic(item):
-      found = sorted(p for p in glob.glob(item) if ".tmp-" not in p)
-      if not found:
-        raise FileNotFoundError(f"--input {item!r}: no files match")
-      paths.extend(found)
-    elif os.path.isfile(item):
-      paths.append(item)
     else:
-      raise FileNotFoundError(f"--input {item!r}: no such file")
+      try:
+        paths.extend(expand_paths([item]))
+      except FileNotFoundError as e:
+        raise FileNotFoundError(f"--input {item!r}: {e}") from None
   if not paths:
     raise FileNotFoundError(f"--input {spec!r}: no input files")
   return paths
