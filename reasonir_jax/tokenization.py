@@ -55,6 +55,18 @@ class PromptTokenizer:
     ids = self.tokenizer(prompt_prefix(instruction), add_special_tokens=False)["input_ids"]
     return (self.bos_id, *ids)
 
+  def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens. Uses the Rust backend's `encode_batch_fast`
+    (no character offsets: ~1.5x less CPU, the input pipeline's main cost) unless the backend
+    has truncation or padding of its own configured; the ids are the same either way."""
+    if not texts:
+      return []
+    backend = getattr(self.tokenizer, "backend_tokenizer", None)
+    if (backend is not None and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None and backend.padding is None):
+      return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+    return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
   def encode(self, texts: Sequence[str], instructions: str | None | Sequence[str | None],
              max_length: int) -> list[tuple[list[int], int] | None]:
     """Returns (ids, prefix_len) per text, or None where the prefix alone reaches max_length."""
@@ -63,7 +75,7 @@ class PromptTokenizer:
     if len(instructions) != len(texts):
       raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
     cut = [t[: CHARS_PER_TOKEN_CAP * max_length] for t in texts]
-    text_ids = self.tokenizer(cut, add_special_tokens=False)["input_ids"] if cut else []
+    text_ids = self.text_ids(cut)
     out = []
     for ids, inst in zip(text_ids, instructions):
       prefix = self.prefix_ids(inst or None)

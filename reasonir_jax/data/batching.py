@@ -26,8 +26,7 @@ from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_
 from reasonir_jax.data.reader import expand_paths
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.data.tfrecord import CorruptRecordError
-from reasonir_jax.tokenization import (CHARS_PER_TOKEN_CAP, PromptTokenizer, bucket_length,
-                                       pad_batch)
+from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +54,6 @@ def _as_prompt_tokenizer(tokenizer, config) -> PromptTokenizer:
       from reasonir_jax.data.sample import sample_tokenizer_dir
       tokenizer = sample_tokenizer_dir()
   return PromptTokenizer(tokenizer)
-
-
-def encode_texts(tok: PromptTokenizer, texts: list[str], instructions: list[str | None],
-                 max_length: int) -> list[tuple[list[int], int] | None]:
-  """Exactly `tok.encode(texts, instructions, max_length)`, but the texts go through the Rust
-  backend's `encode_batch_fast` (no character offsets: ~1.5x less CPU, the pipeline's main
-  cost) when the backend has no truncation or padding of its own configured."""
-  backend = getattr(tok.tokenizer, "backend_tokenizer", None)
-  if (backend is None or not hasattr(backend, "encode_batch_fast") or
-      backend.truncation is not None or backend.padding is not None):
-    return tok.encode(texts, instructions, max_length)
-  cut = [t[: CHARS_PER_TOKEN_CAP * max_length] for t in texts]
-  text_ids = [e.ids for e in backend.encode_batch_fast(cut, add_special_tokens=False)]
-  out = []
-  for ids, inst in zip(text_ids, instructions):
-    prefix = tok.prefix_ids(inst or None)
-    if len(prefix) >= max_length:
-      out.append(None)
-      continue
-    out.append((list(prefix) + ids[: max_length - len(prefix)], len(prefix)))
-  return out
 
 
 def _resolve_pattern(pattern: str) -> str:
@@ -266,8 +244,8 @@ class HostBatchIterator:
   def tokenize(self, raw: "RawBatch") -> Batch:
     """Tokenizes and pads a planned batch; a pure function (safe to run in worker threads)."""
     tok = self._thread_tokenizer()
-    q_enc = encode_texts(tok, raw.queries, raw.query_instructions, self.query_max_length)
-    p_enc = encode_texts(tok, raw.passages, raw.passage_instructions, self.passage_max_length)
+    q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
+    p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
     lq = bucket_length(max(len(ids) for ids, _ in q_enc), self.buckets, self.query_max_length)
     lp = bucket_length(max(len(ids) for ids, _ in p_enc), self.buckets, self.passage_max_length)
     return {"query": pad_batch(q_enc, lq, self.tok.pad_id),

@@ -85,13 +85,20 @@ def test_batch_layout_positive_first_and_prefix_counts(two_sources, tok):
 
 
 @pytest.mark.parametrize("fixture", ["sample", "conftest"])
-def test_fast_encoding_equals_prompt_tokenizer(fixture, tok, tokenizer_dir):
-  from reasonir_jax.data.batching import encode_texts
+def test_fast_encoding_equals_plain_tokenizer_call(fixture, tok, tokenizer_dir):
   t = tok if fixture == "sample" else PromptTokenizer(tokenizer_dir)
   texts = ["Ελληνικά 東京 café 🙂 ∑∫√ <|embed|> x", "", "long " * 400, "a\n\nb  c\td", "<|begin_of_text|>hi"]
   insts = ["Given a biology post, retrieve relevant passages", None, "", "x " * 200, "inst"]
   for max_length in (8, 64, 512):
-    assert encode_texts(t, texts, insts, max_length) == t.encode(texts, insts, max_length)
+    cut = [x[: 10 * max_length] for x in texts]
+    plain = t.tokenizer(cut, add_special_tokens=False)["input_ids"]  # the slow, offset-tracking call
+    assert t.text_ids(cut) == plain
+    expected = []
+    for ids, inst in zip(plain, insts):
+      prefix = list(t.prefix_ids(inst or None))
+      expected.append(None if len(prefix) >= max_length
+                      else (prefix + ids[: max_length - len(prefix)], len(prefix)))
+    assert t.encode(texts, insts, max_length) == expected
 
 
 def test_same_seed_same_batches_and_exact_restore(two_sources, tok):
