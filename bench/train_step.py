@@ -20,7 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def torch_reference(hf_dir, config, batch, steps):
+def torch_reference(hf_dir, config, batch):
+  """(first-step loss, run(n)): run takes n reference steps and waits for them."""
   import torch
   import torch.nn.functional as F
   from transformers import LlamaModel
@@ -64,17 +65,21 @@ def torch_reference(hf_dir, config, batch, steps):
     torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
     sched.step()
-    return loss.detach().item()
+    return loss.detach()
 
-  first = step()
+  first = float(step())
   step()  # warm-up
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    step()
-  return first, steps / (time.perf_counter() - t0)
+
+  def run(n):
+    for _ in range(n):
+      loss = step()
+    float(loss)
+
+  return first, run
 
 
-def jax_ours(config, batch, steps, hf_dir):
+def jax_ours(config, batch, hf_dir):
+  """(first-step loss, run(n)) for our jitted step; also writes the start weights to hf_dir."""
   import jax
   from flax import nnx
   from reasonir_jax import sharding as shd
@@ -90,23 +95,45 @@ def jax_ours(config, batch, steps, hf_dir):
   first = float(m["loss"])
   state, m = trainer.train_step(state, dev_batch)  # warm-up
   jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = trainer.train_step(state, dev_batch)
-  jax.block_until_ready(state)
-  return first, steps / (time.perf_counter() - t0)
+  holder = [state]
+
+  def run(n):
+    for _ in range(n):
+      holder[0], _ = trainer.train_step(holder[0], dev_batch)
+    jax.block_until_ready(holder[0])
+
+  return first, run
+
+
+def timed_rounds(runs: dict, steps: int, rounds: int) -> dict:
+  """Steps/s of each runner per round, the runners interleaved within every round so that a
+  machine whose speed drifts (shared or throttled cores) slows them alike."""
+  rates = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run(steps)
+      rates[name].append(steps / (time.perf_counter() - t0))
+  return rates
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/tiny.py")
-  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+  parser.add_argument("--rounds", type=int, default=5, help="timed rounds, JAX and PyTorch alternating")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--query_len", type=int, default=64)
   parser.add_argument("--passage_len", type=int, default=128)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                      help="reuse: reasonir_jax.host_memory.keep_freed_blocks(), as CPU training runs")
   args = parser.parse_args()
 
+  from reasonir_jax import host_memory
+  # Before JAX (and PyTorch's thread pool) start: both then allocate under the same policy.
+  reuse = args.malloc == "reuse" and host_memory.keep_freed_blocks()
+  malloc_note = "glibc keeps freed blocks" if reuse else "default malloc"
   import torch
   torch.set_num_threads(args.threads)
   from reasonir_jax.config import load_config
@@ -117,16 +144,21 @@ def main():
   batch = random_batch(args.batch, config.data.group_size, args.query_len, args.passage_len,
                        config.model.vocab_size)
   with tempfile.TemporaryDirectory() as hf_dir:
-    jax_first, jax_sps = jax_ours(config, batch, args.steps, hf_dir)
-    torch_first, torch_sps = torch_reference(hf_dir, config, batch, args.steps)
+    jax_first, jax_run = jax_ours(config, batch, hf_dir)
+    torch_first, torch_run = torch_reference(hf_dir, config, batch)
+  rates = timed_rounds({"jax": jax_run, "torch": torch_run}, args.steps, args.rounds)
+  ratios = [j / t for j, t in zip(rates["jax"], rates["torch"])]
   ex = args.batch
   print(f"config {args.config}: batch {args.batch} x group {config.data.group_size}, "
         f"query {args.query_len} / passage {args.passage_len} tokens, {jax.device_count()} JAX device(s), "
-        f"torch threads {args.threads}")
+        f"torch threads {args.threads}, {args.rounds} rounds of {args.steps} steps, {malloc_note}")
   print(f"first-step loss: jax {jax_first:.6f}  torch {torch_first:.6f}")
-  print(f"jax   : {jax_sps:8.2f} steps/s  {jax_sps * ex:9.1f} examples/s")
-  print(f"torch : {torch_sps:8.2f} steps/s  {torch_sps * ex:9.1f} examples/s")
-  print(f"ratio (jax / torch): {jax_sps / torch_sps:.2f}x")
+  for name in ("jax", "torch"):
+    sps = float(np.median(rates[name]))
+    print(f"{name:6s}: {sps:8.2f} steps/s  {sps * ex:9.1f} examples/s  (median; rounds "
+          f"{' '.join(f'{r:.2f}' for r in rates[name])})")
+  print(f"ratio (jax / torch): {np.median(ratios):.2f}x median of rounds "
+        f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

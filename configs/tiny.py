@@ -20,7 +20,7 @@ def get_config():
       pad_token_id=2,
       param_dtype="float32",
       dtype="float32",
-      scan_layers=True,
+      scan_layers=False,  # 2 layers: a loop compiles as fast as a scan and runs ~10% faster on CPU
       remat_policy="none",
   ))
   c.mesh.shape = (-1, 1, 1)

@@ -7,6 +7,7 @@ kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names f
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -69,9 +70,9 @@ class Attention(nnx.Module):
     cfg = self.cfg
     dt = cfg.jnp_dtype
     k_heads, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-    q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_proj[...].astype(dt))
-    k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_proj[...].astype(dt))
-    v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_proj[...].astype(dt))
+    q_btnh = _dense(x_btd, self.q_proj[...].astype(dt), 1)
+    k_btkh = _dense(x_btd, self.k_proj[...].astype(dt), 1)
+    v_btkh = _dense(x_btd, self.v_proj[...].astype(dt), 1)
     q_btnh = sharding.constrain(q_btnh, ("batch", "length", "act_heads", None))
     k_btkh = sharding.constrain(k_btkh, ("batch", "length", "act_kv_heads", None))
     v_btkh = sharding.constrain(v_btkh, ("batch", "length", "act_kv_heads", None))
@@ -90,28 +91,94 @@ class Attention(nnx.Module):
       out_btkgh = _attend(q_btkgh, k_btkh, v_btkh, key_mask_bs, dt)
     out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, cfg.head_dim)
     out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
-    return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_proj[...].astype(dt))
+    return _dense(out_btnh, self.o_proj[...].astype(dt), 2)
+
+
+def _dense(x, w, contract: int):
+  """Contracts the last `contract` dims of x with the first of w, as one 2-D matmul.
+
+  Same result as the einsum; the [tokens, in] x [in, out] form keeps XLA:CPU's backward in
+  plain row-major matmuls (the 3-D/4-D einsum made it transpose the cotangents into
+  column-major copies and use transposed matmuls: ~2x slower; neutral on TPU).
+  """
+  lead, k_shape, out_shape = x.shape[:-contract], x.shape[-contract:], w.shape[contract:]
+  k = math.prod(k_shape)
+  y = x.reshape(-1, k) @ w.reshape(k, -1)
+  return y.reshape(*lead, *out_shape)
 
 
 def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype):
   """Softmax attention in fp32 over all real keys (bidirectional: padded keys masked only).
 
   Queries are laid out [b, k, g*t, h] so that each score/value product is one batched matmul
-  per (batch, kv head), which XLA runs faster than the 5-D einsum on CPU.
+  per (batch, kv head). -1e30 on padded keys keeps a fully padded row finite (uniform weights
+  over its pads, never NaN).
   """
   b, t, k, g, h = q_btkgh.shape
   # Scale q (h times smaller than the scores) rather than the [b, k, x, s] scores.
   q_bkxh = (q_btkgh * (h ** -0.5)).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
   k_bksh = k_bskh.transpose(0, 2, 1, 3)
   v_bksh = v_bskh.transpose(0, 2, 1, 3)
-  scores_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh, preferred_element_type=jnp.float32)
-  # An additive key bias rather than `where`: the backward then needs no full-size zero fill.
-  # -1e30 keeps a fully padded row finite (uniform weights over its pads, never NaN).
-  bias_b11s = jnp.where(key_mask_bs[:, None, None, :].astype(bool), 0.0, -1e30).astype(jnp.float32)
-  scores_bkxs = scores_bkxs + bias_b11s
-  probs_bkxs = jax.nn.softmax(scores_bkxs, axis=-1).astype(dtype)
-  out_bkxh = jnp.einsum("bkxs,bksh->bkxh", probs_bkxs, v_bksh)
+  bias_bs = jnp.where(key_mask_bs.astype(bool), 0.0, -1e30).astype(jnp.float32)
+  out_bkxh = _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs).astype(dtype)
   return out_bkxh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
+
+
+@jax.custom_vjp
+def _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs):
+  """softmax(q k^T + bias) v, with the flash-attention backward written out.
+
+  The forward keeps only the output and two row statistics, not the [b, k, x, s] weights; the
+  backward recomputes the weights (one matmul and one fused exp). Left to autodiff, the softmax
+  backward takes several more full passes over the scores (the broadcast row sums and their
+  cotangents), which dominate the layer on CPU.
+  """
+  return _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs)[0]
+
+
+def _scores(q_bkxh, k_bksh, bias_bs):
+  s_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh, preferred_element_type=jnp.float32)
+  return s_bkxs + bias_bs[:, None, None, :]
+
+
+def _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs):
+  s_bkxs = _scores(q_bkxh, k_bksh, bias_bs)
+  max_bkx1 = jnp.max(s_bkxs, axis=-1, keepdims=True)
+  e_bkxs = jnp.exp(s_bkxs - max_bkx1)
+  inv_sum_bkx1 = 1.0 / jnp.sum(e_bkxs, axis=-1, keepdims=True)
+  # Normalised weights, then the value product: the form XLA:CPU fuses whole for inference
+  # (scaling the [x, h] output afterwards instead ran 2x slower at head_dim 64).
+  p_bkxs = (e_bkxs * inv_sum_bkx1).astype(v_bksh.dtype)
+  out_bkxh = jnp.einsum("bkxs,bksh->bkxh", p_bkxs, v_bksh).astype(q_bkxh.dtype)
+  # The row max and 1/sum rather than their log-sum-exp: next to a fully padded row's -1e30
+  # max, log(sum) would round away (weights of 1 instead of 1/length in the backward).
+  return out_bkxh, (q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1)
+
+
+def _softmax_attention_bwd(res, dout_bkxh):
+  q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1 = res
+  dt = q_bkxh.dtype
+  p_bkxs = jnp.exp(_scores(q_bkxh, k_bksh, bias_bs) - max_bkx1) * inv_sum_bkx1
+  dp_bkxs = jnp.einsum("bkxh,bksh->bkxs", dout_bkxh.astype(dt), v_bksh,
+                       preferred_element_type=jnp.float32)
+  # Row sums of p * dp equal those of dout * out (h wide rather than s wide).
+  delta_bkx1 = jnp.sum(dout_bkxh.astype(jnp.float32) * out_bkxh.astype(jnp.float32), axis=-1,
+                       keepdims=True)
+  ds_bkxs = (p_bkxs * (dp_bkxs - delta_bkx1)).astype(dt)
+  dq_bkxh = jnp.einsum("bkxs,bksh->bkxh", ds_bkxs, k_bksh, preferred_element_type=jnp.float32)
+  # dk and dv contract over the queries, the leading dim of both [x, s] and [x, h] operands.
+  # Written as dk^T = q^T ds and dv^T = dout^T p, the transposes land on the narrow [x, h]
+  # operands and the small [h, s] results: XLA:CPU otherwise runs them as transposed-operand
+  # matmuls over the [x, s] tensors, twice as slow as the rest of the attention backward.
+  dkt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(q_bkxh, -1, -2), ds_bkxs,
+                        preferred_element_type=jnp.float32)
+  dvt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(dout_bkxh.astype(dt), -1, -2),
+                        p_bkxs.astype(dt), preferred_element_type=jnp.float32)
+  return (dq_bkxh.astype(dt), jnp.swapaxes(dkt_bkhs, -1, -2).astype(k_bksh.dtype),
+          jnp.swapaxes(dvt_bkhs, -1, -2).astype(v_bksh.dtype), jnp.zeros_like(bias_bs))
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 class MLP(nnx.Module):
@@ -125,10 +192,10 @@ class MLP(nnx.Module):
 
   def __call__(self, x_btd):
     dt = self.dtype
-    gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_proj[...].astype(dt))
-    up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_proj[...].astype(dt))
+    gate_btf = _dense(x_btd, self.gate_proj[...].astype(dt), 1)
+    up_btf = _dense(x_btd, self.up_proj[...].astype(dt), 1)
     h_btf = sharding.constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "act_mlp"))
-    return jnp.einsum("btf,fd->btd", h_btf, self.down_proj[...].astype(dt))
+    return _dense(h_btf, self.down_proj[...].astype(dt), 1)
 
 
 class Block(nnx.Module):

@@ -4,9 +4,10 @@ import pytest
 from reasonir_jax.training.synthetic import random_batch
 
 
-# Smaller than configs/tiny.py so that each of the few compilations stays short.
+# Smaller than configs/tiny.py so that each of the few compilations stays short; scanned layers
+# as in the 8B recipe (their stacked parameters are what the mesh and checkpoint tests shard).
 SMALL_MODEL = ("model.num_layers=1", "model.vocab_size=256", "model.hidden_size=32",
-               "model.intermediate_size=64", "model.head_dim=8")
+               "model.intermediate_size=64", "model.head_dim=8", "model.scan_layers=True")
 
 
 def tiny_config(*overrides):
