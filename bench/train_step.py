@@ -4,8 +4,10 @@ The reference is transformers' `LlamaModel` made bidirectional (is_causal cleare
 and a 4-D key-padding mask passed; docs/reference.md section 10), with the same mean pooling over the
 text tokens, fp32 InfoNCE over the global batch and AdamW + clipping. Both start from the same
 weights (ours exported with `save_hf`), and the first-step losses are printed side by side.
+Timed rounds of the two alternate; the ratio is the median over rounds. Like CPU training runs,
+the process first sets glibc to keep freed blocks (`--malloc default` measures without it).
 
-  python bench/train_step.py [--steps 10] [--batch 16] [--query_len 64] [--passage_len 128]
+  python bench/train_step.py [--rounds 5] [--steps 10] [--batch 16] [--malloc reuse|default]
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names f
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -83,12 +84,14 @@ class Attention(nnx.Module):
     b, t = q_btnh.shape[:2]
     q_btkgh = q_btnh.reshape(b, t, k_heads, groups, cfg.head_dim)
     chunk = ATTN_QUERY_CHUNK
+    remat = cfg.remat_policy != "none"
     if t > chunk and t % chunk == 0:
       q_cbtkgh = jnp.moveaxis(q_btkgh.reshape(b, t // chunk, chunk, *q_btkgh.shape[2:]), 1, 0)
-      out_cbtkgh = jax.lax.map(lambda q: _attend(q, k_btkh, v_btkh, key_mask_bs, dt), q_cbtkgh)
+      out_cbtkgh = jax.lax.map(lambda q: _attend(q, k_btkh, v_btkh, key_mask_bs, dt, remat),
+                               q_cbtkgh)
       out_btkgh = jnp.moveaxis(out_cbtkgh, 0, 1).reshape(q_btkgh.shape)
     else:
-      out_btkgh = _attend(q_btkgh, k_btkh, v_btkh, key_mask_bs, dt)
+      out_btkgh = _attend(q_btkgh, k_btkh, v_btkh, key_mask_bs, dt, remat)
     out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, cfg.head_dim)
     out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
     return _dense(out_btnh, self.o_proj[...].astype(dt), 2)
@@ -107,7 +110,7 @@ def _dense(x, w, contract: int):
   return y.reshape(*lead, *out_shape)
 
 
-def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype):
+def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype, remat: bool = False):
   """Softmax attention in fp32 over all real keys (bidirectional: padded keys masked only).
 
   Queries are laid out [b, k, g*t, h] so that each score/value product is one batched matmul
@@ -120,12 +123,12 @@ def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype):
   k_bksh = k_bskh.transpose(0, 2, 1, 3)
   v_bksh = v_bskh.transpose(0, 2, 1, 3)
   bias_bs = jnp.where(key_mask_bs.astype(bool), 0.0, -1e30).astype(jnp.float32)
-  out_bkxh = _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs).astype(dtype)
+  out_bkxh = _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs, remat).astype(dtype)
   return out_bkxh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
-@jax.custom_vjp
-def _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs, remat: bool = False):
   """softmax(q k^T + bias) v, with the flash-attention backward written out.
 
   The forward keeps only the output and two row statistics, not the [b, k, x, s] weights; the
@@ -133,7 +136,7 @@ def _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs):
   backward takes several more full passes over the scores (the broadcast row sums and their
   cotangents), which dominate the layer on CPU.
   """
-  return _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs)[0]
+  return _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs, remat)[0]
 
 
 def _scores(q_bkxh, k_bksh, bias_bs):
@@ -141,7 +144,8 @@ def _scores(q_bkxh, k_bksh, bias_bs):
   return s_bkxs + bias_bs[:, None, None, :]
 
 
-def _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs):
+def _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs, remat):
+  del remat  # only the backward needs it
   s_bkxs = _scores(q_bkxh, k_bksh, bias_bs)
   max_bkx1 = jnp.max(s_bkxs, axis=-1, keepdims=True)
   e_bkxs = jnp.exp(s_bkxs - max_bkx1)
@@ -155,16 +159,24 @@ def _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs):
   return out_bkxh, (q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1)
 
 
-def _softmax_attention_bwd(res, dout_bkxh):
+def _softmax_attention_bwd(remat, res, dout_bkxh):
   q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1 = res
   dt = q_bkxh.dtype
-  p_bkxs = jnp.exp(_scores(q_bkxh, k_bksh, bias_bs) - max_bkx1) * inv_sum_bkx1
-  dp_bkxs = jnp.einsum("bkxh,bksh->bkxs", dout_bkxh.astype(dt), v_bksh,
-                       preferred_element_type=jnp.float32)
+  dout_bkxh = dout_bkxh.astype(dt)
+  # Weights and score cotangents are held in the compute dtype, as the forward feeds its
+  # weights to the value product: of the [b, k, x, s] tensors only dp is fp32 (on TPU each
+  # such tensor is most of a layer's backward memory).
+  if remat:
+    # Under rematerialisation the layer's forward is re-run just before this; left alone, XLA
+    # merges the two score computations and keeps the forward's [b, k, x, s] tensors alive
+    # through the backward (+13 GiB per chip for the 8B recipe on v5p-256).
+    q_bkxh, k_bksh, bias_bs = jax.lax.optimization_barrier((q_bkxh, k_bksh, bias_bs))
+  p_bkxs = (jnp.exp(_scores(q_bkxh, k_bksh, bias_bs) - max_bkx1) * inv_sum_bkx1).astype(dt)
+  dp_bkxs = jnp.einsum("bkxh,bksh->bkxs", dout_bkxh, v_bksh, preferred_element_type=jnp.float32)
   # Row sums of p * dp equal those of dout * out (h wide rather than s wide).
   delta_bkx1 = jnp.sum(dout_bkxh.astype(jnp.float32) * out_bkxh.astype(jnp.float32), axis=-1,
                        keepdims=True)
-  ds_bkxs = (p_bkxs * (dp_bkxs - delta_bkx1)).astype(dt)
+  ds_bkxs = (p_bkxs.astype(jnp.float32) * (dp_bkxs - delta_bkx1)).astype(dt)
   dq_bkxh = jnp.einsum("bkxs,bksh->bkxh", ds_bkxs, k_bksh, preferred_element_type=jnp.float32)
   # dk and dv contract over the queries, the leading dim of both [x, s] and [x, h] operands.
   # Written as dk^T = q^T ds and dv^T = dout^T p, the transposes land on the narrow [x, h]
@@ -172,8 +184,8 @@ def _softmax_attention_bwd(res, dout_bkxh):
   # matmuls over the [x, s] tensors, twice as slow as the rest of the attention backward.
   dkt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(q_bkxh, -1, -2), ds_bkxs,
                         preferred_element_type=jnp.float32)
-  dvt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(dout_bkxh.astype(dt), -1, -2),
-                        p_bkxs.astype(dt), preferred_element_type=jnp.float32)
+  dvt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(dout_bkxh, -1, -2), p_bkxs,
+                        preferred_element_type=jnp.float32)
   return (dq_bkxh.astype(dt), jnp.swapaxes(dkt_bkhs, -1, -2).astype(k_bksh.dtype),
           jnp.swapaxes(dvt_bkhs, -1, -2).astype(v_bksh.dtype), jnp.zeros_like(bias_bs))
 
@@ -224,6 +236,20 @@ def _layer_fn(graphdef, remat_policy: str):
   return jax.checkpoint(run, policy=REMAT_POLICIES[remat_policy])
 
 
+def _unstack_layers(cfg: ModelConfig, stacked: nnx.Module) -> list[Block]:
+  """Per-layer Blocks holding slices of a vmapped stack of Blocks (their own, unstacked,
+  sharding metadata; the discarded random init is dead code under jit or eval_shape)."""
+  values = nnx.to_pure_dict(nnx.state(stacked))
+  blocks = []
+  for i in range(cfg.num_layers):
+    block = Block(cfg, rngs=nnx.Rngs(i))
+    state = nnx.state(block)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a, i=i: a[i], values))
+    nnx.update(block, state)
+    blocks.append(block)
+  return blocks
+
+
 def _lookup_embeddings(table_vd: jax.Array, ids_bl: jax.Array, dtype) -> jax.Array:
   """`table_vd[ids_bl]` in `dtype`, laid out so that neither the lookup nor its gradient replicates [b, l, d].
 
@@ -268,14 +294,16 @@ class LlamaEncoder(nnx.Module):
     self.cfg = cfg
     self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                                cfg.jnp_param_dtype)
-    if cfg.scan_layers:
-      @nnx.split_rngs(splits=cfg.num_layers)
-      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-      def stacked(rngs):
-        return Block(cfg, rngs=rngs)
-      self.layers = stacked(rngs)
-    else:
-      self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def stacked(rngs):
+      return Block(cfg, rngs=rngs)
+
+    self.layers = stacked(rngs)
+    if not cfg.scan_layers:
+      # Unstacked from the scanned layout, so that the switch changes speed but never the
+      # starting weights of a seed.
+      self.layers = nnx.List(_unstack_layers(cfg, self.layers))
     self.final_norm = RMSNorm(cfg)
     self._activation_sharding = None
 

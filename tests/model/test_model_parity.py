@@ -147,3 +147,23 @@ def test_query_chunked_attention_matches_full(hf_dir, monkeypatch):
   monkeypatch.setattr(llama, "ATTN_QUERY_CHUNK", 4)  # 12 tokens -> 3 query chunks
   chunked = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
   np.testing.assert_allclose(chunked, full, atol=1e-5)
+
+
+def test_scan_switch_keeps_the_random_init():
+  """A seed gives the same starting weights with scanned and unrolled layers."""
+  import jax
+  from flax import nnx
+  from reasonir_jax.model import LlamaEncoder, ModelConfig
+  cfg = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=3, num_heads=4,
+             num_kv_heads=2, head_dim=4, param_dtype="float32", dtype="float32")
+  scanned = nnx.to_pure_dict(nnx.state(LlamaEncoder(ModelConfig(scan_layers=True, **cfg),
+                                                    rngs=nnx.Rngs(7))))
+  unrolled = nnx.to_pure_dict(nnx.state(LlamaEncoder(ModelConfig(scan_layers=False, **cfg),
+                                                     rngs=nnx.Rngs(7))))
+  np.testing.assert_array_equal(scanned["embed_tokens"], unrolled["embed_tokens"])
+  assert sorted(unrolled["layers"]) == [0, 1, 2]
+  for i in range(3):
+    layer = jax.tree.map(lambda a: a[i], scanned["layers"])
+    jax.tree.map(np.testing.assert_array_equal, layer, unrolled["layers"][i])
+    assert not np.array_equal(unrolled["layers"][i]["attn"]["q_proj"],
+                              unrolled["layers"][(i + 1) % 3]["attn"]["q_proj"])
