@@ -163,14 +163,14 @@ def _softmax_attention_bwd(remat, res, dout_bkxh):
   q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1 = res
   dt = q_bkxh.dtype
   dout_bkxh = dout_bkxh.astype(dt)
-  # Weights and score cotangents are held in the compute dtype, as the forward feeds its
-  # weights to the value product: of the [b, k, x, s] tensors only dp is fp32 (on TPU each
-  # such tensor is most of a layer's backward memory).
   if remat:
     # Under rematerialisation the layer's forward is re-run just before this; left alone, XLA
     # merges the two score computations and keeps the forward's [b, k, x, s] tensors alive
     # through the backward (+13 GiB per chip for the 8B recipe on v5p-256).
     q_bkxh, k_bksh, bias_bs = jax.lax.optimization_barrier((q_bkxh, k_bksh, bias_bs))
+  # Weights and score cotangents are held in the compute dtype, as the forward feeds its
+  # weights to the value product: of the [b, k, x, s] tensors only dp is fp32 (on TPU each
+  # such tensor is most of a layer's backward memory).
   p_bkxs = (jnp.exp(_scores(q_bkxh, k_bksh, bias_bs) - max_bkx1) * inv_sum_bkx1).astype(dt)
   dp_bkxs = jnp.einsum("bkxh,bksh->bkxs", dout_bkxh, v_bksh, preferred_element_type=jnp.float32)
   # Row sums of p * dp equal those of dout * out (h wide rather than s wide).
