@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
+
+from timing import interleaved_seconds
 
 
 def build_checkpoint(out_dir: str, seed: int = 0):
@@ -35,20 +36,6 @@ def build_checkpoint(out_dir: str, seed: int = 0):
   model = make_bidirectional(transformers.LlamaModel(config).eval())
   model.save_pretrained(out_dir)
   return model, tokenizer, words
-
-
-def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-  """Median seconds of each, after a warm-up (compilation for JAX), runs interleaved so that
-  load changes on the machine hit both alike."""
-  fn_a()
-  fn_b()
-  times_a, times_b = [], []
-  for _ in range(repeats):
-    for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-      t = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t)
-  return statistics.median(times_a), statistics.median(times_b)
 
 
 def main():
@@ -81,8 +68,9 @@ def main():
     def theirs():
       return torch_encode(torch_model, tokenizer, texts, instruction, max_length=args.length)
 
-    diff = float(np.abs(ours() - theirs().numpy()).max())
-    t_ours, t_torch = timed_pair(ours, theirs, args.repeats)
+    diff = float(np.abs(ours() - theirs().numpy()).max())  # also the warm-up (JAX compiles)
+    seconds = interleaved_seconds({"ours": ours, "theirs": theirs}, args.repeats)
+    t_ours, t_torch = (statistics.median(seconds[k]) for k in ("ours", "theirs"))
   print(f"config: 4 layers, width 512, GQA 8/2, fp32, batch {args.batch} x {args.length} tokens, "
         f"torch threads {args.threads}, median of {args.repeats}")
   print(f"max |ours - torch| embedding difference: {diff:.2e}")

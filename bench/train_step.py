@@ -15,11 +15,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from timing import interleaved_seconds  # noqa: E402  (bench/ is this script's directory)
 
 
 def torch_reference(hf_dir, config, batch):
@@ -107,18 +107,6 @@ def jax_ours(config, batch, hf_dir):
   return first, run
 
 
-def timed_rounds(runs: dict, steps: int, rounds: int) -> dict:
-  """Steps/s of each runner per round, the runners interleaved within every round so that a
-  machine whose speed drifts (shared or throttled cores) slows them alike."""
-  rates = {name: [] for name in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
-      t0 = time.perf_counter()
-      run(steps)
-      rates[name].append(steps / (time.perf_counter() - t0))
-  return rates
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/tiny.py")
@@ -148,7 +136,9 @@ def main():
   with tempfile.TemporaryDirectory() as hf_dir:
     jax_first, jax_run = jax_ours(config, batch, hf_dir)
     torch_first, torch_run = torch_reference(hf_dir, config, batch)
-  rates = timed_rounds({"jax": jax_run, "torch": torch_run}, args.steps, args.rounds)
+  seconds = interleaved_seconds({"jax": lambda: jax_run(args.steps),
+                                 "torch": lambda: torch_run(args.steps)}, args.rounds)
+  rates = {name: [args.steps / s for s in secs] for name, secs in seconds.items()}
   ratios = [j / t for j, t in zip(rates["jax"], rates["torch"])]
   ex = args.batch
   print(f"config {args.config}: batch {args.batch} x group {config.data.group_size}, "

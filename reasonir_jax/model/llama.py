@@ -237,12 +237,12 @@ def _layer_fn(graphdef, remat_policy: str):
 
 
 def _unstack_layers(cfg: ModelConfig, stacked: nnx.Module) -> list[Block]:
-  """Per-layer Blocks holding slices of a vmapped stack of Blocks (their own, unstacked,
-  sharding metadata; the discarded random init is dead code under jit or eval_shape)."""
+  """Per-layer Blocks holding slices of a vmapped stack of Blocks (with their own, unstacked,
+  sharding metadata)."""
   values = nnx.to_pure_dict(nnx.state(stacked))
   blocks = []
   for i in range(cfg.num_layers):
-    block = Block(cfg, rngs=nnx.Rngs(i))
+    block = nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0)))  # shapes only: values follow
     state = nnx.state(block)
     nnx.replace_by_pure_dict(state, jax.tree.map(lambda a, i=i: a[i], values))
     nnx.update(block, state)
