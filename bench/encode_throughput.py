@@ -2,7 +2,15 @@
 
 Both encode the same texts with the same weights (a random mid-size Llama built here: 4 layers,
 width 512, GQA 8/2) and the same tokenization; each is timed after a warm-up, over a few
-interleaved repeats, in the same run. Prints both rates and the ratio ours / PyTorch.
+interleaved repeats, in the same run. Prints both rates and the ratio ours / PyTorch per case:
+
+  uniform: `batch` texts of exactly `length` tokens (one bucket: no padding anywhere).
+  mixed:   4 x `batch` texts whose lengths are drawn uniformly from 0.55 to 0.8 x `length`
+           (never a bucket size). PyTorch pads each batch of `batch` texts, in the caller's
+           order, to its longest; ours packs (the default) and, for comparison, pads
+           (packing=False: sorted by length, padded to power-of-two buckets).
+
+Useful tokens/s counts the texts' tokens only (never padding).
 
     python bench/encode_throughput.py [--batch 16] [--length 256] [--repeats 5] [--threads 2]
 """
@@ -55,28 +63,39 @@ def main():
   with tempfile.TemporaryDirectory() as d:
     torch_model, tokenizer, words = build_checkpoint(d)
     rng = np.random.RandomState(0)
-    # Texts long enough that every one is cut to exactly `length` tokens.
-    texts = [" ".join(rng.choice(words, size=4 * args.length)) for _ in range(args.batch)]
     instruction = "Given a biology post, retrieve relevant passages that help answer the post"
     enc = Encoder.from_pretrained(d, dtype="float32", show_progress=False)
-    tokens = args.batch * args.length
-
-    def ours():
-      return enc.encode(texts, instruction=instruction, batch_size=args.batch,
-                        max_length=args.length)
-
-    def theirs():
-      return torch_encode(torch_model, tokenizer, texts, instruction, max_length=args.length)
-
-    diff = float(np.abs(ours() - theirs().numpy()).max())  # also the warm-up (JAX compiles)
-    seconds = interleaved_seconds({"ours": ours, "theirs": theirs}, args.repeats)
-    t_ours, t_torch = (statistics.median(seconds[k]) for k in ("ours", "theirs"))
-  print(f"config: 4 layers, width 512, GQA 8/2, fp32, batch {args.batch} x {args.length} tokens, "
-        f"torch threads {args.threads}, median of {args.repeats}")
-  print(f"max |ours - torch| embedding difference: {diff:.2e}")
-  print(f"jax Encoder.encode : {tokens / t_ours:10.0f} tokens/s ({t_ours * 1e3:.1f} ms/batch)")
-  print(f"torch LlamaModel   : {tokens / t_torch:10.0f} tokens/s ({t_torch * 1e3:.1f} ms/batch)")
-  print(f"ratio jax / torch  : {t_torch / t_ours:.2f}x")
+    prefix_len = len(enc.prompt_tokenizer.prefix_ids(instruction))
+    # One token per word with this tokenizer: a text of m words is prefix_len + m tokens.
+    uniform = [" ".join(rng.choice(words, size=4 * args.length)) for _ in range(args.batch)]
+    lo, hi = int(0.55 * args.length), int(0.8 * args.length)
+    mixed_lengths = rng.randint(lo, hi + 1, size=4 * args.batch)
+    mixed = [" ".join(rng.choice(words, size=n - prefix_len)) for n in mixed_lengths]
+    print(f"config: 4 layers, width 512, GQA 8/2, fp32, batch {args.batch}, max length "
+          f"{args.length}, torch threads {args.threads}, median of {args.repeats}")
+    for name, texts in (("uniform", uniform), ("mixed", mixed)):
+      tokens = sum(len(ids) for ids, _ in enc.prompt_tokenizer.encode(texts, instruction,
+                                                                      args.length))
+      fns = {
+          "jax packed": lambda t=texts: enc.encode(t, instruction=instruction,
+                                                   batch_size=args.batch, max_length=args.length),
+          "jax padded": lambda t=texts: enc.encode(t, instruction=instruction, packing=False,
+                                                   batch_size=args.batch, max_length=args.length),
+          "torch": lambda t=texts: np.concatenate([
+              torch_encode(torch_model, tokenizer, t[s: s + args.batch], instruction,
+                           max_length=args.length).numpy()
+              for s in range(0, len(t), args.batch)]),
+      }
+      ref = fns["torch"]()  # also the warm-up (JAX compiles)
+      diffs = {k: float(np.abs(fn() - ref).max()) for k, fn in fns.items() if k != "torch"}
+      seconds = interleaved_seconds(fns, args.repeats)
+      t = {k: statistics.median(v) for k, v in seconds.items()}
+      print(f"[{name}] {len(texts)} texts, {tokens} useful tokens; max |jax - torch| "
+            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+      for k in fns:
+        print(f"[{name}] {k:11s}: {tokens / t[k]:10.0f} useful tokens/s ({t[k] * 1e3:.1f} ms)")
+      for k in ("jax packed", "jax padded"):
+        print(f"[{name}] ratio {k} / torch: {t['torch'] / t[k]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark of the evaluation path: corpus encoding (documents/s) and exact blocked top-k.
 
-    python bench/retrieval.py [--num-docs 2048] [--corpus 400000] [--dim 4096] [--queries 1000]
+    python bench/retrieval.py [--num-docs 2048] [--corpus 400000] [--dim 4096] [--queries 1000] [--mesh-compare]
 
 1. Encoding: the `configs/tiny.py` model dimensions with random weights, documents of ~100
    tokens (max length 128), through `Encoder.encode`; the reference, measured in the same run,
@@ -11,6 +11,10 @@
    cast to float32 on device. The reference is numpy (float32 matmul + argpartition) on the first
    `--reference-blocks` blocks, extrapolated linearly. Peak RSS is reported before and after
    the top-k, so the working memory of the top-k shows apart from the corpus itself.
+3. Mesh (`--mesh-compare`): the same documents encoded through `bright.load_encoder` on a pure
+   data-parallel mesh (-1,1,1, the `--mesh auto` choice when the weights fit one chip) and on the
+   weights-sharded mesh (1,-1,1) over every device present; then the projected corpus-encoding
+   wall time of all 12 BRIGHT tasks from the data-parallel rate (a shared corpus counted once).
 """
 from __future__ import annotations
 
@@ -82,6 +86,41 @@ def bench_encoding(num_docs: int, batch_size: int, max_length: int) -> None:
         f"batch {batch_size}, max_length {max_length}):")
   print(f"  reasonir_jax Encoder.encode: {ours:8.1f} docs/s")
   print(f"  torch LlamaModel (reference): {ref:8.1f} docs/s   ratio ours/ref = {ours / ref:.2f}")
+
+
+def bench_mesh_encoding(num_docs: int, batch_size: int, max_length: int) -> None:
+  import shutil
+
+  import jax
+  import torch
+  import transformers
+
+  from reasonir_jax.config import load_config
+  from reasonir_jax.eval import bright, encode_plan
+  from reasonir_jax.tokenization import train_tokenizer
+
+  cfg = load_config("tiny").model
+  docs = random_docs(num_docs, words_per_doc=60)
+  rates = {}
+  with tempfile.TemporaryDirectory() as model_dir:
+    train_tokenizer(random_docs(500, 60, seed=1), vocab_size=cfg.vocab_size, out_dir=model_dir)
+    torch.manual_seed(0)
+    transformers.LlamaModel(transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)).save_pretrained(model_dir)
+    for mesh in ("-1,1,1", "1,-1,1"):
+      encoder = bright.load_encoder(model_dir, "float32", mesh)
+      encoder.encode(docs, batch_size=batch_size, max_length=max_length, show_progress=False)  # compile
+      t0 = time.perf_counter()
+      encoder.encode(docs, batch_size=batch_size, max_length=max_length, show_progress=False)
+      rates[mesh] = num_docs / (time.perf_counter() - t0)
+    shutil.rmtree(model_dir, ignore_errors=True)
+  print(f"mesh (configs/tiny.py dims, {jax.device_count()} device(s), {num_docs} docs, batch {batch_size}):")
+  print(f"  data parallel -1,1,1:   {rates['-1,1,1']:8.1f} docs/s")
+  print(f"  weights sharded 1,-1,1: {rates['1,-1,1']:8.1f} docs/s   ratio dp/sharded = "
+        f"{rates['-1,1,1'] / rates['1,-1,1']:.2f}")
+  print(encode_plan.format_projection(rates["-1,1,1"], encode_plan.describe_devices()))
 
 
 class RandomCorpus:
@@ -156,7 +195,10 @@ def main():
   parser.add_argument("--reference-blocks", type=int, default=2)
   parser.add_argument("--skip-encoding", action="store_true")
   parser.add_argument("--skip-top-k", action="store_true")
+  parser.add_argument("--mesh-compare", action="store_true", help="data parallel vs sharded encoding")
   args = parser.parse_args()
+  if args.mesh_compare:
+    bench_mesh_encoding(args.num_docs, args.batch_size, args.max_length)
   if not args.skip_encoding:
     bench_encoding(args.num_docs, args.batch_size, args.max_length)
   if not args.skip_top_k:

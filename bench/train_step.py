@@ -8,6 +8,13 @@ Timed rounds of the two alternate; the ratio is the median over rounds. Like CPU
 the process first sets glibc to keep freed blocks (`--malloc default` measures without it).
 
   python bench/train_step.py [--rounds 5] [--steps 10] [--batch 16] [--malloc reuse|default]
+
+With --packing, it races our step on packed inputs (config.data.packing=True) against our step on
+the same batch padded (as the input pipeline pads: each side to its bucket), on a realistic
+length mix: queries of 16-64 tokens, passages 60% medium (64-160) and 40% long (256-512). It
+prints useful (non-padding) tokens/s of each and the ratio packed / padded.
+
+  python bench/train_step.py --packing [--rounds 5] [--steps 3] [--batch 16]
 """
 from __future__ import annotations
 
@@ -107,6 +114,80 @@ def jax_ours(config, batch, hf_dir):
   return first, run
 
 
+def realistic_batch(batch: int, group: int, vocab: int, seed: int = 0, prefix_len: int = 3):
+  """Padded host batch of the realistic mix above (query rows 64, passage rows 512 long)."""
+  rng = np.random.default_rng(seed)
+  q_len = rng.integers(16, 65, size=batch)
+  long = rng.random(batch * group) < 0.4
+  p_len = np.where(long, rng.integers(256, 513, size=batch * group),
+                   rng.integers(64, 161, size=batch * group))
+
+  def side(lens, length):
+    ids = rng.integers(3, vocab, size=(len(lens), length)).astype(np.int32)
+    ids[:, 0] = 0
+    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, ids, 2).astype(np.int32)
+    pool = mask.copy()
+    pool[:, :prefix_len] = 0
+    return {"input_ids": ids, "attention_mask": mask, "pool_mask": pool}
+
+  return {"query": side(q_len, 64), "passage": side(p_len, 512)}
+
+
+def packing_main(args):
+  """Our step on packed vs padded inputs of the same realistic batch (see the module docstring)."""
+  import jax
+  from reasonir_jax import sharding as shd
+  from reasonir_jax.config import load_config
+  from reasonir_jax.packing import pack_padded
+  from reasonir_jax.training.step import build_trainer
+
+  base = [f"train.global_batch_size={args.batch}", "mesh.shape=(1,1,1)",
+          "data.query_max_length=128", "data.passage_max_length=512"]
+  padded_cfg = load_config(args.config, base)
+  packed_cfg = load_config(args.config, base + ["data.packing=True", "data.pack_queries_per_row=2",
+                                                "data.pack_passages_per_row=2"])
+  for cfg in (padded_cfg, packed_cfg):
+    cfg.mesh.shape = (jax.device_count(), 1, 1)
+  padded = realistic_batch(args.batch, padded_cfg.data.group_size, padded_cfg.model.vocab_size)
+  useful = sum(int(padded[s]["attention_mask"].sum()) for s in padded)
+  runs, shapes = {}, {}
+  for name, cfg in (("padded", padded_cfg), ("packed", packed_cfg)):
+    trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
+    batch = padded
+    if trainer.packing:
+      batch = {s: pack_padded(padded[s], trainer.packed_rows[s],
+                              cfg.data[f"{s}_max_length"]) for s in padded}
+    shapes[name] = {s: batch[s]["input_ids"].shape for s in batch}
+    state = trainer.init_state(0)
+    dev_batch = trainer.place_batch(batch)
+    state, m = trainer.train_step(state, dev_batch)
+    state, m = trainer.train_step(state, dev_batch)  # warm-up
+    jax.block_until_ready(state)
+    holder = [state, trainer, dev_batch]
+    runs[name] = (float(m["loss"]), holder)
+
+  def runner(holder):
+    def run():
+      for _ in range(args.steps):
+        holder[0], _ = holder[1].train_step(holder[0], holder[2])
+      jax.block_until_ready(holder[0])
+    return run
+
+  seconds = interleaved_seconds({k: runner(h) for k, (_, h) in runs.items()}, args.rounds)
+  rates = {k: [useful * args.steps / s for s in v] for k, v in seconds.items()}
+  print(f"config {args.config}: batch {args.batch} x group {padded_cfg.data.group_size}, "
+        f"{useful} useful tokens per step, {jax.device_count()} JAX device(s), {args.rounds} "
+        f"rounds of {args.steps} steps")
+  for name in ("padded", "packed"):
+    slots = sum(int(np.prod(v)) for v in shapes[name].values())
+    print(f"{name}: rows {shapes[name]} ({useful / slots:.0%} of the slots are useful); "
+          f"{np.median(rates[name]):9.1f} useful tokens/s median; step-2 loss {runs[name][0]:.6f}")
+  ratios = [p / q for p, q in zip(rates["packed"], rates["padded"])]
+  print(f"ratio (packed / padded useful tokens/s): {np.median(ratios):.2f}x median of rounds "
+        f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/tiny.py")
@@ -118,12 +199,16 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
                       help="reuse: reasonir_jax.host_memory.keep_freed_blocks(), as CPU training runs")
+  parser.add_argument("--packing", action="store_true",
+                      help="race our step on packed vs padded inputs (no PyTorch)")
   args = parser.parse_args()
 
   from reasonir_jax import host_memory
   # Before JAX (and PyTorch's thread pool) start: both then allocate under the same policy.
   reuse = args.malloc == "reuse" and host_memory.keep_freed_blocks()
   malloc_note = "glibc keeps freed blocks" if reuse else "default malloc"
+  if args.packing:
+    return packing_main(args)
   import torch
   torch.set_num_threads(args.threads)
   from reasonir_jax.config import load_config

@@ -1,4 +1,4 @@
-"""Command line: `python -m data_gen {filter,hq,vl,negatives,mine} --input ...`.
+"""Command line: `python -m data_gen {filter,hq,vl,negatives,mine,coverage} --input ...`.
 
 Run `python -m data_gen <pipeline> --help` for the flags; data_gen/README.md explains them.
 """
@@ -8,7 +8,8 @@ import argparse
 import logging
 import sys
 
-from data_gen.backends.base import SamplingParams, make_backend
+from data_gen.backends.base import SamplingParams
+from reasonir_jax.eval import llm
 
 # Default new-token budgets: VL queries/positives run up to ~2000 words (~2700 tokens).
 DEFAULT_MAX_TOKENS = {"hq": 1536, "vl": 4096, "negatives": 1536}
@@ -24,27 +25,22 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch-size", type=int, default=256,
                  help="inputs per batch (one backend call per step; the resume granularity)")
   p.add_argument("--output-shards", type=int, default=1, help="TFRecord files per shard")
+  p.add_argument("--batches-in-flight", type=int, default=2,
+                 help="batches processed at once on a streaming (openai) backend, so one "
+                 "batch's slow tail overlaps the next batch")
+  p.add_argument("--engine", choices=["local", "ray"], default="local",
+                 help="local: this machine runs its --shard-index; ray: Ray Data spreads the "
+                 "work over a Ray cluster (pip install 'reasonir-jax[cluster]')")
+  p.add_argument("--ray-address", default=None,
+                 help="--engine ray: the cluster to join (default: RAY_ADDRESS or a local one)")
+  p.add_argument("--break-lock", action="store_true",
+                 help="take over this shard's stage lock (only when its holder is dead)")
   p.add_argument("--log-level", default="INFO")
 
 
 def _llm(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("LLM backend")
-  g.add_argument("--backend", choices=["vllm", "openai", "transformers"], default="vllm")
-  g.add_argument("--model", required=True, help="model path/id (openai: the served model name)")
-  g.add_argument("--base-url", default=None, help="openai: endpoint, e.g. http://host:8000/v1")
-  g.add_argument("--max-concurrency", type=int, default=32, help="openai: parallel requests")
-  g.add_argument("--request-timeout", type=float, default=600.0, help="openai: seconds")
-  g.add_argument("--max-retries", type=int, default=4,
-                 help="openai: extra tries on timeouts, 429 and 5xx")
-  g.add_argument("--retry-backoff", type=float, default=1.0,
-                 help="openai: first backoff in seconds (doubles per retry, capped at 60)")
-  g.add_argument("--no-structured-output", action="store_true",
-                 help="do not ask the backend for schema-constrained JSON")
-  g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
-  g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
-  g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
-  g.add_argument("--dtype", default="auto", help="vllm/transformers: weight dtype")
-  g.add_argument("--device", default=None, help="transformers: cpu, cuda, ... (default: auto)")
+  llm.add_backend_flags(p, default="vllm", what="generation",
+                        legacy_aliases=("model", "dtype", "device"))
   s = p.add_argument_group("sampling")
   s.add_argument("--temperature", type=float, default=0.0)
   s.add_argument("--top-p", type=float, default=1.0)
@@ -60,8 +56,17 @@ def _filters(p: argparse.ArgumentParser) -> None:
   g.add_argument("--max-doc-words", type=int, default=2000)
   g.add_argument("--near-dup-threshold", type=float, default=0.8,
                  help="drop documents with 5-gram Jaccard >= this to a kept one (0: off)")
+  g.add_argument("--quality-model", default=None,
+                 help="local directory of an educational-quality classifier (transformers "
+                 "AutoModelForSequenceClassification + tokenizer, e.g. a FineWeb-Edu "
+                 "classifier); with it, documents with score >= --min-quality are kept, best "
+                 "first, then --top-n")
+  g.add_argument("--quality-batch-size", type=int, default=32)
+  g.add_argument("--quality-max-length", type=int, default=512,
+                 help="tokens of each document the classifier reads")
   g.add_argument("--quality-scorer", default=None,
-                 help="module:function taking a list of texts, returning a list of scores")
+                 help="instead of --quality-model: module:function taking a list of texts, "
+                 "returning a list of scores")
   g.add_argument("--min-quality", type=float, default=1.0)
   g.add_argument("--top-n", type=int, default=None, help="keep the N best documents")
 
@@ -79,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
   _filters(hq)
   hq.add_argument("--no-filter", action="store_true",
                   help="use the input as is (already filtered by `python -m data_gen filter`)")
+  hq.add_argument("--prompt-style", choices=["ours", "public"], default="ours",
+                  help="public: the public ReasonIR prompt structure (domain alignment steps, "
+                  "reasoning before the JSON, no schema-constrained decoding)")
   hq.add_argument("--min-query-words", type=int, default=8)
   hq.add_argument("--max-query-words", type=int, default=400)
 
@@ -107,36 +115,58 @@ def build_parser() -> argparse.ArgumentParser:
   neg.add_argument("--max-words", type=int, default=2000)
   neg.add_argument("--max-overlap", type=float, default=0.4,
                    help="max content-word Jaccard between the negative and the positive")
+  neg.add_argument("--prompt-style", choices=["ours", "public"], default="ours",
+                   help="ours: two turns (analysis, then the document); public: one turn from "
+                   "instruction + query and instruction + positive, reasoning allowed")
 
   mine = sub.add_parser("mine", help="BM25 hard-negative mining for existing rows")
   _common(mine)
   mine.add_argument("--corpus", default=None,
                     help="documents (id + text/content); default: the rows' positives")
-  mine.add_argument("--min-rank", type=int, default=20)
+  mine.add_argument("--min-rank", type=int, default=21,
+                    help="first 1-based rank taken (public miner: the 21st document)")
+  mine.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (public miner: 0.9)")
+  mine.add_argument("--b", type=float, default=0.4, help="BM25 b (public miner: 0.4)")
+  mine.add_argument("--stemmer", default="porter",
+                    help="PyStemmer algorithm for corpus and queries ('none': no stemming)")
   mine.add_argument("--num-negatives", type=int, default=1)
   mine.add_argument("--depth", type=int, default=100, help="ranks searched past --min-rank")
+  cov = sub.add_parser("coverage", help="list the input ids no shard of a run has committed")
+  cov.add_argument("--input", required=True,
+                   help="the inputs the shards were given (hq: the `filter` output)")
+  cov.add_argument("--kind", choices=["documents", "rows"], default="documents",
+                   help="documents (hq, vl) or training rows (negatives, mine)")
+  cov.add_argument("--output-dir", required=True)
+  cov.add_argument("--name", required=True, help="the run name (e.g. hq)")
+  cov.add_argument("--missing-out", default=None, help="write the missing ids here, one a line")
+  cov.add_argument("--log-level", default="INFO")
   return parser
+
+
+def run_coverage(args) -> dict:
+  from data_gen import inputs
+  from data_gen.safety import coverage
+  if args.kind == "documents":
+    ids = (d["id"] for d in inputs.read_documents(args.input))
+  else:
+    ids = (r.row_id for r in inputs.read_training_rows(args.input))
+  report = coverage(args.output_dir, args.name, ids)
+  if args.missing_out:
+    from data_gen.stage import write_text_atomic
+    write_text_atomic(args.missing_out, "".join(f"{i}\n" for i in report["missing_ids"]))
+  shown = report["missing_ids"][:20]
+  print(f"coverage of {args.name!r} in {args.output_dir}: {report['done']}/{report['expected']} "
+        f"inputs done over {report['manifests']} manifests ({report['num_shards']} shards); "
+        f"missing shards {report['missing_shards']}; {report['missing']} missing ids"
+        + (f", e.g. {shown}" if shown else ""))
+  return report
 
 
 def make_generation(args):
   from data_gen.runner import Generation
-  if args.backend == "openai":
-    if not args.base_url:
-      raise SystemExit("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
-    backend = make_backend("openai", base_url=args.base_url, model=args.model,
-                           max_concurrency=args.max_concurrency,
-                           request_timeout_s=args.request_timeout, max_retries=args.max_retries,
-                           backoff_s=args.retry_backoff,
-                           structured_output=not args.no_structured_output)
-  elif args.backend == "vllm":
-    backend = make_backend("vllm", model=args.model,
-                           tensor_parallel_size=args.tensor_parallel_size,
-                           max_model_len=args.max_model_len,
-                           gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                           seed=args.seed, structured_output=not args.no_structured_output)
-  else:
-    backend = make_backend("transformers", model=args.model, device=args.device,
-                           dtype=args.dtype)
+  # The vLLM engine seed follows --seed (each request carries its own seed as well).
+  extra = {"seed": args.seed} if args.backend == "vllm" else {}
+  backend = llm.make_backend_from_args(args, **extra)
   max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS[args.pipeline]
   sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
                             max_tokens=max_tokens, seed=args.seed)
@@ -145,11 +175,18 @@ def make_generation(args):
 
 def filtered_documents(args) -> tuple[list[dict], dict]:
   from data_gen import inputs
-  from data_gen.filters import load_callable
+  from data_gen.filters import EduQualityScorer, load_callable
   from data_gen.pipelines.hq import filter_documents
-  scorer = load_callable(args.quality_scorer) if args.quality_scorer else None
+  if args.quality_model and args.quality_scorer:
+    raise ValueError("give --quality-model or --quality-scorer, not both")
+  scorer = None
+  if args.quality_model:
+    scorer = EduQualityScorer(args.quality_model, batch_size=args.quality_batch_size,
+                              max_length=args.quality_max_length)
+  elif args.quality_scorer:
+    scorer = load_callable(args.quality_scorer)
   return filter_documents(
-      inputs.read_documents(args.input), min_words=args.min_doc_words,
+      inputs.iter_documents(args.input), min_words=args.min_doc_words,
       max_words=args.max_doc_words, near_dup_threshold=args.near_dup_threshold or None,
       scorer=scorer, min_score=args.min_quality, top_n=args.top_n)
 
@@ -164,40 +201,69 @@ def run_filter(args) -> dict:
   return report
 
 
+def pipeline_from_args(args):
+  """The LLM pipeline (hq, vl, negatives) the flags describe, with its backend."""
+  gen = make_generation(args)
+  if args.pipeline == "hq":
+    from data_gen.pipelines.hq import HQPipeline
+    return HQPipeline(gen, queries_per_doc=args.queries_per_doc, domain=args.domain,
+                      min_query_words=args.min_query_words, max_query_words=args.max_query_words,
+                      prompt_style=args.prompt_style)
+  if args.pipeline == "vl":
+    from data_gen.pipelines.vl import VLPipeline, parse_buckets
+    return VLPipeline(gen, buckets=parse_buckets(args.buckets),
+                      length_tolerance=args.length_tolerance,
+                      positive_words=(args.min_positive_words, args.max_positive_words),
+                      domain=args.domain)
+  from data_gen.pipelines.negatives import NegativesPipeline
+  return NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
+                           max_overlap=args.max_overlap, prompt_style=args.prompt_style)
+
+
+def run_ray(args) -> dict:
+  """`--engine ray`: the pipeline on Ray Data; each worker builds it from the flags."""
+  import functools
+  from data_gen import inputs
+  from data_gen.ray_engine import _import_ray, run_on_ray
+  if args.pipeline == "mine":
+    raise ValueError("--engine ray runs the LLM pipelines (hq, vl, negatives); mine is CPU-only, "
+                     "use --engine local")
+  if args.pipeline == "hq" and not args.no_filter:
+    raise ValueError("--engine ray needs hq --no-filter: run `python -m data_gen filter` once "
+                     "(the filters see the whole input), then give its output as --input")
+  if args.num_shards != 1:
+    raise ValueError("--engine ray balances the work itself: leave --num-shards at 1")
+  ray = _import_ray()
+  if not ray.is_initialized():
+    ray.init(address=args.ray_address)
+  return run_on_ray(functools.partial(pipeline_from_args, args),
+                    inputs.expand_inputs(args.input), args.output_dir,
+                    name=args.name or args.pipeline,
+                    kind="rows" if args.pipeline == "negatives" else "documents",
+                    batch_size=args.batch_size, output_shards=args.output_shards)
+
+
 def run(args) -> dict:
   from data_gen import inputs
   from data_gen.runner import run_pipeline
   if args.pipeline == "filter":
     return run_filter(args)
+  if args.pipeline == "coverage":
+    return run_coverage(args)
+  if args.engine == "ray":
+    return run_ray(args)
   extra = {}
-  gen = None
+  pipeline = None
   if args.pipeline == "hq":
-    from data_gen.pipelines.hq import HQPipeline
     if args.no_filter:
-      docs = inputs.read_documents(args.input)
-      report = {"input": len(docs), "filtered": "before (--no-filter)"}
+      items = inputs.read_documents(args.input)
+      extra["filters"] = {"input": len(items), "filtered": "before (--no-filter)"}
     else:
-      docs, report = filtered_documents(args)
-    extra["filters"] = report
-    gen = make_generation(args)
-    pipeline = HQPipeline(gen, queries_per_doc=args.queries_per_doc, domain=args.domain,
-                          min_query_words=args.min_query_words,
-                          max_query_words=args.max_query_words)
-    items = docs
+      items, extra["filters"] = filtered_documents(args)
   elif args.pipeline == "vl":
-    from data_gen.pipelines.vl import VLPipeline, parse_buckets
-    buckets = parse_buckets(args.buckets)
     items = inputs.read_documents(args.input)
-    gen = make_generation(args)
-    pipeline = VLPipeline(gen, buckets=buckets, length_tolerance=args.length_tolerance,
-                          positive_words=(args.min_positive_words, args.max_positive_words),
-                          domain=args.domain)
   elif args.pipeline == "negatives":
-    from data_gen.pipelines.negatives import NegativesPipeline
     items = inputs.read_training_rows(args.input)
-    gen = make_generation(args)
-    pipeline = NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
-                                 max_overlap=args.max_overlap)
   else:
     from data_gen.pipelines.mine import MinePipeline
     items = inputs.read_training_rows(args.input)
@@ -211,11 +277,17 @@ def run(args) -> dict:
             seen.add(text)
             corpus.append({"id": f"{row.row_id}/pos{len(corpus)}", "text": text})
     pipeline = MinePipeline(corpus, min_rank=args.min_rank, num_negatives=args.num_negatives,
-                            depth=args.depth, corpus_name=args.corpus or "input positives")
+                            depth=args.depth, corpus_name=args.corpus or "input positives",
+                            k1=args.k1, b=args.b,
+                            stemmer=None if args.stemmer == "none" else args.stemmer)
+  if pipeline is None:
+    pipeline = pipeline_from_args(args)
+  gen = getattr(pipeline, "gen", None)
   try:
     return run_pipeline(pipeline, items, args.output_dir, shard_index=args.shard_index,
                         num_shards=args.num_shards, batch_size=args.batch_size,
-                        output_shards=args.output_shards, name=args.name, extra_manifest=extra)
+                        output_shards=args.output_shards, name=args.name, extra_manifest=extra,
+                        batches_in_flight=args.batches_in_flight, break_lock=args.break_lock)
   finally:
     if gen is not None:
       gen.backend.close()
@@ -226,8 +298,10 @@ def main(argv=None) -> int:
   logging.basicConfig(level=args.log_level.upper(),
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   try:
-    run(args)
+    result = run(args)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.pipeline == "coverage" and (result["missing"] or result["missing_shards"]):
+    return 1
   return 0

@@ -1,17 +1,18 @@
-"""Seed-document filters for HQ: length bounds, exact and near-duplicate removal (MinHash over word
-shingles with LSH banding, verified by exact shingle Jaccard), and a pluggable quality scorer.
+"""Seed-document filters for HQ, streaming and in bounded memory: length bounds, exact and
+near-duplicate removal (MinHash signatures over word shingles, LSH banding, candidates confirmed
+by the signatures' estimated Jaccard), and a quality scorer (a shipped transformers classifier,
+or any `module:function`).
 
 Every filter is deterministic (stable hashes, ties broken by id), so each of N shard machines
 filtering the same input keeps the same documents.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import importlib
 import re
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,20 +25,22 @@ def normalize(text: str) -> str:
   return re.sub(r"\s+", " ", text.strip().lower())
 
 
-def length_filter(docs: Sequence[dict], min_words: int, max_words: int | None) -> list[dict]:
-  return [d for d in docs if word_count(d["text"]) >= min_words and
-          (max_words is None or word_count(d["text"]) <= max_words)]
-
-
-def exact_dedup(docs: Sequence[dict]) -> list[dict]:
-  """Keeps the first document of each normalized text."""
-  seen, kept = set(), []
+def length_filter(docs: Iterable[dict], min_words: int, max_words: int | None) -> Iterator[dict]:
   for d in docs:
-    key = hashlib.blake2b(normalize(d["text"]).encode(), digest_size=16).digest()
+    n = word_count(d["text"])
+    if n >= min_words and (max_words is None or n <= max_words):
+      yield d
+
+
+def exact_dedup(docs: Iterable[dict]) -> Iterator[dict]:
+  """Keeps (streaming) the first document of each normalized text; 8-byte hashes in memory."""
+  seen = set()
+  for d in docs:
+    key = int.from_bytes(hashlib.blake2b(normalize(d["text"]).encode(), digest_size=8).digest(),
+                         "little")
     if key not in seen:
       seen.add(key)
-      kept.append(d)
-  return kept
+      yield d
 
 
 def shingles(text: str, n: int = 5) -> set[str]:
@@ -72,31 +75,85 @@ class MinHasher:
     return h.min(axis=0)
 
 
-def near_dedup(docs: Sequence[dict], threshold: float = 0.8, num_perm: int = 64,
-               bands: int = 16, shingle_size: int = 5) -> list[dict]:
-  """Drops a document whose shingle Jaccard with an earlier kept one is >= `threshold`.
-  Candidates come from LSH banding of MinHash signatures; each candidate pair is verified with
-  the exact Jaccard, so the banding only costs recall, never precision."""
-  if num_perm % bands:
-    raise ValueError(f"near_dedup: num_perm ({num_perm}) must be a multiple of bands ({bands})")
-  hasher = MinHasher(num_perm)
-  rows = num_perm // bands
-  buckets: dict[tuple, list[int]] = collections.defaultdict(list)
-  kept_shingles: list[set[str]] = []
-  kept: list[dict] = []
+class NearDupIndex:
+  """Bounded-memory near-duplicate index over kept documents: one uint32 MinHash signature row
+  per document (num_perm * 4 bytes) and, per LSH band, the band's 64-bit hash -> the first kept
+  document in that bucket, in sorted numpy arrays (12 bytes an entry) plus a small dict of
+  recent entries merged into them now and then. No shingle set is kept: a candidate is
+  confirmed when the signatures' estimated Jaccard (the fraction of equal MinHash values) is
+  >= the threshold. About 1 KB per kept document at 128 permutations and 32 bands (measured by
+  bench/datagen_seed_filter.py), instead of every kept document's shingles (~80 KB)."""
+
+  _MERGE_AT = 1 << 16  # recent entries held in a dict before a merge into the sorted arrays
+
+  def __init__(self, threshold: float = 0.8, num_perm: int = 128, bands: int = 32,
+               shingle_size: int = 5, seed: int = 0):
+    if num_perm % bands:
+      raise ValueError(f"near_dedup: num_perm ({num_perm}) must be a multiple of bands ({bands})")
+    self.threshold = threshold
+    self.hasher = MinHasher(num_perm, seed)
+    self.bands, self.rows = bands, num_perm // bands
+    self.shingle_size = shingle_size
+    self._keys = np.zeros(0, dtype=np.uint64)  # sorted band hashes
+    self._owner = np.zeros(0, dtype=np.uint32)  # their first kept document
+    self._recent: dict[int, int] = {}
+    self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
+    self.size = 0
+
+  def signature(self, text: str) -> np.ndarray:
+    return self.hasher.signature(shingles(text, self.shingle_size)).astype(np.uint32)
+
+  def _band_keys(self, sig: np.ndarray) -> np.ndarray:
+    view = sig.reshape(self.bands, self.rows)
+    return np.array([int.from_bytes(hashlib.blake2b(row.tobytes() + bytes([b]),
+                                                    digest_size=8).digest(), "little")
+                     for b, row in enumerate(view)], dtype=np.uint64)
+
+  def _lookup(self, keys: np.ndarray) -> list[int | None]:
+    found: list[int | None] = [self._recent.get(int(k)) for k in keys]
+    if len(self._keys):
+      pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+      hit = self._keys[pos] == keys
+      for b in np.flatnonzero(hit):
+        found[b] = int(self._owner[pos[b]])
+    return found
+
+  def _merge(self) -> None:
+    keys = np.fromiter(self._recent.keys(), dtype=np.uint64, count=len(self._recent))
+    owners = np.fromiter(self._recent.values(), dtype=np.uint32, count=len(self._recent))
+    keys, owners = np.concatenate([self._keys, keys]), np.concatenate([self._owner, owners])
+    order = np.argsort(keys, kind="stable")
+    self._keys, self._owner = keys[order], owners[order]
+    self._recent.clear()
+
+  def add_if_new(self, text: str) -> bool:
+    """True (and the document is indexed) unless it near-duplicates a kept one."""
+    sig = self.signature(text)
+    keys = self._band_keys(sig)
+    found = self._lookup(keys)
+    for k in {f for f in found if f is not None}:
+      if (self._sigs[k] == sig).mean() >= self.threshold:
+        return False
+    if self.size == len(self._sigs):
+      self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
+    self._sigs[self.size] = sig
+    for key, f in zip(keys, found):
+      if f is None:  # a bucket keeps its first kept document
+        self._recent.setdefault(int(key), self.size)
+    self.size += 1
+    if len(self._recent) >= self._MERGE_AT:
+      self._merge()
+    return True
+
+
+def near_dedup(docs: Iterable[dict], threshold: float = 0.8, num_perm: int = 128,
+               bands: int = 32, shingle_size: int = 5) -> Iterator[dict]:
+  """Drops (streaming) a document whose estimated 5-gram shingle Jaccard with an earlier kept
+  one is >= `threshold`; candidates come from LSH banding of MinHash signatures."""
+  index = NearDupIndex(threshold, num_perm, bands, shingle_size)
   for d in docs:
-    sh = shingles(d["text"], shingle_size)
-    sig = hasher.signature(sh)
-    keys = [(b, sig[b * rows:(b + 1) * rows].tobytes()) for b in range(bands)]
-    candidates = {k for key in keys for k in buckets.get(key, ())}
-    if any(jaccard(sh, kept_shingles[k]) >= threshold for k in candidates):
-      continue
-    index = len(kept)
-    kept.append(d)
-    kept_shingles.append(sh)
-    for key in keys:
-      buckets[key].append(index)
-  return kept
+    if index.add_if_new(d["text"]):
+      yield d
 
 
 def load_callable(spec: str) -> Callable:
@@ -114,22 +171,75 @@ def load_callable(spec: str) -> Callable:
   return fn
 
 
-def quality_filter(docs: Sequence[dict], scorer: Callable[[list[str]], Sequence[float]],
+def quality_filter(docs: Iterable[dict], scorer: Callable[[list[str]], Sequence[float]],
                    min_score: float, top_n: int | None, batch_size: int = 256) -> list[dict]:
   """Scores documents with `scorer(texts) -> scores` (batched, e.g. an educational-quality
-  classifier), keeps score >= min_score, then the `top_n` best (ties broken by id). The score
-  is stored on each kept document as `quality_score`."""
-  scored = []
-  for start in range(0, len(docs), batch_size):
-    chunk = docs[start:start + batch_size]
+  classifier), keeps score >= min_score, then the `top_n` best (ties broken by id); streaming,
+  with at most ~2 * top_n documents held. The score is stored on each kept document as
+  `quality_score`."""
+  order = lambda d: (-d["quality_score"], d["id"])  # noqa: E731
+  scored: list[dict] = []
+  for chunk in _chunks(docs, batch_size):
     scores = list(scorer([d["text"] for d in chunk]))
     if len(scores) != len(chunk):
       raise ValueError(f"quality scorer returned {len(scores)} scores for {len(chunk)} texts")
-    for d, s in zip(chunk, scores):
-      if float(s) >= min_score:
-        scored.append({**d, "quality_score": float(s)})
-  scored.sort(key=lambda d: (-d["quality_score"], d["id"]))
+    scored += [{**d, "quality_score": float(s)} for d, s in zip(chunk, scores)
+               if float(s) >= min_score]
+    if top_n is not None and len(scored) > 2 * top_n + batch_size:
+      scored = sorted(scored, key=order)[:top_n]
+  scored.sort(key=order)
   return scored[:top_n] if top_n is not None else scored
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+class EduQualityScorer:
+  """An educational-quality classifier (FineWeb-Edu style) run through transformers:
+  `AutoModelForSequenceClassification` + its tokenizer from a local directory. A one-logit
+  (regression) head gives the score directly (0..5 for FineWeb-Edu); a head with k labels gives
+  the expected label index sum_i i * p_i. Texts are cut to `max_length` tokens."""
+
+  def __init__(self, path: str, batch_size: int = 32, max_length: int = 512,
+               device: str | None = None):
+    import torch
+    import transformers
+    self.torch = torch
+    try:
+      self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+      self.model = transformers.AutoModelForSequenceClassification.from_pretrained(path)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"--quality-model {path!r}: cannot load a sequence classifier and its "
+                       f"tokenizer there ({e})") from e
+    self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    self.model.to(self.device).eval()
+    if self.tokenizer.pad_token_id is None:
+      self.tokenizer.pad_token = self.tokenizer.eos_token
+      self.model.config.pad_token_id = self.tokenizer.pad_token_id
+    self.batch_size, self.max_length = batch_size, max_length
+
+  def __call__(self, texts: list[str]) -> list[float]:
+    torch = self.torch
+    scores: list[float] = []
+    for chunk in _chunks(texts, self.batch_size):
+      enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                           max_length=self.max_length).to(self.device)
+      with torch.no_grad():
+        logits = self.model(**enc).logits.float()
+      if logits.shape[-1] == 1:
+        scores += logits[:, 0].tolist()
+      else:
+        probs = logits.softmax(-1)
+        scores += (probs * torch.arange(logits.shape[-1], dtype=probs.dtype)).sum(-1).tolist()
+    return scores
 
 
 def lexical_overlap(a: str, b: str) -> float:

@@ -83,7 +83,12 @@ def _iter_records(path: str):
 def read_documents(spec: str | Sequence[str]) -> list[dict]:
   """Seed documents as dicts with `id` (str), `text`, and `domain` when given. Duplicate ids
   are an error (the ledger keys on them)."""
-  docs, seen = [], {}
+  return list(iter_documents(spec))
+
+
+def iter_documents(spec: str | Sequence[str]):
+  """read_documents, streaming: one document at a time (only the ids are remembered)."""
+  seen = {}
   for path in expand_inputs(spec):
     for where, rec in _iter_records(path):
       if not isinstance(rec, dict):
@@ -102,8 +107,7 @@ def read_documents(spec: str | Sequence[str]) -> list[dict]:
         doc["domain"] = str(rec["domain"])
       if rec.get("quality_score") is not None:  # written by `python -m data_gen filter`
         doc["quality_score"] = float(rec["quality_score"])
-      docs.append(doc)
-  return docs
+      yield doc
 
 
 def row_from_record(rec: dict, where: str) -> TrainingRow:

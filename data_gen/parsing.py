@@ -36,19 +36,34 @@ def _candidates(text: str):
     yield obj
 
 
-def extract_json_object(text: str) -> dict:
-  """The first JSON object found in `text`; raises AnswerError if there is none."""
-  if not isinstance(text, str) or not text.strip():
-    raise AnswerError("empty answer")
+def _objects(text: str):
   for candidate in _candidates(text):
     if isinstance(candidate, dict):
-      return candidate
+      yield candidate
+      continue
     try:
       obj = json.loads(candidate)
     except (json.JSONDecodeError, TypeError):
       continue
     if isinstance(obj, dict):
+      yield obj
+
+
+def extract_json_object(text: str, keys: list[str] | None = None) -> dict:
+  """The first JSON object found in `text`; with `keys`, the last object that has all of them
+  (an answer that reasons first and gives its JSON at the end may show other objects, or a
+  draft, on the way), else the first. Raises AnswerError if there is none."""
+  if not isinstance(text, str) or not text.strip():
+    raise AnswerError("empty answer")
+  first, best = None, None
+  for obj in _objects(text):
+    if keys is None:
       return obj
+    first = obj if first is None else first
+    if all(k in obj for k in keys):
+      best = obj
+  if best is not None or first is not None:
+    return best if best is not None else first
   raise AnswerError("no JSON object found in the answer")
 
 

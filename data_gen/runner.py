@@ -10,7 +10,10 @@ Output of shard i of N for a run named NAME (default: the pipeline name), in OUT
 from __future__ import annotations
 
 import abc
+import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -19,8 +22,9 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from data_gen.backends.base import ChatBackend, SamplingParams
+from data_gen.backends.base import ChatBackend, SamplingParams, StreamingChatBackend
 from data_gen.inputs import select_shard
+from data_gen import safety
 from data_gen.stage import Outcome, Stage, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,13 @@ class Generation:
 
 class Pipeline(abc.ABC):
   name: str = "pipeline"
+
+  @property
+  def concurrent_batches(self) -> bool:
+    """Whether several batches may be processed at once (threads): true for LLM pipelines on
+    a streaming backend, so one batch's slow tail overlaps the next batch's requests."""
+    gen = getattr(self, "gen", None)
+    return gen is not None and isinstance(gen.backend, StreamingChatBackend)
 
   @abc.abstractmethod
   def input_id(self, item) -> str:
@@ -85,19 +96,65 @@ def _backend_retries(pipeline: Pipeline) -> int | None:
 
 def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_index: int = 0,
                  num_shards: int = 1, batch_size: int = 64, output_shards: int = 1,
-                 name: str | None = None, extra_manifest: dict | None = None) -> dict:
+                 name: str | None = None, extra_manifest: dict | None = None,
+                 batches_in_flight: int = 2, break_lock: bool = False) -> dict:
   """Processes this shard's inputs not yet in the ledger, then writes the final files.
   Returns the manifest."""
-  from reasonir_jax.data.writer import write_rows
   if batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
   if output_shards < 1:
     raise ValueError(f"--output-shards must be >= 1, got {output_shards}")
+  if batches_in_flight < 1:
+    raise ValueError(f"--batches-in-flight must be >= 1, got {batches_in_flight}")
   started = time.time()
   base = shard_name(name or pipeline.name, shard_index, num_shards)
-  mine = select_shard(items, pipeline.input_id, shard_index, num_shards)
+  safety.check_shard_count(output_dir, name or pipeline.name, num_shards)
   stage_dir = os.path.join(output_dir, "_stage", base)
   os.makedirs(stage_dir, exist_ok=True)
+  with safety.StageLock(stage_dir, break_lock=break_lock):
+    return _run_locked(pipeline, items, output_dir, base, stage_dir, started,
+                       shard_index=shard_index, num_shards=num_shards, batch_size=batch_size,
+                       output_shards=output_shards, name=name, extra_manifest=extra_manifest,
+                       batches_in_flight=batches_in_flight)
+
+
+def _process_checked(pipeline: Pipeline, batch: list) -> list[Outcome]:
+  outcomes = pipeline.process(batch)
+  got = sorted(o.input_id for o in outcomes)
+  want = sorted(pipeline.input_id(it) for it in batch)
+  if got != want:
+    raise RuntimeError(f"{pipeline.name}.process returned outcomes for {got[:5]}..., "
+                       f"expected {want[:5]}...")
+  return outcomes
+
+
+def _processed_batches(pipeline: Pipeline, batches: list[list], in_flight: int):
+  """Yields each batch's outcomes; with in_flight > 1 (and a pipeline that allows it) several
+  batches run at once and are yielded as they finish. Committing stays on the caller's
+  thread, one batch at a time, so the ledger's exactly-once rule is unchanged."""
+  if in_flight == 1 or not pipeline.concurrent_batches:
+    for batch in batches:
+      yield batch, _process_checked(pipeline, batch)
+    return
+  with concurrent.futures.ThreadPoolExecutor(in_flight, thread_name_prefix="batch") as pool:
+    queue = iter(batches)
+    pending = {}
+    for batch in itertools.islice(queue, in_flight):
+      pending[pool.submit(_process_checked, pipeline, batch)] = batch
+    while pending:
+      done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        batch = pending.pop(future)
+        for nxt in itertools.islice(queue, 1):
+          pending[pool.submit(_process_checked, pipeline, nxt)] = nxt
+        yield batch, future.result()
+
+
+def _run_locked(pipeline, items, output_dir, base, stage_dir, started, *, shard_index,
+                num_shards, batch_size, output_shards, name, extra_manifest,
+                batches_in_flight) -> dict:
+  from reasonir_jax.data.writer import write_rows
+  mine = select_shard(items, pipeline.input_id, shard_index, num_shards)
   _check_settings(stage_dir, {"pipeline": pipeline.name, **pipeline.settings()})
   stage = Stage(stage_dir)
   todo = [it for it in mine if pipeline.input_id(it) not in stage.ledger]
@@ -106,14 +163,8 @@ def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_
   rejected = sum(e["status"] == "rejected" for e in stage.ledger.values())
   with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=base, unit="input",
             dynamic_ncols=True) as bar:
-    for start in range(0, len(todo), batch_size):
-      batch = todo[start:start + batch_size]
-      outcomes = pipeline.process(batch)
-      got = sorted(o.input_id for o in outcomes)
-      want = sorted(pipeline.input_id(it) for it in batch)
-      if got != want:
-        raise RuntimeError(f"{pipeline.name}.process returned outcomes for {got[:5]}..., "
-                           f"expected {want[:5]}...")
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    for batch, outcomes in _processed_batches(pipeline, batches, batches_in_flight):
       stage.commit(outcomes)
       bar.update(len(batch))
       rejected += sum(o.reject is not None for o in outcomes)
@@ -140,6 +191,9 @@ def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_
       "inputs_accepted": sum(e["status"] == "ok" for e in entries),
       "inputs_rejected": sum(e["status"] == "rejected" for e in entries),
       "rows": len(rows),
+      "reject_kinds": dict(sorted(collections.Counter(
+          r.get("kind", "other") for r in rejects).items())),
+      "stage_dir": os.path.relpath(stage_dir, output_dir),
       "steps": stage.step_counts(mine_ids),
       "settings": pipeline.settings(),
       "backend_retries_this_run": _backend_retries(pipeline),

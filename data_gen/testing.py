@@ -5,7 +5,9 @@
   - an `int`: fail with that HTTP status code (e.g. 500, 503, 429, 400);
   - `("sleep", seconds)` or `("sleep", seconds, answer)`: wait first (to force a client
     timeout), then answer with `answer` (default "");
-  - a `dict`: sent as the raw JSON response body (HTTP 200), for malformed-response tests.
+  - a `dict`: sent as the raw JSON response body (HTTP 200), for malformed-response tests;
+  - `("status", code, headers)`: fail with that status and extra headers (e.g. Retry-After);
+  - `("length", answer)`: `answer` with finish_reason "length" (cut off at max_tokens).
 
     with ScriptedChatServer(lambda req: '{"hard_query": ["q"]}') as server:
       backend = OpenAIBackend(base_url=server.base_url, model="m")
@@ -53,13 +55,13 @@ def last_user_message(request: dict) -> str:
   return ""
 
 
-def _completion_body(content: str, model: str) -> dict:
+def _completion_body(content: str, model: str, finish_reason: str = "stop") -> dict:
   return {
       "id": f"chatcmpl-{time.monotonic_ns()}",
       "object": "chat.completion",
       "created": int(time.time()),
       "model": model,
-      "choices": [{"index": 0, "finish_reason": "stop",
+      "choices": [{"index": 0, "finish_reason": finish_reason,
                    "message": {"role": "assistant", "content": content}}],
       "usage": {"prompt_tokens": 0, "completion_tokens": len(content.split()),
                 "total_tokens": len(content.split())},
@@ -110,10 +112,12 @@ class ScriptedChatServer:
       def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
         pass
 
-      def _send(self, status: int, body: dict) -> None:
+      def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
         try:
           self.send_response(status)
+          for key, value in (headers or {}).items():
+            self.send_header(key, str(value))
           self.send_header("Content-Type", "application/json")
           self.send_header("Content-Length", str(len(data)))
           self.end_headers()
@@ -152,7 +156,13 @@ class ScriptedChatServer:
         if isinstance(answer, tuple) and answer and answer[0] == "sleep":
           server._stop.wait(float(answer[1]))
           answer = answer[2] if len(answer) > 2 else ""
-        if isinstance(answer, bool) or not isinstance(answer, (str, int, dict)):
+        if isinstance(answer, tuple) and len(answer) == 3 and answer[0] == "status":
+          self._send(int(answer[1]), {"error": {"message": f"scripted failure {answer[1]}"}},
+                     answer[2])
+        elif isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "length":
+          self._send(200, _completion_body(answer[1], request.get("model", server.model),
+                                           finish_reason="length"))
+        elif isinstance(answer, bool) or not isinstance(answer, (str, int, dict)):
           self._send(500, {"error": {"message": f"responder returned {answer!r}"}})
         elif isinstance(answer, int):
           self._send(answer, {"error": {"message": f"scripted failure {answer}",

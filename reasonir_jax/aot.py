@@ -2,12 +2,16 @@
 
   python -m reasonir_jax.aot --config=configs/llama3_8b.py --topology=v5p-128 \
       [--config.train.grad_cache_chunk=128 ...] [--query_len=N] [--passage_len=N] [--num_slices=N]
+      [--all_buckets]
 
 Builds the trainer of `reasonir_jax.training.step` with the config's mesh, sharding rules, remat
 policy and GradCache setting on the compile-only devices of the named TPU topology (libtpu from
 the `tpu` extra; no TPU needed), lowers the train step on abstract inputs, compiles it and prints
 per-chip memory (parameters, optimizer state, activations/temporaries, total) against the chip's
-HBM, with the analytic FLOPs and tokens per step. The last line printed is one JSON object.
+HBM, with the analytic FLOPs and tokens per step. The last line printed is one JSON object; it
+records the attention backend compiled (`config.model.attention`, `auto` = splash on TPU), the
+git commit and the jax/jaxlib/libtpu versions. `--all_buckets` compiles every (query, passage)
+bucket shape of `config.data.bucket_lengths` the run can meet and reports the worst one.
 
 Exit status: 0 fits, 3 does not fit (with a hint), 2 bad arguments.
 """
@@ -69,6 +73,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                       help="query length (default: config.data.query_max_length)")
   parser.add_argument("--passage_len", type=int, default=0,
                       help="passage length (default: config.data.passage_max_length)")
+  parser.add_argument("--all_buckets", action="store_true",
+                      help="compile every (query, passage) bucket shape and report the worst")
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = parser.parse_args(rest)  # exits 2 on unknown flags
@@ -181,6 +187,34 @@ def _heartbeat(what: str, every_s: float = 60.0):
     thread.join()
 
 
+def provenance() -> dict[str, str]:
+  """The code and compiler a report was measured with: git commit, jax/jaxlib/libtpu versions."""
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  out = {}
+  try:
+    out["git_commit"] = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+        text=True, check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    out["git_commit"] = "unknown"
+  for package in ("jax", "jaxlib", "libtpu"):
+    try:
+      out[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      out[package] = "not installed"
+  return out
+
+
+def bucket_shapes(config) -> list[tuple[int, int]]:
+  """Every (query, passage) padded shape a run can meet: the buckets up to each max length."""
+  buckets = sorted(int(b) for b in config.data.bucket_lengths)
+  q_max, p_max = int(config.data.query_max_length), int(config.data.passage_max_length)
+  queries = [b for b in buckets if b < q_max] + [q_max]
+  passages = [b for b in buckets if b < p_max] + [p_max]
+  return [(q, p) for q in queries for p in passages]
+
+
 def _fmt(nbytes: float) -> str:
   if nbytes >= 1024**3:
     return f"{nbytes / 1024**3:8.2f} GiB"
@@ -231,6 +265,9 @@ def run_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
   batch = trainer.abstract_batch(query_len, passage_len)
   log(f"[aot] lowering the train step ({time.time() - t0:.1f}s)")
   lowered = trainer.train_step.lower(state, batch)
+  # Pallas kernels (splash attention) lower to Mosaic custom calls: a count of 0 on TPU means
+  # attention fell back to XLA.
+  kernel_calls = lowered.as_text().count("tpu_custom_call")
   log(f"[aot] compiling for {slice_.topology_name} ({time.time() - t0:.1f}s)")
 
   state_bytes = split_state_bytes(state)
@@ -259,27 +296,56 @@ def run_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
     outputs = max(ma.output_size_in_bytes - ma.alias_size_in_bytes, 0)
     memory.update(activations_temp=int(ma.temp_size_in_bytes), outputs_not_donated=int(outputs),
                   code=int(ma.generated_code_size_in_bytes))
+    # Host memory the program uses per chip (remat_policy=offload keeps layer inputs there).
+    host = int(getattr(ma, "host_temp_size_in_bytes", 0) or 0)
+    if host:
+      memory["host_temp"] = host
     memory["total"] = int(ma.argument_size_in_bytes + outputs + ma.temp_size_in_bytes
                           + ma.generated_code_size_in_bytes)
   log(f"[aot] compile finished after {time.time() - t0:.1f}s")
 
   group = int(config.data.group_size)
   batch_size = int(config.train.global_batch_size)
-  step_flops = flops.train_step_flops(config.model, batch_size, query_len, passage_len, group,
-                                      int(config.train.grad_cache_chunk))
+  step_flops = flops.train_step_flops(config.model, batch_size, query_len, passage_len, group)
+  hardware_flops = flops.hardware_step_flops(config.model, batch_size, query_len, passage_len,
+                                             group, int(config.train.grad_cache_chunk))
   tokens = flops.tokens_per_step(batch_size, query_len, passage_len, group)
+  from reasonir_jax.model.attention import resolve_implementation  # pylint: disable=import-outside-toplevel
   return {
       "topology": slice_.name if num_slices == 1 else f"{num_slices}x{slice_.name}",
       "chips": chips,
+      "query_len": query_len,
+      "passage_len": passage_len,
+      "grad_cache_chunk": int(config.train.grad_cache_chunk),
+      "attention": resolve_implementation(str(config.model.attention), "tpu"),
+      "kernel_calls": kernel_calls,
       "per_chip_bytes": int(memory["total"]),
       "hbm_bytes": int(hbm),
       "fits": bool(memory["total"] <= hbm),
       "flops_per_step": float(step_flops),
+      "hardware_flops_per_step": float(hardware_flops),
       "tokens_per_step": int(tokens),
       "mesh": mesh_shape,
       "memory": memory,
       "compile_seconds": round(time.time() - t0, 1),
   }
+
+
+def worst_bucket_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
+                        log=print) -> dict:
+  """Compiles every bucket shape; the report of the one needing the most memory per chip, with
+  all shapes' totals under "buckets"."""
+  reports = []
+  for q, p in bucket_shapes(config):
+    reports.append(run_report(config, slice_, num_slices, q, p, log=log))
+    log(f"[aot] bucket q={q} p={p}: {reports[-1]['per_chip_bytes'] / 2**30:.2f} GiB per chip")
+  worst = dict(max(reports, key=lambda r: r["per_chip_bytes"]))
+  worst["buckets"] = [{"query_len": r["query_len"], "passage_len": r["passage_len"],
+                       "per_chip_bytes": r["per_chip_bytes"], "fits": r["fits"]}
+                      for r in reports]
+  worst["fits"] = all(r["fits"] for r in reports)
+  worst["compile_seconds"] = round(sum(r["compile_seconds"] for r in reports), 1)
+  return worst
 
 
 def print_report(report: dict, config, slice_: tpu_topologies.Slice) -> None:
@@ -301,7 +367,9 @@ def print_report(report: dict, config, slice_: tpu_topologies.Slice) -> None:
         f"({per_chip_flops:.4g} per chip; at peak bf16 "
         f"{per_chip_flops / slice_.chip.peak_bf16_flops:.2f} s/step, 40% MFU "
         f"{per_chip_flops / (0.4 * slice_.chip.peak_bf16_flops):.2f} s/step)")
-  print(f"Tokens per step (padded): {report['tokens_per_step']}")
+  print(f"Tokens per step (padded): {report['tokens_per_step']}; attention: {report['attention']}; "
+        f"lengths q={report['query_len']} p={report['passage_len']}"
+        + (f" (the worst of {len(report['buckets'])} bucket shapes)" if "buckets" in report else ""))
   if not report["fits"]:
     print(_hint(config, slice_, report["mesh"]))
 
@@ -317,7 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_ARGS
   _set_tpu_env(slice_)
   try:
-    report = run_report(config, slice_, args.num_slices, args.query_len, args.passage_len)
+    if args.all_buckets:
+      report = worst_bucket_report(config, slice_, args.num_slices)
+    else:
+      report = run_report(config, slice_, args.num_slices, args.query_len, args.passage_len)
+    report.update(provenance())
   except (BadArgument, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_ARGS

@@ -32,9 +32,12 @@ def model_config() -> ml_collections.ConfigDict:
       param_dtype="float32",
       dtype="bfloat16",
       scan_layers=True,
-      # remat_policy: "none", "full" (save nothing), "dots" (save matmul outputs),
-      # "dots_no_batch" (save weight matmuls only).
+      # remat_policy: "none", "full" (save nothing), "offload" (as full, layer inputs kept in
+      # host memory; TPU), "dots" (save matmul outputs), "dots_no_batch" (weight matmuls only).
       remat_policy="full",
+      # attention: "auto" (splash on TPU, cudnn on NVIDIA GPU, xla elsewhere), "xla", "splash",
+      # "cudnn" (reasonir_jax.model.attention).
+      attention="auto",
   ))
 
 
@@ -82,6 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
       group_size=2,  # 1 positive + (group_size - 1) hard negatives per query.
       # Sequences are padded to the smallest of these that fits (capped at max_length).
       bucket_lengths=(128, 256, 512, 1024, 2048),
+      # Pack several texts per row instead of padding each (no FLOPs on padding; attention stays
+      # within a text): queries go into B / pack_queries_per_row rows of query_max_length, passages
+      # into B*G / pack_passages_per_row rows of passage_max_length. A batch that does not fit
+      # has its longest texts cut (counted in the input stats); see docs/packing.md.
+      packing=False,
+      pack_queries_per_row=4,
+      pack_passages_per_row=2,
       shuffle_seed=0,
       skip_corrupt=False,
       num_workers=2,
@@ -108,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
       # Peak bf16 FLOP/s of one device for MFU (0 = look it up from the device kind).
       peak_flops_per_device=0.0,
+      # Refuse to start on the shipped sample data/tokenizer (set by the 8B recipe).
+      require_explicit_data=False,
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(

@@ -5,12 +5,14 @@
     d = enc.encode(documents)          # documents get no instruction
     scores = q @ d.T                   # cosine: embeddings are L2-normalised
 
-Texts are sorted by length and padded to a few bucket lengths (powers of two), and the batch
-to a fixed size, so the jitted encoder compiles once per bucket, not per batch.
+Texts are packed several to a row (reasonir_jax.packing), with a fixed token budget per device
+call, so the jitted encoder compiles one shape per encode() and spends no FLOPs on padding. With
+`packing=False` texts are sorted by length and padded to a few bucket lengths (powers of two),
+and the batch to a fixed size: one compile per bucket.
 """
 from __future__ import annotations
 
-import os
+import time
 from typing import Sequence
 
 import jax
@@ -19,10 +21,21 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.model import LlamaEncoder, ModelConfig, embed
+from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
+from reasonir_jax.packing import pack_lengths, packed_arrays
+from reasonir_jax.model.sharded import shard_model
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
 
 MIN_BUCKET = 32
+PACK_ROW_MULTIPLE = 64  # packed rows are a multiple of this long
+# Cost of one attention FLOP relative to a dense-layer FLOP when choosing the packed row length:
+# masked softmax attention runs well below matmul rates (about 10-20x on XLA:CPU at width 512,
+# far less with TPU/GPU flash kernels), so longer rows only pay where they remove much padding.
+ATTN_COST_WEIGHT = 12
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
 
 
 def bucket_lengths(max_length: int) -> tuple[int, ...]:
@@ -52,7 +65,7 @@ class Encoder:
     else:
       self.prompt_tokenizer = PromptTokenizer(tokenizer)
     if mesh is not None:
-      shd.shard_model(model, mesh, rules)
+      shard_model(model, mesh, rules)  # a no-op for parameters already in their sharding
       self._dp = shd.data_parallel_size(mesh, rules)
       self._input_sharding = shd.batch_sharding(mesh, rules)
     else:
@@ -65,52 +78,84 @@ class Encoder:
 
     self._embed = jax.jit(run)
 
+    def run_packed(state, input_ids, segment_ids, positions, pool_ids, num_texts):
+      return embed_packed(nnx.merge(graphdef, state), input_ids, segment_ids, positions,
+                          pool_ids, num_texts)
+
+    self._embed_packed = jax.jit(run_packed, static_argnums=5)
+
   @property
   def tokenizer(self):
     return self.prompt_tokenizer.tokenizer
 
   @classmethod
-  def from_pretrained(cls, path: str, dtype: str = "bfloat16", mesh=None, rules=None,
-                      show_progress: bool = True) -> "Encoder":
-    """Loads an HF directory, or a training workdir (one holding `checkpoints/`)."""
-    if dtype not in ("bfloat16", "float32"):
+  def from_pretrained(cls, path: str, dtype: str | None = "bfloat16", mesh=None, rules=None,
+                      show_progress: bool = True, step: int | None = None) -> "Encoder":
+    """Loads an HF directory or a training workdir (one holding `checkpoints/`; `step` picks a
+    checkpoint, default the latest), local or remote (gs://...). With `mesh`, every parameter
+    is read straight into its sharding (each process reads only its own blocks). `dtype=None`
+    keeps the stored parameter dtype."""
+    from reasonir_jax import paths
+    from reasonir_jax.hf.load import load_hf, local_tokenizer_dir
+    if dtype not in (None, "bfloat16", "float32"):
       raise ValueError(f"Encoder.from_pretrained: dtype must be 'bfloat16' or 'float32', got {dtype!r}")
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"Encoder.from_pretrained: {path} is not a directory")
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-      return cls._from_workdir(path, dtype, mesh, rules)
-    from reasonir_jax.hf.load import load_hf
+    if mesh is not None and rules is None:
+      from reasonir_jax.config_base import SHARDING_RULES
+      rules = SHARDING_RULES
+    if paths.exists(paths.join(path, "checkpoints")):
+      return cls._from_workdir(path, dtype, mesh, rules, step)
+    if not paths.exists(paths.join(path, "config.json")):
+      raise FileNotFoundError(f"Encoder.from_pretrained: {path} holds neither config.json (a "
+                              f"Hugging Face directory) nor checkpoints/ (a training workdir)")
+    kw = {} if dtype is None else dict(param_dtype=dtype, dtype=dtype)
     model, cfg = load_hf(path, mesh=mesh, rules=rules, show_progress=show_progress,
-                         param_dtype=dtype, dtype=dtype, remat_policy="none")
-    return cls(model, load_tokenizer(path), cfg, mesh=mesh, rules=rules)
+                         remat_policy="none", **kw)
+    return cls(model, load_tokenizer(local_tokenizer_dir(path)), cfg, mesh=mesh, rules=rules)
 
   @classmethod
-  def _from_workdir(cls, workdir: str, dtype: str, mesh, rules) -> "Encoder":
+  def _from_workdir(cls, workdir: str, dtype: str | None, mesh, rules,
+                    step: int | None = None) -> "Encoder":
+    """Restores the parameters of a training checkpoint straight into their shardings."""
+    from reasonir_jax.hf.load import local_tokenizer_dir
+    from reasonir_jax.training import checkpoint as ckpt_lib
+    config, tokenizer_path = ckpt_lib.load_saved_config(workdir)
+    stored = ModelConfig.from_config(config.model)
+    dtype = dtype or stored.param_dtype
+    cfg = stored.replace(param_dtype=dtype, dtype=dtype, remat_policy="none")
+    abstract = nnx.state(nnx.eval_shape(lambda: LlamaEncoder(stored, rngs=nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def placed(v):  # the stored dtype, in this parameter's sharding
+      sharding = (device if mesh is None else
+                  shd.named_sharding(mesh, rules, shd.variable_logical_axes(v), v.shape))
+      return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+
+    targets = jax.tree.map(placed, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    manager = ckpt_lib.CheckpointManager(workdir)
     try:
-      from reasonir_jax.training.checkpoint import load_params_for_export
-    except ImportError as e:
-      raise RuntimeError(f"{workdir} is a training workdir (it has checkpoints/), but "
-                         f"reasonir_jax.training.checkpoint.load_params_for_export cannot be "
-                         f"imported: {e}") from e
-    params, model_cfg, tokenizer_path = load_params_for_export(workdir, step=None)
-    if not isinstance(model_cfg, ModelConfig):
-      model_cfg = ModelConfig.from_config(model_cfg)
-    from reasonir_jax.hf.save import normalise_layers, pure_params
-    pure, scanned = normalise_layers(pure_params(params))
-    cfg = model_cfg.replace(param_dtype=dtype, dtype=dtype, remat_policy="none",
-                            scan_layers=scanned)
-    model = nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-    np_dtype = jax.numpy.dtype(dtype)
-    pure = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(np_dtype), pure)
-    nnx.replace_by_pure_dict(state, pure)
+      params = manager.restore_params(nnx.to_pure_dict(nnx.State(targets)), step)
+    finally:
+      manager.close()
+    # The cast runs on the sharded arrays: nothing is gathered to one host.
+    params = jax.tree.map(lambda x: x.astype(cfg.jnp_param_dtype), params)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state)
-    return cls(model, load_tokenizer(tokenizer_path), cfg, mesh=mesh, rules=rules)
+    if mesh is not None:
+      model.set_activation_sharding(mesh, rules)
+    return cls(model, load_tokenizer(local_tokenizer_dir(tokenizer_path)), cfg, mesh=mesh,
+               rules=rules)
 
   def encode(self, texts: Sequence[str], instruction: str | None | Sequence[str | None] = None,
-             batch_size: int = 32, max_length: int = 2048,
-             show_progress: bool | None = None) -> np.ndarray:
-    """[len(texts), hidden] float32 L2-normalised embeddings, in the caller's order."""
+             batch_size: int = 32, max_length: int = 2048, show_progress: bool | None = None,
+             packing: bool = True) -> np.ndarray:
+    """[len(texts), hidden] float32 L2-normalised embeddings, in the caller's order.
+
+    With packing (the default) the texts are packed into rows (reasonir_jax.packing) and each
+    device call gets the same token budget, about batch_size texts of the longest length: one
+    compiled shape for the whole call, no FLOPs on padding. packing=False pads each batch of
+    batch_size texts (sorted by length) to a bucket length instead.
+    """
     if isinstance(texts, str):
       raise TypeError("Encoder.encode takes a list of texts, not a single string")
     texts = list(texts)
@@ -123,11 +168,21 @@ class Encoder:
     for i, e in enumerate(encoded):
       if e is None:
         raise ValueError(f"text {i}: the instruction prefix alone reaches max_length={max_length}")
+    if packing:
+      return self._encode_packed(encoded, batch_size, max_length, show_progress)
+    return self._encode_padded(encoded, batch_size, max_length, show_progress)
+
+  def _place(self, arrays):
+    if self._input_sharding is None:
+      return arrays
+    return [jax.device_put(x, self._input_sharding) for x in arrays]
+
+  def _encode_padded(self, encoded, batch_size: int, max_length: int, show_progress) -> np.ndarray:
     # Fixed batch (a multiple of the data-parallel size) so shapes repeat across batches.
     batch = -(-batch_size // self._dp) * self._dp
     buckets = bucket_lengths(max_length)
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i][0]))
-    out = np.zeros((len(texts), hidden), np.float32)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    out = np.zeros((len(encoded), self.model_cfg.hidden_size), np.float32)
     starts = range(0, len(order), batch)
     if show_progress is None:
       show_progress = len(starts) > 8
@@ -137,16 +192,78 @@ class Encoder:
       length = bucket_length(max(len(r[0]) for r in rows), buckets, max_length)
       rows += [([self.prompt_tokenizer.pad_id], 1)] * (batch - len(rows))  # filler rows
       arrays = pad_batch(rows, length, self.prompt_tokenizer.pad_id)
-      inputs = [arrays["input_ids"], arrays["attention_mask"], arrays["pool_mask"]]
-      if self._input_sharding is not None:
-        inputs = [jax.device_put(x, self._input_sharding) for x in inputs]
+      inputs = self._place([arrays["input_ids"], arrays["attention_mask"], arrays["pool_mask"]])
       emb_bd = self._embed(self._state, *inputs)
       out[idx] = np.asarray(jax.device_get(emb_bd))[: len(idx)]
     return out
 
+  def _pack_rows(self, lengths: list[int], longest: int) -> tuple[int, list[list[int]]]:
+    """(row length, rows): the longest text or a few times that (room for more texts per row,
+    at a quadratic attention cost), whichever packing has the lowest estimated cost."""
+    c = self.model_cfg
+    n, k, h, d, f = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
+    dense_per_token = 2 * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)
+    attn_per_token_key = ATTN_COST_WEIGHT * 4 * n * h
+    best = None
+    candidates = {_round_up(int(longest * x), PACK_ROW_MULTIPLE) for x in (1, 1.5, 2, 4)}
+    for row_length in sorted(candidates):
+      rows = pack_lengths(lengths, row_length)
+      cost = len(rows) * row_length * (dense_per_token + attn_per_token_key * row_length)
+      if best is None or cost < best[0]:
+        best = (cost, row_length, rows)
+    return best[1], best[2]
+
+  def _encode_packed(self, encoded, batch_size: int, max_length: int, show_progress) -> np.ndarray:
+    lengths = [len(ids) for ids, _ in encoded]
+    longest = _round_up(max(lengths), PACK_ROW_MULTIPLE)
+    row_length, rows = self._pack_rows(lengths, longest)
+    if all(len(r) == 1 for r in rows):
+      # Nothing shares a row: padded rows are the same work without a segment mask.
+      return self._encode_padded(encoded, batch_size, max_length, show_progress)
+    # About batch_size texts of the longest length per call.
+    rows_per_call = _round_up(max(1, -(-batch_size * longest // row_length)), self._dp)
+    calls = [rows[s: s + rows_per_call] for s in range(0, len(rows), rows_per_call)]
+    # The same text count in every call (a multiple of the data-parallel size): one compile.
+    num_texts = _round_up(max(sum(len(r) for r in call) for call in calls), 8 * self._dp)
+    out = np.zeros((len(encoded), self.model_cfg.hidden_size), np.float32)
+    if show_progress is None:
+      show_progress = len(calls) > 8
+    bar = tqdm(total=len(encoded), desc="encode", unit="text", disable=not show_progress,
+               leave=False)
+    start, tokens, pending = time.perf_counter(), 0, None
+
+    def finish(job):
+      nonlocal tokens
+      idx, emb_nd, n_tokens = job
+      out[idx] = np.asarray(jax.device_get(emb_nd))[: len(idx)]
+      tokens += n_tokens
+      bar.update(len(idx))
+      bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+
+    for call in calls:
+      idx = [i for row in call for i in row]
+      local = {i: k for k, i in enumerate(idx)}
+      call = [[local[i] for i in row] for row in call] + [[]] * (rows_per_call - len(call))
+      arrays = packed_arrays([encoded[i] for i in idx], call, row_length,
+                             self.prompt_tokenizer.pad_id)
+      inputs = self._place([arrays[k] for k in ("input_ids", "segment_ids", "positions",
+                                                "pool_ids")])
+      # Dispatched before the previous call's result is fetched: host packing overlaps it.
+      job = (idx, self._embed_packed(self._state, *inputs, num_texts),
+             sum(lengths[i] for i in idx))
+      if pending is not None:
+        finish(pending)
+      pending = job
+    finish(pending)
+    bar.close()
+    return out
+
   def save_pretrained(self, path: str, dtype: str | None = None,
-                      max_shard_bytes: int | None = None) -> str:
-    """Writes an HF `LlamaModel` directory (config, safetensors, tokenizer)."""
+                      max_shard_bytes: int | None = None,
+                      prompts: dict[str, str] | None = None, max_length: int = 2048) -> str:
+    """Writes an HF `LlamaModel` directory (config, safetensors, tokenizer, sentence-transformers
+    files with a prompt per `prompts` entry: name -> instruction); call on every process."""
     from reasonir_jax.hf.save import MAX_SHARD_BYTES, save_hf
     return save_hf(self._state, self.model_cfg, path, tokenizer=self.tokenizer, dtype=dtype,
-                   max_shard_bytes=max_shard_bytes or MAX_SHARD_BYTES)
+                   max_shard_bytes=max_shard_bytes or MAX_SHARD_BYTES, prompts=prompts,
+                   max_length=max_length)

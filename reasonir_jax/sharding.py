@@ -1,11 +1,14 @@
-"""Device mesh, logical-axis sharding rules, and creating a model directly in its sharding.
+"""Device mesh, logical-axis sharding rules and activation constraints (no model code).
 
 Parameters and activations carry *logical* axis names ("embed", "heads", "batch", ...); the rule
 table `config.sharding_rules` (see config_base.py) maps them to mesh axes ("data", "fsdp",
 "tensor"). Changing the parallelism means editing that table or `config.mesh`, never the model.
 
 Activation constraints (`constrain`) only act inside `activation_sharding(mesh, rules)`; outside
-it (plain CPU use, tests without a mesh) they are no-ops.
+it (plain CPU use, tests without a mesh) they are no-ops. Building a model in its sharding is
+`reasonir_jax.model.sharded`. Flax's `nnx.logical_axis_rules` / `get_named_sharding` map names the
+same way but cannot replicate a dimension the mesh does not divide (2 KV heads on a 4-way tensor
+axis), which `logical_to_spec` does.
 """
 from __future__ import annotations
 
@@ -169,37 +172,3 @@ def param_shardings(model_or_state, mesh: Mesh, rules: Rules):
   return jax.tree.map(
       lambda v: named_sharding(mesh, rules, variable_logical_axes(v), v.shape),
       state, is_leaf=_is_var)
-
-
-def shard_model(model, mesh: Mesh, rules: Rules):
-  """Moves an existing model's parameters into their shardings (in place); returns the model."""
-  state = nnx.state(model)
-  shardings = param_shardings(state, mesh, rules)
-  nnx.update(model, jax.device_put(state, shardings))
-  _attach(model, mesh, rules)
-  return model
-
-
-def _attach(model, mesh: Mesh, rules: Rules) -> None:
-  if hasattr(model, "set_activation_sharding"):
-    model.set_activation_sharding(mesh, rules)
-
-
-def create_sharded_model(model_cfg, mesh: Mesh, rules: Rules, seed: int = 0):
-  """Builds a randomly initialised LlamaEncoder whose parameters are created in their sharding
-  (no full copy on one device first)."""
-  from reasonir_jax.model import LlamaEncoder, ModelConfig
-  if not isinstance(model_cfg, ModelConfig):
-    model_cfg = ModelConfig.from_config(model_cfg)
-
-  def init():
-    return LlamaEncoder(model_cfg, rngs=nnx.Rngs(seed))
-
-  abstract = nnx.eval_shape(init)
-  graphdef, abstract_state = nnx.split(abstract)
-  shardings = param_shardings(abstract_state, mesh, rules)
-  # Each device materialises only its own shard of every parameter.
-  state = jax.jit(lambda: nnx.state(init()), out_shardings=shardings)()
-  model = nnx.merge(graphdef, state)
-  _attach(model, mesh, rules)
-  return model

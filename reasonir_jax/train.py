@@ -8,13 +8,16 @@ ends with the same parameters as one that never stopped). Otherwise the encoder 
 Hugging Face directory `--config.init_from`, or from random weights. Several processes (TPU pod
 hosts, or `--coordinator_address/--num_processes/--process_id`) each read their own share of the
 data; global arrays are built from process-local data.
+
+The workdir, data globs and init_from may be remote (gs://BUCKET/...; see reasonir_jax/paths.py).
+On SIGTERM (or a preemption sync point on a pod) the run checkpoints the step it reached and
+exits with status 75, which the launcher takes as "preempted: restart" (training/preemption.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -48,15 +51,26 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _has_tokenizer(path: str) -> bool:
-  return any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+  from reasonir_jax import paths
+  return any(paths.exists(paths.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _local_tokenizer(path: str) -> str:
+  """transformers reads tokenizers from local folders: a remote one is copied down first."""
+  from reasonir_jax import paths
+  if not paths.is_remote(path):
+    return path
+  from reasonir_jax.hf.load import local_tokenizer_dir
+  return local_tokenizer_dir(path)
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
-  """config.data.tokenizer, else the init_from directory's tokenizer, else the shipped sample one."""
+  """config.data.tokenizer, else the init_from directory's tokenizer, else the shipped sample one
+  (a local path: remote tokenizers are copied to a temporary folder)."""
   if config.data.tokenizer:
-    return config.data.tokenizer
+    return _local_tokenizer(config.data.tokenizer)
   if config.init_from and _has_tokenizer(config.init_from):
-    return config.init_from
+    return _local_tokenizer(config.init_from)
   from reasonir_jax.data.sample import sample_tokenizer_dir
   return sample_tokenizer_dir()
 
@@ -80,20 +94,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   `data_iterator` replaces the Grain pipeline (it must have get_state/set_state).
   """
   import jax
+  from reasonir_jax import paths
   from reasonir_jax import sharding as shd
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training import flops as flops_lib
   from reasonir_jax.training import metrics as metrics_lib
+  from reasonir_jax.training import preemption
   from reasonir_jax.training.step import build_trainer
 
-  os.makedirs(workdir, exist_ok=True)
+  check_required(config)
+  paths.check_writable(workdir)
   if config.init_from:
-    if not os.path.isdir(config.init_from):
+    if not paths.isdir(config.init_from):
       raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory")
     adopt_hf_model_config(config)
   mesh = shd.make_mesh(config.mesh)
   trainer = build_trainer(config, mesh)
   tokenizer_path = resolve_tokenizer(config)
+  check_vocab(config, tokenizer_path)
   ckpt_lib.save_config(workdir, config, tokenizer_path)
   manager = ckpt_lib.CheckpointManager(workdir, config.checkpoint)
 
@@ -132,6 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
           f"mesh {dict(mesh.shape)}, global batch {trainer.global_batch} x group {group}"
           + ("" if peak else " (device peak FLOP/s unknown: no MFU)"), flush=True)
   last_saved = latest
+  watch = preemption.PreemptionWatch(manager).__enter__()
   try:
     while step < num_steps:
       batch = next(data_iterator)
@@ -139,26 +158,70 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
       step += 1
       lq = batch["query"]["input_ids"].shape[1]
       lp = batch["passage"]["input_ids"].shape[1]
-      meter.add(trainer.global_batch, flops_lib.tokens_per_step(trainer.global_batch, lq, lp, group),
+      # Packed rows hold several texts: count the rows the step encodes, not one per text.
+      rows = ((trainer.packed_rows["query"], trainer.packed_rows["passage"])
+              if trainer.packed_rows else None)
+      meter.add(trainer.global_batch,
+                flops_lib.tokens_per_step(trainer.global_batch, lq, lp, group, rows),
                 flops_lib.train_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp, group,
-                                           trainer.chunk))
+                                           rows),
+                flops_lib.hardware_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp,
+                                              group, trainer.chunk, rows))
       if manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
       if step % log_every == 0 or step == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars.update(meter.report())
+        # Packing's fit counters (batches that overflowed the budget, texts and tokens cut).
+        if hasattr(data_iterator, "stats"):
+          scalars.update({k: float(v) for k, v in data_iterator.stats().items()
+                          if k.startswith("packing_")})
         writer.write(step, scalars)
       if step_callback is not None:
         step_callback(step, state, metrics)
+      if step < num_steps and watch.stop(step):
+        if last_saved != step:
+          manager.save(state, data_iterator.get_state(), step=step, force=True)
+        manager.wait()
+        log.warning("preempted: checkpoint of step %d committed in %s; exiting with status %d",
+                    step, manager.directory, preemption.EXIT_PREEMPTED)
+        raise preemption.Preempted(step)
     if last_saved != step:
       manager.save(state, data_iterator.get_state(), step=step, force=True)
     manager.wait()
   finally:
+    watch.__exit__()
     manager.close()
     writer.close()
     if hasattr(data_iterator, "close"):
       data_iterator.close()
   return state
+
+
+def check_required(config: ml_collections.ConfigDict) -> None:
+  """Configs that set `train.require_explicit_data` (the 8B recipe) must name their training
+  data and a tokenizer: the shipped sample and its 2048-token tokenizer are for CPU demos."""
+  if not config.train.get("require_explicit_data", False):
+    return
+  missing = []
+  if not config.data.sources or config.data.sources.strip() == "sample":
+    missing.append("--config.data.sources=name=gs://BUCKET/glob-*.tfrecord[:weight],...")
+  if not config.data.tokenizer and not (config.init_from and _has_tokenizer(config.init_from)):
+    missing.append("--config.init_from=HF_MODEL_DIR (with its tokenizer) or "
+                   "--config.data.tokenizer=TOKENIZER_DIR")
+  if missing:
+    raise ValueError("this config trains at scale and needs explicit data and a tokenizer; set "
+                     + " and ".join(missing))
+
+
+def check_vocab(config: ml_collections.ConfigDict, tokenizer_path: str) -> None:
+  """A tokenizer with more ids than the embedding has rows would look up past its end (NaNs)."""
+  from reasonir_jax.tokenization import load_tokenizer
+  n = len(load_tokenizer(tokenizer_path))
+  if n > int(config.model.vocab_size):
+    raise ValueError(f"the tokenizer {tokenizer_path} has {n} tokens but "
+                     f"config.model.vocab_size={config.model.vocab_size}: set "
+                     "--config.model.vocab_size, or --config.data.tokenizer to the model's tokenizer")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -174,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     config = load_config(args.config, overrides)
   except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  try:
+    check_required(config)
+  except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   run(config, args.workdir)
 

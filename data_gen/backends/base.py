@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import dataclasses
 from typing import Any, Sequence
 
@@ -19,10 +20,20 @@ class SamplingParams:
     return dataclasses.asdict(self)
 
 
+# ChatFailure kinds. "prompt_too_long" and "length" are their own reject reasons: the first is
+# never retried (the prompt will not shrink), the second is resent without the truncated answer.
+FAILURE_KINDS = ("backend", "prompt_too_long", "length")
+
+
 @dataclasses.dataclass
 class ChatFailure:
   """A request that failed for good (after the backend's own retries); never raised per item."""
   reason: str
+  kind: str = "backend"
+
+  def __post_init__(self):
+    if self.kind not in FAILURE_KINDS:
+      raise ValueError(f"ChatFailure kind {self.kind!r} not in {FAILURE_KINDS}")
 
 
 class ChatBackend(abc.ABC):
@@ -39,6 +50,20 @@ class ChatBackend(abc.ABC):
 
   def close(self) -> None:
     pass
+
+
+class StreamingChatBackend(ChatBackend):
+  """A backend that takes requests one at a time and answers them as they finish (many in
+  flight), so callers can keep it saturated and re-queue retries into the same stream."""
+
+  @abc.abstractmethod
+  def submit(self, messages: Sequence[Message], sampling: SamplingParams,
+             json_schema: dict | None = None) -> "concurrent.futures.Future":
+    """A future resolving to the answer text or a ChatFailure (never an exception)."""
+
+  def chat(self, conversations, sampling, json_schema=None):
+    futures = [self.submit(c, sampling, json_schema) for c in conversations]
+    return [f.result() for f in futures]
 
 
 def make_backend(kind: str, **kwargs) -> ChatBackend:

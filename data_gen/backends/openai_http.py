@@ -1,12 +1,18 @@
 """`openai` backend: any OpenAI-compatible chat endpoint (e.g. `vllm serve`), over plain HTTP.
 
-Requests run on a bounded thread pool; timeouts, connection errors, HTTP 429 and 5xx are retried
-with exponential backoff (plus jitter); other 4xx fail at once. A failed request becomes a
-`ChatFailure` in its slot of the result list, never an exception.
+Continuous submission: every request is its own future on a pool of `max_concurrency` worker
+threads, so up to that many requests are in flight at all times (callers submit the next
+request as soon as one finishes, never waiting for a whole batch). Timeouts, connection errors,
+HTTP 429 and 5xx are retried: the retry is put back into the same stream after a delay (the
+server's `Retry-After` when it sends one, else exponential backoff with jitter), and its worker
+slot is freed meanwhile. Other 4xx fail at once. An answer cut off by the token limit
+(`finish_reason="length"`) is a ChatFailure of kind "length". A failed request becomes a
+`ChatFailure` result, never an exception.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import email.utils
 import logging
 import os
 import random
@@ -16,27 +22,90 @@ from typing import Sequence
 
 import requests
 
-from data_gen.backends.base import ChatBackend, ChatFailure, Message, SamplingParams
+from data_gen.backends.base import ChatFailure, Message, SamplingParams, StreamingChatBackend
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_AFTER_S = 600.0  # a longer Retry-After is capped (a misconfigured proxy must not stall)
 
-class OpenAIBackend(ChatBackend):
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+  """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+  if not value:
+    return None
+  value = value.strip()
+  try:
+    seconds = float(value)
+  except ValueError:
+    try:
+      when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+      return None
+    if when is None:
+      return None
+    seconds = when.timestamp() - (time.time() if now is None else now)
+  return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+class InFlightMeter:
+  """Counts requests in flight and their time-weighted mean depth (for benchmarks and logs)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.current = 0
+    self.peak = 0
+    self.completed = 0
+    self._area = 0.0
+    self._last = self._start = time.monotonic()
+
+  def _advance(self) -> None:
+    now = time.monotonic()
+    self._area += self.current * (now - self._last)
+    self._last = now
+
+  def enter(self) -> None:
+    with self._lock:
+      self._advance()
+      self.current += 1
+      self.peak = max(self.peak, self.current)
+
+  def exit(self) -> None:
+    with self._lock:
+      self._advance()
+      self.current -= 1
+      self.completed += 1
+
+  def reset(self) -> None:
+    with self._lock:
+      self._area, self.peak, self.completed = 0.0, self.current, 0
+      self._last = self._start = time.monotonic()
+
+  def summary(self) -> dict:
+    with self._lock:
+      self._advance()
+      elapsed = max(1e-9, self._last - self._start)
+      return {"mean_in_flight": self._area / elapsed, "peak_in_flight": self.peak,
+              "completed": self.completed, "elapsed_s": elapsed,
+              "requests_per_s": self.completed / elapsed}
+
+
+class OpenAIBackend(StreamingChatBackend):
   name = "openai"
 
   def __init__(self, base_url: str, model: str, api_key: str | None = None,
-               max_concurrency: int = 16, request_timeout_s: float = 300.0,
+               max_concurrency: int = 256, request_timeout_s: float = 600.0,
                max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                structured_output: bool = True):
     """`base_url` ends in /v1 (e.g. http://localhost:8000/v1); `api_key` defaults to the
     OPENAI_API_KEY environment variable (vLLM accepts any key unless started with one);
-    `max_retries` counts extra tries after the first."""
+    `max_concurrency` is the number of requests in flight; `max_retries` counts extra tries
+    after the first."""
     if not base_url:
       raise ValueError("openai backend: --base-url is required (e.g. http://localhost:8000/v1)")
     if not model:
       raise ValueError("openai backend: --model is required (the served model name)")
     if max_concurrency < 1:
-      raise ValueError(f"openai backend: max_concurrency must be >= 1, got {max_concurrency}")
+      raise ValueError(f"openai backend: --max-concurrency must be >= 1, got {max_concurrency}")
     self.base_url = base_url.rstrip("/")
     self.model = model
     self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
@@ -50,13 +119,19 @@ class OpenAIBackend(ChatBackend):
     self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency,
                                                        thread_name_prefix="openai-chat")
     self.num_retries = 0  # retried requests over the backend's lifetime (for reports)
-    self._count_lock = threading.Lock()
+    self._lock = threading.Lock()
+    self._timers: dict[threading.Timer, concurrent.futures.Future] = {}
+    self._closed = False
+    self.meter = InFlightMeter()
 
   def _session(self) -> requests.Session:
     # requests.Session is not thread-safe: one per worker thread.
     session = getattr(self._local, "session", None)
     if session is None:
       session = self._local.session = requests.Session()
+      adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1)
+      session.mount("http://", adapter)
+      session.mount("https://", adapter)
     return session
 
   def build_request(self, messages: Sequence[Message], sampling: SamplingParams,
@@ -76,58 +151,103 @@ class OpenAIBackend(ChatBackend):
       }
     return body
 
-  def _backoff(self, attempt: int) -> None:
+  def _backoff_delay(self, attempt: int) -> float:
     delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
-    time.sleep(delay * (0.5 + random.random() / 2))
+    return delay * (0.5 + random.random() / 2)
 
-  def _one(self, body: dict) -> str | ChatFailure:
+  # --- the request stream ---------------------------------------------------------------------
+  def submit(self, messages: Sequence[Message], sampling: SamplingParams,
+             json_schema: dict | None = None) -> concurrent.futures.Future:
+    outer: concurrent.futures.Future = concurrent.futures.Future()
+    self._dispatch(self.build_request(messages, sampling, json_schema), 0, outer, False)
+    return outer
+
+  def _dispatch(self, body: dict, attempt: int, outer, plain_retry: bool) -> None:
+    try:
+      self._pool.submit(self._attempt, body, attempt, outer, plain_retry)
+    except RuntimeError:  # the pool is shut down
+      outer.set_result(ChatFailure("backend closed before the request was sent"))
+
+  def _requeue(self, delay_s: float, body: dict, attempt: int, outer) -> None:
+    """Puts a retry back into the stream after `delay_s`, without holding a worker slot."""
+    with self._lock:
+      self.num_retries += 1
+      if self._closed:
+        outer.set_result(ChatFailure("backend closed while a retry was waiting"))
+        return
+
+      def fire():
+        with self._lock:
+          self._timers.pop(timer, None)
+        self._dispatch(body, attempt, outer, False)
+
+      timer = threading.Timer(delay_s, fire)
+      timer.daemon = True
+      self._timers[timer] = outer
+    timer.start()
+
+  def _attempt(self, body: dict, attempt: int, outer, plain_retry: bool) -> None:
+    self.meter.enter()
+    try:
+      result, retry_delay = self._post_once(body, attempt)
+    except Exception as e:  # never leave a future unresolved
+      result, retry_delay = ChatFailure(f"unexpected client error: {e!r}"), None
+    finally:
+      self.meter.exit()
+    if result == "plain":
+      # The endpoint rejected response_format: resend once without it.
+      plain = {k: v for k, v in body.items() if k != "response_format"}
+      self._dispatch(plain, attempt, outer, True)
+      return
+    if retry_delay is not None:
+      self._requeue(retry_delay, body, attempt + 1, outer)
+      return
+    if plain_retry and not isinstance(result, ChatFailure) and self.structured_output:
+      log.warning("%s rejected response_format json_schema; continuing without structured "
+                  "output", self.base_url)
+      self.structured_output = False
+    outer.set_result(result)
+
+  def _post_once(self, body: dict, attempt: int):
+    """(result, None), ("plain", None) or (None, seconds until the retry)."""
     url = f"{self.base_url}/chat/completions"
     headers = {"Authorization": f"Bearer {self.api_key}"}
-    reason = "no attempt made"
-    for attempt in range(self.max_retries + 1):
-      if attempt:
-        with self._count_lock:
-          self.num_retries += 1
-        self._backoff(attempt - 1)
-      try:
-        response = self._session().post(url, json=body, headers=headers,
-                                        timeout=self.request_timeout_s)
-      except requests.Timeout:
-        reason = f"timeout after {self.request_timeout_s}s"
-        continue
-      except requests.ConnectionError as e:
-        reason = f"connection error: {e}"
-        continue
-      status = response.status_code
-      if status == 429 or status >= 500:
-        reason = f"HTTP {status}: {response.text[:200]}"
-        continue
-      if status == 400 and "response_format" in body:
-        # Some endpoints reject json_schema output (or a schema keyword): retry once without
-        # it, and keep it off if that works. Answers are validated either way.
-        plain = {k: v for k, v in body.items() if k != "response_format"}
-        result = self._one(plain)
-        if not isinstance(result, ChatFailure):
-          if self.structured_output:
-            log.warning("%s rejected response_format json_schema (%s); continuing without "
-                        "structured output", self.base_url, response.text[:200])
-          self.structured_output = False
-        return result
-      if status != 200:
-        return ChatFailure(f"HTTP {status} (not retried): {response.text[:300]}")
-      try:
-        content = response.json()["choices"][0]["message"]["content"]
-      except (ValueError, KeyError, IndexError, TypeError) as e:
-        return ChatFailure(f"malformed response ({type(e).__name__}: {e}): {response.text[:300]}")
-      if not isinstance(content, str):
-        return ChatFailure(f"response content is {type(content).__name__}, not text")
-      return content
-    return ChatFailure(f"gave up after {self.max_retries + 1} tries; last: {reason}")
+    can_retry = attempt < self.max_retries
 
-  def chat(self, conversations: Sequence[Sequence[Message]], sampling: SamplingParams,
-           json_schema: dict | None = None) -> list[str | ChatFailure]:
-    bodies = [self.build_request(c, sampling, json_schema) for c in conversations]
-    return list(self._pool.map(self._one, bodies))
+    def give_up(reason: str):
+      return ChatFailure(f"gave up after {attempt + 1} tries; last: {reason}"), None
+
+    try:
+      response = self._session().post(url, json=body, headers=headers,
+                                      timeout=self.request_timeout_s)
+    except requests.Timeout:
+      reason = f"timeout after {self.request_timeout_s}s"
+      return (None, self._backoff_delay(attempt)) if can_retry else give_up(reason)
+    except requests.ConnectionError as e:
+      reason = f"connection error: {e}"
+      return (None, self._backoff_delay(attempt)) if can_retry else give_up(reason)
+    status = response.status_code
+    if status == 429 or status >= 500:
+      if not can_retry:
+        return give_up(f"HTTP {status}: {response.text[:200]}")
+      wait = parse_retry_after(response.headers.get("Retry-After"))
+      return None, (wait if wait is not None else self._backoff_delay(attempt))
+    if status == 400 and "response_format" in body:
+      return "plain", None
+    if status != 200:
+      return ChatFailure(f"HTTP {status} (not retried): {response.text[:300]}"), None
+    try:
+      choice = response.json()["choices"][0]
+      content = choice["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+      return ChatFailure(f"malformed response ({type(e).__name__}: {e}): "
+                         f"{response.text[:300]}"), None
+    if not isinstance(content, str):
+      return ChatFailure(f"response content is {type(content).__name__}, not text"), None
+    if choice.get("finish_reason") == "length":
+      return ChatFailure(f"answer cut off at max_tokens={body.get('max_tokens')} "
+                         "(finish_reason=length)", kind="length"), None
+    return content, None
 
   def list_models(self) -> list[str]:
     """The model ids the endpoint serves (GET /models); a quick health check."""
@@ -138,4 +258,12 @@ class OpenAIBackend(ChatBackend):
     return [m["id"] for m in response.json().get("data", [])]
 
   def close(self) -> None:
+    with self._lock:
+      self._closed = True
+      timers = dict(self._timers)
+      self._timers.clear()
+    for t, outer in timers.items():
+      t.cancel()
+      if not outer.done():
+        outer.set_result(ChatFailure("backend closed while a retry was waiting"))
     self._pool.shutdown(wait=True)

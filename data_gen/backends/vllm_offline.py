@@ -6,6 +6,12 @@ detection: `SamplingParams(structured_outputs=StructuredOutputsParams(json=schem
 vLLM, `SamplingParams(guided_decoding=GuidedDecodingParams(json=schema))` in older releases,
 none if neither exists (answers are still parsed and validated).
 
+Before a call, every conversation is tokenized with the model's chat template and checked
+against `max_model_len`: one whose prompt plus `max_tokens` does not fit is answered with a
+ChatFailure of kind "prompt_too_long" and never sent, so one over-long prompt cannot fail (and
+force a rerun of) the whole batch. An answer that stopped at the token limit
+(`finish_reason="length"`) is a ChatFailure of kind "length", not bad JSON.
+
 vLLM is imported only when this backend is built; the module can be injected (`vllm_module`)
 so that request building is tested without vLLM or a GPU.
 """
@@ -44,6 +50,31 @@ class VLLMBackend(ChatBackend):
     if max_model_len is not None:
       kwargs["max_model_len"] = max_model_len
     self.llm = self.vllm.LLM(**kwargs)
+    self.max_model_len = max_model_len or self._engine_max_model_len()
+    if self.max_model_len is None:
+      log.warning("vllm: max_model_len unknown; prompts are not length-checked before sending")
+
+  def _engine_max_model_len(self) -> int | None:
+    engine = getattr(self.llm, "llm_engine", None)
+    value = getattr(getattr(engine, "model_config", None), "max_model_len", None)
+    return int(value) if value else None
+
+  def prompt_tokens(self, conversation: Sequence[Message]) -> int:
+    """Prompt length in tokens, as vLLM's chat() would build it (the chat template)."""
+    ids = self.llm.get_tokenizer().apply_chat_template(list(conversation), tokenize=True,
+                                                       add_generation_prompt=True)
+    if hasattr(ids, "keys"):  # a BatchEncoding (transformers >= 5 may return one)
+      ids = ids["input_ids"]
+    return len(ids)
+
+  def too_long(self, conversation: Sequence[Message], max_tokens: int) -> ChatFailure | None:
+    if self.max_model_len is None:
+      return None
+    n = self.prompt_tokens(conversation)
+    if n + max_tokens > self.max_model_len:
+      return ChatFailure(f"prompt has {n} tokens; with max_tokens={max_tokens} it exceeds "
+                         f"max_model_len={self.max_model_len}", kind="prompt_too_long")
+    return None
 
   def _structured_kwargs(self, json_schema: dict | None) -> dict:
     if json_schema is None or not self.structured_output:
@@ -69,6 +100,9 @@ class VLLMBackend(ChatBackend):
     for out in outputs:
       if not out.outputs:
         results.append(ChatFailure("vLLM returned no completion"))
+      elif getattr(out.outputs[0], "finish_reason", None) == "length":
+        results.append(ChatFailure(f"answer cut off at max_tokens={getattr(params, 'max_tokens', '?')} "
+                                   "(finish_reason=length)", kind="length"))
       else:
         results.append(out.outputs[0].text)
     return results
@@ -77,20 +111,26 @@ class VLLMBackend(ChatBackend):
            json_schema: dict | None = None) -> list[str | ChatFailure]:
     if not conversations:
       return []
-    params = self.build_sampling_params(sampling, json_schema)
+    results: list[str | ChatFailure | None] = [self.too_long(c, sampling.max_tokens)
+                                               for c in conversations]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+      answers = self._generate_isolated([conversations[i] for i in todo],
+                                        self.build_sampling_params(sampling, json_schema))
+      for i, answer in zip(todo, answers):
+        results[i] = answer
+    return results
+
+  def _generate_isolated(self, conversations, params) -> list[str | ChatFailure]:
+    """One llm.chat call; if vLLM rejects the call as a whole (a request it cannot take that
+    the length check did not catch), bisect, so k bad requests cost O(k log n) calls."""
     try:
       return self._generate(conversations, params)
     except (ValueError, RuntimeError) as e:
       if len(conversations) == 1:
         return [ChatFailure(f"vLLM error: {e}")]
-      # One bad request (e.g. a prompt longer than max_model_len) fails the whole call: redo
-      # the conversations one by one so only that one becomes a failure.
-      log.warning("vLLM batch failed (%s); retrying %d conversations one by one", e,
-                  len(conversations))
-      results = []
-      for conv in conversations:
-        try:
-          results.extend(self._generate([conv], params))
-        except (ValueError, RuntimeError) as e1:
-          results.append(ChatFailure(f"vLLM error: {e1}"))
-      return results
+      log.warning("vLLM call over %d conversations failed (%s); splitting it", len(conversations),
+                  e)
+      half = len(conversations) // 2
+      return (self._generate_isolated(conversations[:half], params) +
+              self._generate_isolated(conversations[half:], params))

@@ -22,9 +22,12 @@ def _key(text: str) -> bytes:
 class MinePipeline(Pipeline):
   name = "mine"
 
-  def __init__(self, corpus: Sequence[dict], min_rank: int = 20, num_negatives: int = 1,
-               depth: int = 100, corpus_name: str = ""):
-    """`corpus`: dicts with `id` and `text`; `depth`: how many ranks past `min_rank` to look."""
+  def __init__(self, corpus: Sequence[dict], min_rank: int = 21, num_negatives: int = 1,
+               depth: int = 100, corpus_name: str = "", k1: float = 0.9, b: float = 0.4,
+               stemmer: str | None = "porter"):
+    """`corpus`: dicts with `id` and `text`; `depth`: how many ranks past `min_rank` to look.
+    The defaults follow the public ReasonIR miner: the 21st document on (it skips the top 20),
+    Lucene BM25 with k1 0.9 and b 0.4 on stemmed (Porter), stopword-free tokens."""
     import bm25s
     if min_rank < 1:
       raise ValueError(f"--min-rank must be >= 1, got {min_rank}")
@@ -39,23 +42,34 @@ class MinePipeline(Pipeline):
     self.num_negatives = num_negatives
     self.depth = depth
     self.corpus_name = corpus_name
+    self.k1, self.b, self.stemmer_name = k1, b, stemmer
+    self._stem = None
+    if stemmer:
+      import Stemmer  # PyStemmer
+      try:
+        self._stem = Stemmer.Stemmer(stemmer).stemWords
+      except KeyError:
+        raise ValueError(f"--stemmer {stemmer!r}: PyStemmer knows "
+                         f"{sorted(Stemmer.algorithms())}") from None
     tokens = bm25s.tokenize([d["text"] for d in self.corpus], stopwords="en",
-                            show_progress=False)
-    self.retriever = bm25s.BM25()
+                            stemmer=self._stem, show_progress=False)
+    self.retriever = bm25s.BM25(method="lucene", k1=k1, b=b)
     self.retriever.index(tokens, show_progress=False)
 
   def input_id(self, row: TrainingRow) -> str:
     return row.row_id
 
   def settings(self) -> dict:
-    return {"method": "bm25", "min_rank": self.min_rank, "num_negatives": self.num_negatives,
+    return {"method": "bm25", "k1": self.k1, "b": self.b, "stemmer": self.stemmer_name,
+            "min_rank": self.min_rank, "num_negatives": self.num_negatives,
             "depth": self.depth, "corpus": self.corpus_name, "corpus_size": len(self.corpus)}
 
   def process(self, batch: list[TrainingRow]) -> list[Outcome]:
     k = min(len(self.corpus), self.min_rank - 1 + self.depth)
     # Queries as word lists, so they share the corpus vocabulary (unknown words score 0).
     query_tokens = self._bm25s.tokenize([r.query for r in batch], stopwords="en",
-                                        return_ids=False, show_progress=False)
+                                        stemmer=self._stem, return_ids=False,
+                                        show_progress=False)
     query_tokens = [q if q else ["\x00"] for q in query_tokens]
     ids, scores = self.retriever.retrieve(query_tokens, k=k, show_progress=False)
     outcomes = []

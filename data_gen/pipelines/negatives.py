@@ -2,12 +2,16 @@
 gives; turn 2 (same conversation) it writes a document of >= N words that looks related but
 lacks those ideas. The answer is checked for length and for low lexical overlap with the
 positive; each turn gets up to `max_attempts` tries. Output: the input rows with the negative
-appended."""
+appended.
+
+With `prompt_style="public"` it is one turn instead (the public code's structure, see
+prompts_public): instruction + query and instruction + positive in, reasoning allowed, the
+JSON taken from the end of the answer."""
 from __future__ import annotations
 
 import dataclasses
 
-from data_gen import prompts
+from data_gen import prompts, prompts_public
 from data_gen.filters import lexical_overlap
 from data_gen.generate import run_step
 from data_gen.parsing import AnswerError, require_keys, require_text
@@ -21,7 +25,10 @@ class NegativesPipeline(Pipeline):
   name = "negatives"
 
   def __init__(self, gen: Generation, min_words: int = 300, max_words: int | None = 2000,
-               max_overlap: float = 0.4):
+               max_overlap: float = 0.4, prompt_style: str = "ours"):
+    if prompt_style not in ("ours", "public"):
+      raise ValueError(f"--prompt-style {prompt_style!r}: choose from ('ours', 'public')")
+    self.prompt_style = prompt_style
     self.gen = gen
     self.min_words = min_words
     self.max_words = max_words
@@ -31,16 +38,16 @@ class NegativesPipeline(Pipeline):
     return row.row_id
 
   def settings(self) -> dict:
-    return {**self.gen.settings(), "prompt": [prompts.NEG_ANALYSIS, prompts.NEG_DOCUMENT],
+    return {**self.gen.settings(), "prompt": self.prompt_names,
             "negative_words": [self.min_words, self.max_words], "max_overlap": self.max_overlap}
 
-  def process(self, batch: list[TrainingRow]) -> list[Outcome]:
-    rows = {r.row_id: r for r in batch}
-    first_turn = {i: prompts.negative_analysis(r.query, r.positives[0]) for i, r in rows.items()}
-    analyses = run_step(self.gen.backend, self.gen.sampling, "analysis", first_turn,
-                        lambda k, text: require_text(text, "analysis", 5), None, None,
-                        self.gen.max_attempts)
+  @property
+  def prompt_names(self) -> list[str]:
+    if self.prompt_style == "public":
+      return [prompts_public.NEG_PUBLIC]
+    return [prompts.NEG_ANALYSIS, prompts.NEG_DOCUMENT]
 
+  def _validator(self, rows: dict):
     def validate(row_id, obj: dict) -> str:
       require_keys(obj, {"hard_negative_document"})
       doc = require_text(obj["hard_negative_document"], "hard_negative_document",
@@ -51,29 +58,54 @@ class NegativesPipeline(Pipeline):
         raise AnswerError(f"word overlap with the positive is {overlap:.2f}, above "
                           f"{self.max_overlap}: use different words")
       return doc
+    return validate
 
-    second_turn = {i: prompts.negative_document(first_turn[i], a, self.min_words)
-                   for i, a in analyses.values.items()}
-    negatives = run_step(self.gen.backend, self.gen.sampling, "negative", second_turn, validate,
-                         prompts.NEG_DOCUMENT_SCHEMA, ["hard_negative_document"],
+  def _single_turn(self, rows: dict):
+    convs = {i: prompts_public.negative_public(r.query_instruction, r.query,
+                                               r.positive_instruction, r.positives[0],
+                                               self.min_words) for i, r in rows.items()}
+    negatives = run_step(self.gen.backend, self.gen.sampling, "negative", convs,
+                         self._validator(rows), None, ["hard_negative_document"],
                          self.gen.max_attempts)
+    return None, negatives
+
+  def process(self, batch: list[TrainingRow]) -> list[Outcome]:
+    rows = {r.row_id: r for r in batch}
+    if self.prompt_style == "public":
+      analyses, negatives = self._single_turn(rows)
+    else:
+      analyses, negatives = self._two_turns(rows)
     outcomes = []
     for row_id, row in rows.items():
-      steps = {"analysis": analyses.step_info(row_id)}
-      if row_id not in analyses.values:
-        outcomes.append(rejected(row_id, analyses.failures[row_id], steps))
-        continue
+      steps = {}
+      if analyses is not None:
+        steps["analysis"] = analyses.step_info(row_id)
+        if row_id not in analyses.values:
+          outcomes.append(rejected(row_id, analyses.failures[row_id], steps))
+          continue
       steps["negative"] = negatives.step_info(row_id)
       if row_id not in negatives.values:
         outcomes.append(rejected(row_id, negatives.failures[row_id], steps))
         continue
       negative = negatives.values[row_id]
       provenance = self.gen.metadata(
-          [prompts.NEG_ANALYSIS, prompts.NEG_DOCUMENT],
-          attempts={k: v["attempts"] for k, v in steps.items()},
+          self.prompt_names, attempts={k: v["attempts"] for k, v in steps.items()},
           overlap=round(lexical_overlap(negative, row.positives[0]), 4))
       new = dataclasses.replace(
           row, negatives=[*row.negatives, negative],
           metadata=merge_metadata(row.metadata, "hard_negative", provenance))
       outcomes.append(Outcome(input_id=row_id, rows=[new.validate()], steps=steps))
     return outcomes
+
+  def _two_turns(self, rows: dict):
+    first_turn = {i: prompts.negative_analysis(r.query, r.positives[0]) for i, r in rows.items()}
+    analyses = run_step(self.gen.backend, self.gen.sampling, "analysis", first_turn,
+                        lambda k, text: require_text(text, "analysis", 5), None, None,
+                        self.gen.max_attempts)
+
+    second_turn = {i: prompts.negative_document(first_turn[i], a, self.min_words)
+                   for i, a in analyses.values.items()}
+    negatives = run_step(self.gen.backend, self.gen.sampling, "negative", second_turn,
+                         self._validator(rows), prompts.NEG_DOCUMENT_SCHEMA, ["hard_negative_document"],
+                         self.gen.max_attempts)
+    return analyses, negatives

@@ -8,10 +8,10 @@
 #
 # Example, 16 machines with 8 GPUs each, Llama-3.1-70B-Instruct on vLLM, tensor parallel 8:
 #   NUM_SHARDS=16 SHARD_INDEX=3 launch/datagen/run_shard.sh hq \
-#     --input seeds/*.jsonl --output-dir /shared/hq --model meta-llama/Llama-3.1-70B-Instruct \
+#     --input seeds/*.jsonl --output-dir /shared/hq --backend-model meta-llama/Llama-3.1-70B-Instruct \
 #     --queries-per-doc 4 --top-n 100000 --quality-scorer my_edu:score
 # Example, 8 shards of an 8B generator on one 8-GPU machine (one GPU each):
-#   LOCAL_SHARDS=8 GPUS_PER_SHARD=1 launch/datagen/run_shard.sh vl --input ... --model ...
+#   LOCAL_SHARDS=8 GPUS_PER_SHARD=1 launch/datagen/run_shard.sh vl --input ... --backend-model ...
 #
 # Settings (environment):
 #   NUM_SHARDS      machines splitting the input (default 1)

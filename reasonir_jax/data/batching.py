@@ -3,7 +3,11 @@
 `HostBatchIterator` picks the source of each batch (weighted, from a plan every process computes
 identically), reads rows through Grain (sources.py), samples one positive and group_size-1
 negatives (with repetition when a row has too few), drops rows whose instruction alone fills
-max_length (counted), tokenizes with `PromptTokenizer` and pads to bucket lengths.
+max_length (counted), tokenizes with `PromptTokenizer` and pads to bucket lengths, or with
+config.data.packing packs the texts into fixed [rows, max_length] budgets (reasonir_jax.packing).
+A batch whose texts do not fit its budget has its longest texts cut to the largest common
+length that fits, never into the template prefix (no row or text is dropped); such batches, texts and cut tokens are counted
+in stats() ("packing_*") and logged.
 
 Its state is a small JSON dict (the batch counter, one read position per source, the stats);
 every batch is a pure function of (seed, state), so restoring the state continues exactly.
@@ -26,6 +30,7 @@ from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_
 from reasonir_jax.data.reader import expand_paths
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.data.tfrecord import CorruptRecordError
+from reasonir_jax.packing import cut_lengths, fit_to_rows, packed_arrays, packed_rows_per_side
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,11 @@ class HostBatchIterator:
     self.query_max_length = int(d.get("query_max_length", 0) or d.max_length)
     self.passage_max_length = int(d.get("passage_max_length", 0) or d.max_length)
     self.buckets = tuple(int(b) for b in d.bucket_lengths)
+    self.packing = bool(d.get("packing", False))
+    self.packed_rows = packed_rows_per_side(config, self.batch_size) if self.packing else None
+    self._packing_stats = {"packing_overflow_batches": 0, "packing_cut_texts": 0,
+                           "packing_cut_tokens": 0, "packing_tokens": 0, "packing_slots": 0}
+    self._packing_lock = threading.Lock()
     self.single_source_batches = bool(d.single_source_batches)
     self.skip_corrupt = bool(d.skip_corrupt)
     self.seed = int(config.seed) * 1_000_003 + int(d.shuffle_seed)
@@ -134,7 +144,11 @@ class HostBatchIterator:
     self._stats = json.loads(json.dumps(state["stats"]))
 
   def stats(self) -> dict[str, Any]:
-    return json.loads(json.dumps(self._stats))
+    # Packing counters are of the batches tokenized so far (prefetch runs a few ahead) and are
+    # not part of the resumable state: they restart at 0 after a restore.
+    with self._packing_lock:
+      packing = dict(self._packing_stats) if self.packing else {}
+    return json.loads(json.dumps(dict(self._stats, **packing)))
 
   # -- batches -------------------------------------------------------------------------------
   def source_plan(self, batch_index: int) -> np.ndarray:
@@ -246,10 +260,35 @@ class HostBatchIterator:
     tok = self._thread_tokenizer()
     q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
     p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
+    if self.packing:
+      return {"query": self._pack(q_enc, "query", self.query_max_length),
+              "passage": self._pack(p_enc, "passage", self.passage_max_length)}
     lq = bucket_length(max(len(ids) for ids, _ in q_enc), self.buckets, self.query_max_length)
     lp = bucket_length(max(len(ids) for ids, _ in p_enc), self.buckets, self.passage_max_length)
     return {"query": pad_batch(q_enc, lq, self.tok.pad_id),
             "passage": pad_batch(p_enc, lp, self.tok.pad_id)}
+
+  def _pack(self, encoded, side: str, row_length: int) -> dict[str, np.ndarray]:
+    """Packed rows of one side; pool ids are global text indices (this process's block)."""
+    lengths = [len(ids) for ids, _ in encoded]
+    # A cut never reaches into the template prefix: every text keeps a token to pool.
+    mins = [prefix_len + 1 for _, prefix_len in encoded]
+    rows, cap = fit_to_rows(lengths, row_length, self.packed_rows[side], mins)
+    kept = cut_lengths(lengths, cap, mins)
+    cut = [n - k for n, k in zip(lengths, kept) if k < n]
+    with self._packing_lock:
+      st = self._packing_stats
+      st["packing_tokens"] += sum(kept)
+      st["packing_slots"] += self.packed_rows[side] * row_length
+      if cut:
+        st["packing_overflow_batches"] += 1
+        st["packing_cut_texts"] += len(cut)
+        st["packing_cut_tokens"] += sum(cut)
+        log.warning("packing: %d %s texts (%d tokens) over the %d x %d budget: the longest %d "
+                    "cut to %d tokens; totals %s", len(lengths), side, sum(lengths),
+                    self.packed_rows[side], row_length, len(cut), cap, st)
+    return packed_arrays(encoded, rows, row_length, self.tok.pad_id,
+                         text_offset=self.process_index * len(encoded), lengths=kept)
 
   def _thread_tokenizer(self) -> PromptTokenizer:
     # HF fast tokenizers reconfigure their Rust backend on every call, which is not safe to

@@ -1,15 +1,16 @@
 """Reading training rows back from TFRecord files, in file order (for tests, tools and checks).
 
 The training input pipeline (pipeline.py) reads through an offset index instead; this reader
-is the simple sequential path.
+is the simple sequential path. Remote files (gs://...) are streamed: read front to back in
+large buffered blocks (reasonir_jax.paths), one request per block rather than per record.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from typing import Iterator, Sequence
 
+from reasonir_jax import paths as paths_lib
 from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_row
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.data.tfrecord import CorruptRecordError, iter_records
@@ -18,20 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def expand_paths(pattern_or_paths: str | Sequence[str]) -> list[str]:
-  """Sorted files of a glob pattern (or a comma-separated list of them, or a list of paths).
-  A pattern that matches no file is an error naming it."""
+  """Sorted files of a glob pattern (or a comma-separated list of them, or a list of paths), local
+  or remote. A pattern that matches no file is an error naming it."""
   if isinstance(pattern_or_paths, (str, os.PathLike)):
     items = [p for p in str(pattern_or_paths).split(",") if p]
   else:
     items = [str(p) for p in pattern_or_paths]
   paths = []
   for item in items:
-    if glob.has_magic(item):
-      matched = sorted(p for p in glob.glob(item) if ".tmp-" not in p)
-      if not matched:
-        raise FileNotFoundError(f"no files match {item!r}")
-      paths.extend(matched)
-    elif os.path.isfile(item):
+    if paths_lib.has_magic(item):
+      paths.extend(paths_lib.glob(item))
+    elif paths_lib.isfile(item):
       paths.append(item)
     else:
       raise FileNotFoundError(f"no such file: {item!r}")

@@ -5,16 +5,26 @@ Why an offset index rather than a sequential TFRecord reader: with the byte offs
 record known, a record is one seek + read, so Grain can shuffle globally (a fresh permutation of
 all local records each epoch) and the reading position is a single integer per source, which
 makes the iterator state tiny, exact and cheap to restore.
+
+Remote files (gs://...) are staged, not streamed: each process copies its own share of the files
+to local disk once (one sequential, buffered download per file; reused after a restart), then
+indexes and reads the local copies. A global shuffle reads records in random order, which over
+GCS would cost a network round trip per record; streaming would give that shuffle up (and make
+the read position depend on buffer state). A process's share is 1/N of the data, which fits
+the local disk of a TPU VM.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import tempfile
 import threading
 
 import grain
 import numpy as np
 
+from reasonir_jax import paths as paths_lib
 from reasonir_jax.data.tfrecord import build_offset_index, read_record_at
 
 log = logging.getLogger(__name__)
@@ -73,10 +83,17 @@ def shard_files(paths: list[str], process_index: int, process_count: int,
 
 
 class TFRecordIndexSource(grain.sources.RandomAccessDataSource):
-  """Random access to the records of some TFRecord files: item i -> (path, offset, bytes)."""
+  """Random access to the records of some TFRecord files: item i -> (path, offset, bytes).
+  Remote files are first staged to `stage_dir` (default: REASONIR_STAGE_DIR, else a folder in
+  the system temporary directory)."""
 
-  def __init__(self, paths: list[str], skip_corrupt: bool = False):
-    self.paths = list(paths)
+  def __init__(self, paths: list[str], skip_corrupt: bool = False, stage_dir: str | None = None):
+    stage_dir = stage_dir or os.environ.get("REASONIR_STAGE_DIR") or os.path.join(
+        tempfile.gettempdir(), "reasonir_stage")
+    self.paths = [paths_lib.stage_local(p, stage_dir) for p in paths]
+    staged = sum(a != b for a, b in zip(paths, self.paths))
+    if staged:
+      log.info("staged %d remote files to %s", staged, stage_dir)
     file_ids, offsets, lengths = [], [], []
     self.corrupt_tails = []  # (path, offset, reason) of unreadable file ends (only when skipping)
     for i, path in enumerate(self.paths):

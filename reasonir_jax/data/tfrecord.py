@@ -7,17 +7,19 @@ TensorFlow's `tf.data.TFRecordDataset` reads (uncompressed).
 
 Every read checks both CRCs; a bad record raises `CorruptRecordError` naming the file and the
 byte offset of the record, unless the caller asked to skip corrupt records (then it is counted
-and logged, never dropped silently).
+and logged, never dropped silently). Paths may be remote (reasonir_jax.paths): reads are
+buffered in large blocks, so scanning the headers of a file costs one request per block.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import struct
 from typing import BinaryIO, Iterator
 
 import crc32c as _crc32c
+
+from reasonir_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,8 @@ def build_offset_index(path: str, skip_corrupt: bool = False) -> IndexResult:
   the scan stops there, and the failure is returned in `corrupt` for the caller to count.
   """
   offsets, lengths, corrupt = [], [], []
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  size = paths.getsize(path)
+  with paths.open(path, "rb") as f:
     pos = 0
     while pos < size:
       header = f.read(HEADER_SIZE)
@@ -129,7 +131,7 @@ def iter_records(path: str, skip_corrupt: bool = False,
   is called (the default logs a warning); a bad header ends the file (see build_offset_index).
   """
   index = build_offset_index(path, skip_corrupt=skip_corrupt)
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for offset, length in zip(index.offsets, index.lengths):
       try:
         yield offset, read_record_at(f, path, offset, length)

@@ -2,15 +2,24 @@
 
     python -m reasonir_jax.eval.bright --model PATH --data BRIGHT_DIR --out OUT \\
         [--tasks biology,pony|all] [--retriever dense|bm25] [--queries original|gpt4_reason|FILE] \\
-        [--long-documents] [--max-length N] [--batch-size N] [--cache-dir DIR] \\
+        [--protocol reference|ours] [--long-documents] [--max-length N] [--batch-size N] [--cache-dir DIR] \\
         [--rewrite-backend openai --rewrite-model M --base-url U] \\
         [--rerank-backend openai --rerank-model M --base-url U]
 
 Per task: queries get the task instruction (docs/reference.md section 6), documents none; the corpus
 is encoded once into an on-disk cache (resumable); exact top-k runs on device in blocks with the
 excluded ids masked out; the best 1000 are written as `OUT/<task>.run`. `OUT/results.json` holds
-nDCG@10 and recall@100 (fractions) per task and their plain mean; a table compares them with the
-published numbers. `OUT/queries/<task>.jsonl` records the query texts used (for reranking).
+nDCG@10 and recall@100 (fractions) per task, BRIGHT's metric set (NDCG@k, MAP@k, Recall@k, P@k,
+MRR through pytrec_eval) and their plain means; a table compares them with the published numbers.
+BRIGHT's own layout is written too: `OUT/<task>_<retriever>_long_<True|False>/score.json` (the
+run as {qid: {docid: score}}) and `results.json` there, plus `OUT/qrels/<task>.qrels` (TREC qrels).
+`OUT/queries/<task>.jsonl` records the query texts used (for reranking).
+
+`--protocol reference` (default) follows the public BM25, rewriting and reranking protocols
+(eval/protocol.py); `--protocol ours` selects our earlier variants. `--long-documents` uses the
+long corpora, gold_ids_long and BRIGHT's long instructions; `--tasks all` then means the 8 tasks
+with long corpora. `--max-length` defaults to 32768 tokens (nothing the reference keeps is cut;
+longer documents go in smaller batches); a smaller value logs how many documents it cuts.
 """
 from __future__ import annotations
 
@@ -23,7 +32,9 @@ import time
 
 import numpy as np
 
-from reasonir_jax.eval import bright_data, cache, llm, metrics, published, retrieval
+from reasonir_jax import paths
+from reasonir_jax.eval import (bright_data, cache, encode_plan, llm, llm_cache, metrics, protocol, published,
+                               retrieval)
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +46,57 @@ def default_cache_dir() -> str:
                                                        "embeddings"))
 
 
+# Texts longer than this many tokens are encoded in proportionally smaller batches (halved per
+# doubling of length), so one device call holds about batch_size * BUDGET_LENGTH tokens whatever
+# --max-length allows: at the 32768-token default a batch of long documents would otherwise need
+# 16x the activation memory of a 2048-token one.
+BUDGET_LENGTH = 2048
+
+
+def encode_by_length(encoder, texts, *, instruction, batch_size: int, max_length: int,
+                     show_progress: bool = False) -> np.ndarray:
+  texts = list(texts)
+  tok = getattr(encoder, "prompt_tokenizer", None)
+  # A token holds at least one character: only texts longer than the budget in characters can
+  # exceed it in tokens, and only those are tokenized here.
+  long = [i for i, t in enumerate(texts) if len(t) > BUDGET_LENGTH] if tok and max_length > BUDGET_LENGTH else []
+  shift = {}
+  if long:
+    prefix = len(tok.prefix_ids(instruction))
+    for i, ids in zip(long, tok.text_ids([texts[i] for i in long])):
+      n = min(len(ids) + prefix, max_length)
+      if n > BUDGET_LENGTH:
+        shift[i] = int(np.ceil(np.log2(n / BUDGET_LENGTH)))
+  if not shift:
+    return encoder.encode(texts, instruction=instruction, batch_size=batch_size, max_length=max_length,
+                          show_progress=show_progress)
+  groups: dict[int, list[int]] = {}
+  for i in range(len(texts)):
+    groups.setdefault(max(1, batch_size >> shift.get(i, 0)), []).append(i)
+  out = None
+  for group_batch, idx in sorted(groups.items(), reverse=True):
+    emb = np.asarray(encoder.encode([texts[i] for i in idx], instruction=instruction, batch_size=group_batch,
+                                    max_length=max_length, show_progress=show_progress))
+    if out is None:
+      out = np.zeros((len(texts), emb.shape[1]), emb.dtype)
+    out[idx] = emb
+  return out
+
+
 def corpus_embeddings(encoder, model_key: str, task: str, doc_ids, docs, *, max_length: int,
                       batch_size: int, long_documents: bool, cache_dir: str,
                       chunk_size: int = 8192) -> cache.ChunkedEmbeddings:
-  """The task corpus's document embeddings, from the cache or encoded into it."""
-  key = {"model": model_key, "task": task, "corpus": cache.corpus_fingerprint(doc_ids, docs),
-         "max_length": max_length, "long_documents": long_documents, "template": "document",
+  """The task corpus's document embeddings, from the cache or encoded into it. The key is the
+  corpus content, not the task: tasks sharing a corpus (aops, theoremqa_questions) share an entry."""
+  fingerprint = cache.corpus_fingerprint(doc_ids, docs)
+  key = {"model": model_key, "corpus": fingerprint, "max_length": max_length, "template": "document",
          "dtype": str(getattr(getattr(encoder, "model_cfg", None), "dtype", ""))}
   entry = cache.EmbeddingCache(cache_dir, key, chunk_size=chunk_size,
-                               name=f"{task}{'-long' if long_documents else ''}-{max_length}")
+                               name=f"corpus-{fingerprint[:12]}-{max_length}")
 
   def encode(texts):
-    return encoder.encode(list(texts), instruction=None, batch_size=batch_size, max_length=max_length,
-                          show_progress=False)
+    with encode_plan.METER.timing(len(texts)):
+      return encode_by_length(encoder, texts, instruction=None, batch_size=batch_size, max_length=max_length)
 
   return entry.get_or_encode(docs, encode)
 
@@ -58,7 +107,8 @@ def dense_run(encoder, model_key: str, task: str, examples, doc_ids, docs, *, ma
   emb = corpus_embeddings(encoder, model_key, task, doc_ids, docs, max_length=max_length,
                           batch_size=batch_size, long_documents=long_documents, cache_dir=cache_dir,
                           chunk_size=chunk_size)
-  q_emb = encoder.encode([e.query for e in examples], instruction=bright_data.query_instruction(task),
+  q_emb = encoder.encode([e.query for e in examples],
+                         instruction=bright_data.query_instruction(task, long_documents),
                          batch_size=batch_size, max_length=max_length, show_progress=True)
   doc_index = {d: i for i, d in enumerate(doc_ids)}
   excluded = retrieval.excluded_indices([e.excluded_ids for e in examples], doc_index)
@@ -67,21 +117,44 @@ def dense_run(encoder, model_key: str, task: str, examples, doc_ids, docs, *, ma
   return retrieval.to_run([e.id for e in examples], doc_ids, scores, indices)
 
 
-def bm25_run(task: str, examples, doc_ids, docs, top_k: int = TOP_K) -> dict[str, dict[str, float]]:
+def bm25_run(task: str, examples, doc_ids, docs, top_k: int = TOP_K,
+             protocol_name: str = "reference") -> dict[str, dict[str, float]]:
   from reasonir_jax.eval.bm25 import BM25Index
-  index = BM25Index(docs)
+  index = BM25Index(docs, protocol_name=protocol_name)
   extra = max([len(e.excluded_ids) for e in examples] + [0])
   scores, indices = index.search([e.query for e in examples], top_k + extra)
   run = {}
   for e, s_k, i_k in zip(examples, scores, indices):
-    # Zero-score hits share no term with the query: Lucene would not return them.
-    run[e.id] = {doc_ids[i]: float(s) for s, i in zip(s_k, i_k) if s > 0}
+    # The reference ranks every document, zero scores too; ours keeps Lucene's matches only.
+    run[e.id] = {doc_ids[i]: float(s) for s, i in zip(s_k, i_k) if s > 0 or protocol_name == "reference"}
   return retrieval.drop_excluded(run, {e.id: e.excluded_ids for e in examples}, top_k)
 
 
+def count_truncated(encoder, docs, max_length: int) -> int:
+  """How many documents (with the document template) exceed max_length tokens. Only texts with
+  more characters than the budget are tokenized: a token holds at least one character."""
+  tok = getattr(encoder, "prompt_tokenizer", None)
+  if tok is None:
+    return 0
+  budget = max_length - len(tok.prefix_ids(None))
+  long = [d for d in docs if len(d) > budget]
+  return sum(len(ids) > budget for ids in tok.text_ids(long)) if long else 0
+
+
 def average(results: dict[str, dict]) -> dict[str, float]:
-  keys = ("ndcg@10", "recall@100")
+  first = next(iter(results.values()), {})
+  keys = [k for k in first if k != "num_queries" and all(k in r for r in results.values())]
   return {k: float(np.mean([r[k] for r in results.values()])) for k in keys} | {"num_tasks": len(results)}
+
+
+def write_public_layout(out: str, task: str, retriever: str, long_documents: bool, run, qrels,
+                        task_results: dict) -> None:
+  """BRIGHT's run.py outputs: <task>_<model>_long_<bool>/{score.json, results.json}; and qrels."""
+  task_dir = paths.join(out, f"{task}_{retriever}_long_{long_documents}")
+  metrics.write_score_json(paths.join(task_dir, "score.json"), run)
+  bright_data.write_text(paths.join(task_dir, "results.json"),
+                         json.dumps({k: v for k, v in task_results.items() if k[0].isupper()}, indent=2))
+  metrics.write_qrels(paths.join(out, "qrels", f"{task}.qrels"), qrels)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,20 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--tasks", default=None, help="'all', 'available' (those in --data) or comma-separated "
                       "task names; default: all, or available for the shipped sample")
   parser.add_argument("--retriever", choices=("dense", "bm25"), default="dense")
+  parser.add_argument("--protocol", choices=protocol.PROTOCOLS, default="reference",
+                      help="BM25, rewriting and reranking: reference (the public protocols) or ours")
   parser.add_argument("--queries", default="original",
                       help="original | gpt4_reason | FILE/DIR of jsonl (id, query)")
-  parser.add_argument("--long-documents", action="store_true", help="use long_documents and gold_ids_long")
-  parser.add_argument("--max-length", type=int, default=2048, help="token limit of queries and documents")
+  parser.add_argument("--long-documents", action="store_true",
+                      help="long_documents, gold_ids_long and the long instructions (8 tasks)")
+  parser.add_argument("--max-length", type=int, default=protocol.LONG_MAX_LENGTH,
+                      help="token limit of queries and documents (default: the reference's 32768)")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--dtype", default="bfloat16", help="encoder compute dtype")
-  parser.add_argument("--mesh", default="1,-1,1", help="device mesh data,fsdp,tensor (-1: the rest); "
-                      "e.g. -1,1,1 for pure data parallelism when the weights fit on one chip")
+  parser.add_argument("--mesh", default="auto", help="device mesh data,fsdp,tensor (-1: the rest); "
+                      "auto: pure data parallelism (-1,1,1) when the weights fit one chip, else 1,-1,1")
   parser.add_argument("--cache-dir", default="", help=f"embedding cache (default {default_cache_dir()})")
   parser.add_argument("--cache-chunk-size", type=int, default=8192, help="documents per cache chunk")
   parser.add_argument("--top-k", type=int, default=TOP_K, help="documents kept per query")
-  parser.add_argument("--rewrite-max-tokens", type=int, default=None, help="token budget of each rewrite")
-  parser.add_argument("--rerank-top-k", type=int, default=100)
-  parser.add_argument("--rerank-alpha", type=float, default=0.5)
+  parser.add_argument("--rewrite-max-tokens", type=int, default=None,
+                      help="token budget of each rewrite (default: 2048 reference, 4096 ours)")
+  parser.add_argument("--rerank-top-k", type=int, default=protocol.RERANK_TOP_K)
+  parser.add_argument("--rerank-alpha", type=float, default=protocol.RERANK_ALPHA)
   parser.add_argument("--seed", type=int, default=0, help="seed of the LLM requests (rewrite, rerank)")
   llm.add_backend_flags(parser, prefix="rewrite", what="query rewriting")
   llm.add_backend_flags(parser, prefix="rerank", what="ReasonIR-Rerank")
@@ -119,10 +197,11 @@ def load_encoder(model: str, dtype: str, mesh_shape: str):
 
   from reasonir_jax import Encoder
   from reasonir_jax.sharding import make_mesh
+  mesh_shape = encode_plan.resolve_mesh(mesh_shape, model, dtype)
   try:
     shape = tuple(int(x) for x in mesh_shape.split(","))
   except ValueError:
-    raise ValueError(f"--mesh {mesh_shape!r}: expected three integers data,fsdp,tensor, "
+    raise ValueError(f"--mesh {mesh_shape!r}: expected auto or three integers data,fsdp,tensor, "
                      "e.g. 1,-1,1") from None
   mesh = make_mesh(types.SimpleNamespace(shape=shape, axes=("data", "fsdp", "tensor")))
   log.info("encoder mesh: %s", dict(mesh.shape))
@@ -131,7 +210,7 @@ def load_encoder(model: str, dtype: str, mesh_shape: str):
 
 def resolve_data_dir(data: str) -> str:
   if data:
-    if not os.path.isdir(data):
+    if not paths.isdir(data):
       raise FileNotFoundError(f"--data {data}: not a directory; {bright_data.LAYOUT_HELP}")
     return data
   try:
@@ -147,7 +226,8 @@ def main(argv=None) -> dict:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
     data_dir = resolve_data_dir(args.data)
-    tasks = bright_data.parse_tasks(args.tasks or ("all" if args.data else "available"), data_dir)
+    tasks = bright_data.parse_tasks(args.tasks or ("all" if args.data else "available"), data_dir,
+                                    long_documents=args.long_documents)
     rewriter = llm.make_backend_from_args(args, "rewrite")
     llm.backend_kwargs(args, "rerank")  # fail on bad rerank flags before the long part
     # Every file the run needs, checked before hours of encoding.
@@ -162,45 +242,59 @@ def main(argv=None) -> dict:
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   cache_dir = args.cache_dir or default_cache_dir()
-  os.makedirs(args.out, exist_ok=True)
+  paths.makedirs(args.out)
 
   encoder = None
   if args.retriever == "dense":
     encoder = load_encoder(args.model, args.dtype, args.mesh)
 
-  results = {}
+  results, projected = {}, False
   for task in tasks:
     t0 = time.time()
     examples = bright_data.load_queries(data_dir, task, args.queries)
     if rewriter is not None:
       from reasonir_jax.eval import rewrite
-      texts, _ = rewrite.rewrite_queries(rewriter, [e.query for e in examples], task,
-                                         args.rewrite_max_tokens, args.seed)
+      answers = llm_cache.open_cache(paths.join(args.out, "rewritten"), task)
+      try:
+        texts, _ = rewrite.rewrite_queries(rewriter, [e.query for e in examples], task,
+                                           args.rewrite_max_tokens, args.seed, args.protocol, answers)
+      finally:
+        answers.close()
       examples = [dataclasses.replace(e, query=q) for e, q in zip(examples, texts)]
-      bright_data.write_jsonl(os.path.join(args.out, "rewritten", f"{task}.jsonl"),
+      bright_data.write_jsonl(paths.join(args.out, "rewritten", f"{task}.jsonl"),
                               [{"id": e.id, "query": e.query} for e in examples])
     doc_ids, docs = bright_data.load_documents(data_dir, task, args.long_documents)
     log.info("%s: %d queries, %d documents", task, len(examples), len(doc_ids))
     if args.retriever == "dense":
+      cut = count_truncated(encoder, docs, args.max_length)
+      if cut:
+        log.warning("%s: --max-length %d cuts %d of %d documents (the reference evaluates up to %d tokens)",
+                    task, args.max_length, cut, len(docs), protocol.LONG_MAX_LENGTH)
       run = dense_run(encoder, model_key, task, examples, doc_ids, docs, max_length=args.max_length,
                       batch_size=args.batch_size, long_documents=args.long_documents,
                       cache_dir=cache_dir, top_k=args.top_k, chunk_size=args.cache_chunk_size)
     else:
-      run = bm25_run(task, examples, doc_ids, docs, args.top_k)
-    metrics.write_trec_run(os.path.join(args.out, f"{task}.run"), run, tag=args.retriever)
-    bright_data.write_jsonl(os.path.join(args.out, "queries", f"{task}.jsonl"),
+      run = bm25_run(task, examples, doc_ids, docs, args.top_k, args.protocol)
+    metrics.write_trec_run(paths.join(args.out, f"{task}.run"), run, tag=args.retriever)
+    bright_data.write_jsonl(paths.join(args.out, "queries", f"{task}.jsonl"),
                             [{"id": e.id, "query": e.query} for e in examples])
-    results[task] = metrics.evaluate(run, bright_data.qrels_for(examples, args.long_documents))
+    qrels = bright_data.qrels_for(examples, args.long_documents)
+    results[task] = metrics.evaluate(run, qrels) | metrics.public_metrics(run, qrels)
+    write_public_layout(args.out, task, args.retriever, args.long_documents, run, qrels, results[task])
     log.info("%s: nDCG@10 %.4f recall@100 %.4f (%.1fs)", task, results[task]["ndcg@10"],
              results[task]["recall@100"], time.time() - t0)
+    if encoder is not None and not projected and encode_plan.METER.rate():
+      projected = True
+      print(encode_plan.format_projection(encode_plan.METER.rate(), encode_plan.describe_devices()))
 
   results["average"] = average({t: results[t] for t in tasks})
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  bright_data.write_text(paths.join(args.out, "results.json"), json.dumps(results, indent=1))
   queries_kind = args.queries if args.queries in published.PUBLISHED else "custom"
   if rewriter is not None:
     queries_kind = "rewritten"
     rewriter.close()
+  if args.long_documents:  # the published numbers are short-document ones
+    queries_kind += ", long documents"
   print(published.format_table(results, queries_kind, title=args.retriever))
 
   if args.rerank_backend:
@@ -209,7 +303,7 @@ def main(argv=None) -> dict:
     try:
       results["rerank"] = rerank.rerank_dir(
           backend, args.out, data_dir, tasks, top_k=args.rerank_top_k, alpha=args.rerank_alpha,
-          long_documents=args.long_documents, seed=args.seed)
+          long_documents=args.long_documents, seed=args.seed, protocol_name=args.protocol)
     finally:
       backend.close()
   return results

@@ -8,15 +8,19 @@ Layout (the Hugging Face dataset repository, downloaded as files):
   DIR/gpt4_reason/<task>-00000-of-00001.parquet    same fields as examples; `query` is GPT-4's rewrite
 
 Several shards per task (`<task>-0000i-of-0000n.parquet`), `<task>.parquet` and JSON lines
-(`<task>.jsonl`) with the same fields are read too.
+(`<task>.jsonl`) with the same fields are read too. DIR may be remote (gs://...; reasonir_jax.paths),
+and so may the output files written here.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
+import io
 import json
 import os
 from typing import Sequence
+
+from reasonir_jax import paths
+from reasonir_jax.eval import protocol
 
 STACKEXCHANGE_TASKS = ("biology", "earth_science", "economics", "psychology", "robotics",
                        "stackoverflow", "sustainable_living")
@@ -32,8 +36,17 @@ LAYOUT_HELP = (
     "(or <task>.jsonl with the same fields)")
 
 
-def query_instruction(task: str) -> str:
-  """The per-task query instruction of docs/reference.md section 6 (exact strings)."""
+LONG_TASKS = protocol.LONG_TASKS  # the tasks with a long_documents corpus
+assert set(LONG_TASKS) == set(STACKEXCHANGE_TASKS) | {"pony"}
+
+
+def query_instruction(task: str, long_documents: bool = False) -> str:
+  """The per-task query instruction of docs/reference.md section 6 (exact strings); long-document
+  mode uses BRIGHT's long instructions, which retrieve "documents" instead of "passages"."""
+  if long_documents:
+    if task not in LONG_TASKS:
+      raise ValueError(f"BRIGHT task {task!r} has no long documents; those tasks are: {', '.join(LONG_TASKS)}")
+    return query_instruction(task).replace("relevant passages", "relevant documents")
   if task in STACKEXCHANGE_TASKS:
     return f"Given a {task} post, retrieve relevant passages that help answer the post"
   if task == "pony":
@@ -59,12 +72,14 @@ def available_tasks(data_dir: str) -> list[str]:
   return out
 
 
-def parse_tasks(spec: str, data_dir: str | None = None) -> list[str]:
-  """`all`, `available` (tasks present in data_dir) or a comma-separated list of task names."""
+def parse_tasks(spec: str, data_dir: str | None = None, long_documents: bool = False) -> list[str]:
+  """`all`, `available` (tasks present in data_dir) or a comma-separated list of task names.
+  With long documents `all` means the 8 tasks that have long corpora, and others are an error."""
+  valid = LONG_TASKS if long_documents else TASKS
   if spec.strip() == "all":
-    return list(TASKS)
+    return list(valid)
   if spec.strip() == "available":
-    found = available_tasks(data_dir) if data_dir else []
+    found = [t for t in (available_tasks(data_dir) if data_dir else []) if t in valid]
     if not found:
       raise ValueError(f"--tasks available: no task files under {data_dir}/examples; {LAYOUT_HELP}")
     return found
@@ -73,6 +88,10 @@ def parse_tasks(spec: str, data_dir: str | None = None) -> list[str]:
   if bad or not tasks:
     raise ValueError(f"--tasks: unknown task(s) {bad or spec!r}; choose 'all', 'available' or from "
                      f"{', '.join(TASKS)}")
+  no_long = [t for t in tasks if t not in valid]
+  if no_long:
+    raise ValueError(f"--tasks: {', '.join(no_long)} ha{'s' if len(no_long) == 1 else 've'} no long documents "
+                     f"(--long-documents); tasks with long corpora: {', '.join(LONG_TASKS)}")
   return tasks
 
 
@@ -87,25 +106,27 @@ class Example:
 
 def split_file(data_dir: str, split: str, task: str) -> list[str]:
   """The files holding `split/task`, or a FileNotFoundError naming what was looked for."""
-  base = os.path.join(data_dir, split)
+  base = paths.join(data_dir, split)
   for pattern in (f"{task}-*.parquet", f"{task}.parquet", f"{task}.jsonl", f"{task}-*.jsonl"):
-    found = sorted(glob.glob(os.path.join(base, pattern)))
-    if found:
-      return found
+    try:
+      return paths.glob(paths.join(base, pattern))
+    except FileNotFoundError:
+      continue
   raise FileNotFoundError(
       f"BRIGHT data: no file for task {task!r} in {base} "
       f"(looked for {task}-*.parquet, {task}.parquet, {task}.jsonl); {LAYOUT_HELP}")
 
 
-def read_rows(paths: Sequence[str]) -> list[dict]:
+def read_rows(files: Sequence[str]) -> list[dict]:
   rows = []
-  for path in paths:
+  for path in files:
     if path.endswith(".parquet"):
       import pyarrow.parquet as pq
-      rows.extend(pq.read_table(path).to_pylist())
+      with paths.open(path, "rb") as f:
+        rows.extend(pq.read_table(f).to_pylist())
     else:
-      with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+      with paths.open(path, "rb") as raw:
+        for n, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
           if line.strip():
             try:
               rows.append(json.loads(line))
@@ -130,10 +151,10 @@ def _id_list(value) -> list[str]:
 
 
 def load_examples(data_dir: str, task: str, split: str = "examples") -> list[Example]:
-  paths = split_file(data_dir, split, task)
+  files = split_file(data_dir, split, task)
   out = []
-  for row in read_rows(paths):
-    where = paths[0]
+  for row in read_rows(files):
+    where = files[0]
     out.append(Example(
         id=str(_field(row, "id", where)),
         query=str(_field(row, "query", where)),
@@ -147,13 +168,13 @@ def load_examples(data_dir: str, task: str, split: str = "examples") -> list[Exa
 def load_documents(data_dir: str, task: str, long_documents: bool = False) -> tuple[list[str], list[str]]:
   """(ids, contents) of the task's corpus, in file order."""
   split = "long_documents" if long_documents else "documents"
-  paths = split_file(data_dir, split, task)
+  files = split_file(data_dir, split, task)
   ids, contents = [], []
-  for row in read_rows(paths):
-    ids.append(str(_field(row, "id", paths[0])))
-    contents.append(str(_field(row, "content", paths[0])))
+  for row in read_rows(files):
+    ids.append(str(_field(row, "id", files[0])))
+    contents.append(str(_field(row, "content", files[0])))
   if len(set(ids)) != len(ids):
-    raise ValueError(f"{paths[0]}: duplicate document ids")
+    raise ValueError(f"{files[0]}: duplicate document ids")
   return ids, contents
 
 
@@ -162,9 +183,9 @@ def read_query_file(path: str, task: str) -> dict[str, str]:
   or one JSON lines file (rows `{"id", "query"}`, optionally `"task"` to hold several tasks)."""
   if "{task}" in path:
     path = path.format(task=task)
-  elif os.path.isdir(path):
-    path = os.path.join(path, f"{task}.jsonl")
-  if not os.path.isfile(path):
+  elif paths.isdir(path):
+    path = paths.join(path, f"{task}.jsonl")
+  if not paths.isfile(path):
     raise FileNotFoundError(f"--queries: file {path} not found (JSON lines of id, query)")
   out = {}
   for row in read_rows([path]):
@@ -199,10 +220,12 @@ def qrels_for(examples: Sequence[Example], long_documents: bool = False) -> dict
   return {e.id: {d: 1 for d in (e.gold_ids_long if long_documents else e.gold_ids)} for e in examples}
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes an output file whole (local: atomically), making its folder; `path` may be remote."""
+  parent = path.rsplit("/", 1)[0] if paths.is_remote(path) else os.path.dirname(os.path.abspath(path))
+  paths.makedirs(parent)
+  paths.write_text(path, text)
+
+
 def write_jsonl(path: str, rows: Sequence[dict]) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

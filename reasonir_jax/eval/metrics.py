@@ -11,7 +11,6 @@ Matches pytrec_eval's `ndcg_cut.k` and `recall.k` (tested against it, ties inclu
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -74,22 +73,19 @@ def evaluate(run: Run, qrels: Qrels, ndcg_k: int = 10, recall_k: int = 100) -> d
 
 
 def write_trec_run(path: str, run: Run, tag: str = "reasonir_jax") -> None:
-  """`qid Q0 docid rank score tag` lines, in trec_eval order per query."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for qid, docs in run.items():
-      for rank, doc in enumerate(ranked_ids(docs), 1):
-        f.write(f"{qid} Q0 {doc} {rank} {float(docs[doc]):.8f} {tag}\n")
-  os.replace(tmp, path)
+  """`qid Q0 docid rank score tag` lines, in trec_eval order per query (`path` may be remote)."""
+  from reasonir_jax.eval.bright_data import write_text
+  write_text(path, "".join(f"{qid} Q0 {doc} {rank} {float(docs[doc]):.8f} {tag}\n"
+                           for qid, docs in run.items() for rank, doc in enumerate(ranked_ids(docs), 1)))
 
 
 def read_trec_run(path: str) -> dict[str, dict[str, float]]:
-  if not os.path.isfile(path):
+  from reasonir_jax import paths
+  if not paths.isfile(path):
     raise FileNotFoundError(f"run file {path} not found")
   run: dict[str, dict[str, float]] = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with paths.open(path, "rb") as f:
+    for n, line in enumerate(f.read().decode("utf-8").splitlines(), 1):
       parts = line.split()
       if not parts:
         continue
@@ -97,3 +93,43 @@ def read_trec_run(path: str) -> dict[str, dict[str, float]]:
         raise ValueError(f"{path}:{n}: expected 'qid Q0 docid rank score tag', got {line.strip()!r}")
       run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
   return run
+
+
+def public_metrics(run: Run, qrels: Qrels, cutoffs: Sequence[int] | None = None) -> dict[str, float]:
+  """BRIGHT's scorer (eval/protocol.py, metrics): pytrec_eval's map_cut, ndcg_cut, recall, P at
+  the cut-offs and recip_rank, each a mean over the evaluated queries rounded to 5 decimals,
+  as {"NDCG@k", "MAP@k", "Recall@k", "P@k", "MRR"}."""
+  import pytrec_eval
+
+  from reasonir_jax.eval import protocol
+  cutoffs = cutoffs or protocol.METRIC_CUTOFFS
+  ks = ",".join(str(k) for k in cutoffs)
+  measures = {f"map_cut.{ks}", f"ndcg_cut.{ks}", f"recall.{ks}", f"P.{ks}", "recip_rank"}
+  judged = {q: dict(r) for q, r in qrels.items() if r}
+  per_query = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(
+      {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in judged and docs})
+  names = [("NDCG", "ndcg_cut"), ("MAP", "map_cut"), ("Recall", "recall"), ("P", "P")]
+  out = {}
+  n = max(len(per_query), 1)
+  for ours, theirs in names:
+    for k in cutoffs:
+      out[f"{ours}@{k}"] = round(sum(m[f"{theirs}_{k}"] for m in per_query.values()) / n,
+                                 protocol.METRIC_DECIMALS)
+  out["MRR"] = round(sum(m["recip_rank"] for m in per_query.values()) / n, protocol.METRIC_DECIMALS)
+  return out
+
+
+def write_qrels(path: str, qrels: Qrels) -> None:
+  """TREC qrels lines `qid 0 docid relevance`."""
+  from reasonir_jax.eval.bright_data import write_text
+  write_text(path, "".join(f"{qid} 0 {doc} {int(rel)}\n" for qid, rels in qrels.items()
+                           for doc, rel in rels.items()))
+
+
+def write_score_json(path: str, run: Run) -> None:
+  """BRIGHT's score.json: {qid: {docid: score}}, best first."""
+  import json
+
+  from reasonir_jax.eval.bright_data import write_text
+  write_text(path, json.dumps({q: {d: float(docs[d]) for d in ranked_ids(docs)} for q, docs in run.items()},
+                              indent=2))

@@ -1,19 +1,27 @@
 """Retrieval-augmented multiple-choice QA (docs/reference.md section 8): MMLU or GPQA, answered by an
-LLM closed-book and with the top-k passages of a local datastore retrieved by our encoder.
+LLM closed-book and with the top-k passages of a datastore retrieved by our encoder.
 
     python -m reasonir_jax.eval.rag --task mmlu --data mmlu.jsonl --datastore DATASTORE \\
         --model RETRIEVER --backend openai --backend-model M --base-url U [--k 3] [--out OUT]
 
+`--protocol reference` (the default) follows the public ReasonIR RAG code (eval/protocol.py): its
+prompt layout and order, sampling (MMLU greedy, GPQA temperature 0.7 / top-p 0.8), answer
+extraction (MMLU: first "answer is (X)", then "Answer: X", then the last lone letter, else a seeded
+random guess; GPQA: the last \\boxed{...}) and scoring; k is 3 for MMLU and 5 for GPQA.
+`--protocol ours` keeps our earlier prompt and parser.
+
 `--data` is JSON lines: `question`, `choices` (list; or `options`), `answer` (letter or 0-based
 index), optional `id`, `subject`; GPQA's own fields (`Question`, `Correct Answer`,
-`Incorrect Answer 1..3`) work too (choices shuffled with a fixed seed). `--datastore` is a
-directory of `*.jsonl` files of `{"id", "text"}`; it is encoded once into an embedding cache.
-Reports accuracy without and with retrieval (and writes `OUT/rag_<task>.json`).
+`Incorrect Answer 1..3`; choices shuffled with a fixed seed) or Search-o1's (`Question` with the
+options inside, `Correct Choice`) work too. `--datastore` is a directory built by
+`python -m reasonir_jax.eval.datastore` or a directory of corpus files (JSON lines / parquet),
+pooled and deduplicated on the fly; its embeddings are cached (resumable). Reports accuracy
+without and with retrieval (and writes `OUT/rag_<task>.json`). The shipped sample runs with
+`--data sample --datastore sample`.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -23,12 +31,13 @@ from typing import Sequence
 
 import numpy as np
 
-from reasonir_jax.eval import bright_data, cache, llm, retrieval
+from reasonir_jax.eval import bright_data, cache, datastore, llm, protocol
 
 log = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
 DEFAULT_INSTRUCTION = "Given a question, retrieve relevant passages that help answer the question"
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "rag_sample")
 
 QUESTION_PROMPT = """The following is a multiple choice question{about}. Think step by step and then finish your answer with "the answer is (X)" where X is the correct letter choice.
 
@@ -39,7 +48,7 @@ Answer: Let's think step by step."""
 
 
 def load_questions(path: str, task: str, seed: int = 0) -> list[dict]:
-  """Rows with id, question, choices, answer (a letter), subject."""
+  """Rows with id, question, choices, answer (a letter), subject (spaces) and subject_raw."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--data {path} not found (JSON lines of question, choices, answer)")
   out = []
@@ -52,6 +61,10 @@ def load_questions(path: str, task: str, seed: int = 0) -> list[dict]:
       question = row.get("Question", row.get("question"))
       answer = LETTERS[order.index(0)]
       choices = [str(choices[i]).strip() for i in order]
+    elif "Correct Choice" in row:  # Search-o1's GPQA layout: the options are inside the question
+      question, choices, answer = row.get("Question"), [], str(row["Correct Choice"]).strip().upper()
+      if question is None or answer not in "ABCD":
+        raise KeyError(f"--data {path}: row {n + 1} needs Question and a Correct Choice A-D")
     else:
       choices = row.get("choices", row.get("options"))
       question, answer = row.get("question"), row.get("answer")
@@ -64,8 +77,9 @@ def load_questions(path: str, task: str, seed: int = 0) -> list[dict]:
       if answer not in LETTERS[:len(choices)]:
         raise ValueError(f"--data {path}: row {n + 1}: answer {answer!r} is not one of the "
                          f"{len(choices)} choices")
+    subject = str(row.get("subject", ""))
     out.append({"id": qid, "question": str(question).strip(), "choices": [str(c) for c in choices],
-                "answer": answer, "subject": str(row.get("subject", "")).replace("_", " ")})
+                "answer": answer, "subject": subject.replace("_", " "), "subject_raw": subject})
   return out
 
 
@@ -102,97 +116,140 @@ def parse_answer(text, num_choices: int) -> str | None:
   return None
 
 
+def retrieval_query(q: dict) -> str:
+  """The retriever's query: the question with its options (the public MMLU retrieval keys are the
+  formatted question with its lettered options)."""
+  if not q["choices"]:
+    return q["question"]
+  return q["question"] + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(q["choices"]))
+
+
 def load_datastore(directory: str) -> tuple[list[str], list[str]]:
-  paths = sorted(glob.glob(os.path.join(directory, "*.jsonl")))
-  if not paths:
-    raise FileNotFoundError(f"--datastore {directory}: no *.jsonl files (rows of id, text)")
-  ids, texts = [], []
-  for row in bright_data.read_rows(paths):
-    text = row.get("text", row.get("content"))
-    if text is None or "id" not in row:
-      raise KeyError(f"--datastore {directory}: every row needs 'id' and 'text' (got {sorted(row)})")
-    ids.append(str(row["id"]))
-    texts.append(str(text))
-  return ids, texts
+  """Passage ids and texts of a datastore directory (see `datastore.Datastore.load`)."""
+  store = datastore.Datastore.load(directory)
+  return store.ids, store.texts
 
 
-def retrieve_passages(encoder, model_key: str, questions: Sequence[dict], ids, texts, *, k: int,
-                      instruction: str, cache_dir: str, max_length: int = 2048,
+def retrieve_passages(encoder, model_key: str, questions: Sequence[dict], store, texts=None, *, k: int,
+                      instruction: str, cache_dir: str = "", max_length: int = 2048,
                       batch_size: int = 32) -> list[list[str]]:
-  key = {"model": model_key, "datastore": cache.corpus_fingerprint(ids, texts), "max_length": max_length,
-         "template": "document", "dtype": str(getattr(getattr(encoder, "model_cfg", None), "dtype", ""))}
-  store = cache.EmbeddingCache(cache_dir, key, name=f"datastore-{max_length}")
-  emb = store.get_or_encode(texts, lambda t: encoder.encode(list(t), instruction=None, batch_size=batch_size,
-                                                            max_length=max_length, show_progress=False))
-  q_emb = encoder.encode([q["question"] for q in questions], instruction=instruction,
-                         batch_size=batch_size, max_length=max_length)
-  _, idx = retrieval.exact_top_k(np.asarray(q_emb), emb, min(k, len(ids)),
-                                 mesh=getattr(encoder, "mesh", None))
-  return [[texts[i] for i in row if i >= 0] for row in idx]
+  """The top-k passage texts of every question from a `datastore.Datastore` (or its ids, texts)."""
+  if texts is not None:
+    store = datastore.Datastore(cache_dir, list(store), list(texts))
+  idx = store.search(encoder, model_key, [retrieval_query(q) for q in questions], k,
+                     instruction=instruction, max_length=max_length, batch_size=batch_size,
+                     cache_dir=cache_dir)
+  return [[store.texts[i] for i in row] for row in idx]
+
+
+def reference_prompt(task: str, q: dict, passages: Sequence[str] = ()) -> str:
+  if task == "mmlu":
+    return protocol.mmlu_prompt(q["question"], q["choices"], q.get("subject_raw", ""), passages)
+  text = q["question"] if not q["choices"] else protocol.gpqa_question_text(q["question"], q["choices"])
+  return protocol.gpqa_prompt(text, passages)
+
+
+def reference_sampling(task: str, max_tokens: int | None, seed: int):
+  from data_gen.backends import SamplingParams
+  params = dict(protocol.MMLU_SAMPLING if task == "mmlu" else protocol.GPQA_SAMPLING)
+  if max_tokens:
+    params["max_tokens"] = max_tokens
+  return SamplingParams(seed=seed, **params)
+
+
+def score_reference(task: str, q: dict, output: str) -> dict:
+  """The prediction and its score as the public scorer computes them."""
+  if task == "mmlu":
+    pred = protocol.mmlu_extract(output)
+    n = len([c for c in q["choices"] if c != "N/A"]) or 4
+    return {"prediction": pred, "correct": protocol.mmlu_is_correct(pred, LETTERS.index(q["answer"]), n),
+            "guessed": not pred}
+  pred = protocol.gpqa_extract(output)
+  score = protocol.gpqa_score(pred, q["answer"])
+  return {"prediction": pred, "correct": bool(score["acc"]), "exact_match": bool(score["em"]),
+          "valid": score["valid"]}
 
 
 def answer_questions(backend, task: str, questions: Sequence[dict], passages: Sequence[Sequence[str]] | None,
-                     *, max_tokens: int = 1024, seed: int = 0) -> tuple[float, list[dict]]:
-  """Accuracy and per-question rows; an unparsed answer counts as wrong."""
+                     *, protocol_name: str = "reference", max_tokens: int | None = None,
+                     seed: int = 0) -> tuple[float, list[dict]]:
+  """Accuracy and per-question rows. `reference`: the public prompts, sampling and scoring
+  (eval/protocol.py); `ours`: our earlier prompt, greedy, an unparsed answer counts as wrong."""
   from data_gen.backends import SamplingParams
-  sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=seed)
-  prompts = [build_prompt(task, q, passages[i] if passages else ()) for i, q in enumerate(questions)]
+  ctx = [passages[i] if passages else () for i in range(len(questions))]
+  if protocol_name == "reference":
+    sampling = reference_sampling(task, max_tokens, seed)
+    prompts = [reference_prompt(task, q, c) for q, c in zip(questions, ctx)]
+  else:
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens or 1024, seed=seed)
+    prompts = [build_prompt(task, q, c) for q, c in zip(questions, ctx)]
   answers = backend.chat([[{"role": "user", "content": p}] for p in prompts], sampling)
-  rows, correct = [], 0
+  rows = []
   for q, a in zip(questions, answers):
-    pred = parse_answer(a, len(q["choices"]))
-    correct += pred == q["answer"]
-    rows.append({"id": q["id"], "answer": q["answer"], "prediction": pred,
+    text = a if isinstance(a, str) else ""
+    if protocol_name == "reference":
+      row = score_reference(task, q, text)
+    else:
+      pred = parse_answer(text, len(q["choices"]) or 4)
+      row = {"prediction": pred, "correct": pred == q["answer"]}
+    rows.append({"id": q["id"], "answer": q["answer"], **row,
                  "output": a if isinstance(a, str) else f"FAILED: {a.reason}"})
-  return correct / max(len(questions), 1), rows
+  return sum(r["correct"] for r in rows) / max(len(rows), 1), rows
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", choices=("mmlu", "gpqa"), required=True)
-  parser.add_argument("--data", required=True, help="questions, JSON lines")
-  parser.add_argument("--datastore", required=True, help="directory of *.jsonl passages (id, text)")
+  parser.add_argument("--data", required=True, help="questions, JSON lines ('sample': the shipped sample)")
+  parser.add_argument("--datastore", required=True,
+                      help="datastore directory or directory of corpus files ('sample': the shipped one)")
   parser.add_argument("--model", required=True, help="retriever: HF directory or training workdir")
-  parser.add_argument("--k", type=int, default=0,
-                      help="passages per question (default 3 for mmlu, 5 for gpqa)")
+  parser.add_argument("--protocol", choices=protocol.PROTOCOLS, default="reference",
+                      help="reference: the public ReasonIR RAG prompts, sampling and scoring")
+  parser.add_argument("--k", type=int, default=0, help="passages per question (default 3 mmlu, 5 gpqa)")
   parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION,
                       help="retrieval instruction of the questions")
   parser.add_argument("--max-length", type=int, default=2048)
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--mesh", default="1,-1,1", help="device mesh data,fsdp,tensor (-1: the rest)")
-  parser.add_argument("--max-tokens", type=int, default=1024, help="generation budget per answer")
+  parser.add_argument("--mesh", default="auto", help="device mesh data,fsdp,tensor (-1: the rest), or auto")
+  parser.add_argument("--max-tokens", type=int, default=0,
+                      help="generation budget per answer (default: the protocol's, 2048 mmlu / 8000 gpqa)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--cache-dir", default="", help="embedding cache (default DATASTORE/.embedding_cache)")
+  parser.add_argument("--cache-dir", default="", help="embedding cache (default DATASTORE/embeddings)")
   parser.add_argument("--out", default="", help="directory for rag_<task>.json")
   llm.add_backend_flags(parser, required=True, what="the reader LLM")
   llm.add_base_url_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  data = os.path.join(SAMPLE_DIR, f"{args.task}.jsonl") if args.data == "sample" else args.data
+  store_dir = os.path.join(SAMPLE_DIR, "corpus") if args.datastore == "sample" else args.datastore
+  cache_dir = args.cache_dir
+  if args.datastore == "sample" and not cache_dir:  # the package directory may be read-only
+    from reasonir_jax.eval.bright import default_cache_dir
+    cache_dir = os.path.join(args.out, "rag_embeddings") if args.out else default_cache_dir()
   try:
-    questions = load_questions(args.data, args.task, args.seed)
-    ids, texts = load_datastore(args.datastore)
+    questions = load_questions(data, args.task, args.seed)
+    store = datastore.Datastore.load(store_dir)
+    model_key = cache.model_fingerprint(args.model)
     backend = llm.make_backend_from_args(args)
   except (ValueError, KeyError, FileNotFoundError) as e:
     parser.error(str(e))
-  k = args.k or (5 if args.task == "gpqa" else 3)
+  k = args.k or protocol.RAG_TOP_K[args.task]
   from reasonir_jax.eval.bright import load_encoder
   encoder = load_encoder(args.model, args.dtype, args.mesh)
-  passages = retrieve_passages(encoder, cache.model_fingerprint(args.model), questions, ids, texts, k=k,
-                               instruction=args.instruction,
-                               cache_dir=args.cache_dir or os.path.join(args.datastore, ".embedding_cache"),
-                               max_length=args.max_length, batch_size=args.batch_size)
+  passages = retrieve_passages(encoder, model_key, questions, store, k=k, instruction=args.instruction,
+                               cache_dir=cache_dir, max_length=args.max_length, batch_size=args.batch_size)
   try:
-    closed, closed_rows = answer_questions(backend, args.task, questions, None, max_tokens=args.max_tokens,
-                                           seed=args.seed)
-    rag, rag_rows = answer_questions(backend, args.task, questions, passages, max_tokens=args.max_tokens,
-                                     seed=args.seed)
+    kw = dict(protocol_name=args.protocol, max_tokens=args.max_tokens or None, seed=args.seed)
+    closed, closed_rows = answer_questions(backend, args.task, questions, None, **kw)
+    rag, rag_rows = answer_questions(backend, args.task, questions, passages, **kw)
   finally:
     backend.close()
-  result = {"task": args.task, "num_questions": len(questions), "k": k,
-            "accuracy_closed_book": closed, "accuracy_with_retrieval": rag}
-  print(f"{args.task}: {len(questions)} questions, accuracy closed-book {100 * closed:.1f}% -> "
-        f"with top-{k} retrieval {100 * rag:.1f}%")
+  result = {"task": args.task, "protocol": args.protocol, "num_questions": len(questions), "k": k,
+            "num_passages": len(store.ids), "accuracy_closed_book": closed, "accuracy_with_retrieval": rag}
+  print(f"{args.task} ({args.protocol} protocol): {len(questions)} questions, accuracy closed-book "
+        f"{100 * closed:.1f}% -> with top-{k} retrieval {100 * rag:.1f}%")
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"rag_{args.task}.json"), "w") as f:

@@ -1,26 +1,35 @@
-"""ReasonIR-Rerank (docs/reference.md section 5): an LLM scores each of a query's top-k documents 0..5,
-and the final score is alpha * score / 5 + (1 - alpha) * retriever score (alpha 0.5 breaks the
-many ties of the 0..5 scale). An answer without "Relevance score:" counts 0; one whose score does
-not parse (or a failed request) counts -1. Requests carry a fixed seed and temperature 0.
+"""ReasonIR-Rerank (docs/reference.md section 5): an LLM scores each of a query's top-k documents
+0..5, and the final score is alpha * normalised score + (1 - alpha) * retriever score (alpha 0.5
+breaks the many ties of the 0..5 scale). Two protocols (`--protocol`):
+
+- reference (default): the public reranker (eval/protocol.py, ReasonIR-Rerank section): one prompt
+  per task family (pony has its own), temperature 0.6, top_p 0.9, 32 new tokens, the number in the
+  two characters after the last "Relevance score:" divided by 5, no marker 0, a parse failure (or
+  failed request) -1 on the normalised scale. The public code sends the raw prompt without a chat
+  template; our backends are chat backends, so the prompt goes as one user message (a warning
+  says so).
+- ours: our earlier prompts (think briefly, then "Relevance score: X."), temperature 0,
+  1,024 tokens, a failure -1 before dividing by 5.
 
     python -m reasonir_jax.eval.rerank --run-dir OUT --data BRIGHT_DIR --backend openai \\
         --backend-model Qwen/Qwen2.5-32B-Instruct --base-url http://localhost:8000/v1 [--top-k 100]
 
 reads `OUT/<task>.run` (and the query texts in `OUT/queries/<task>.jsonl` when present) and writes
-`OUT/rerank/<task>.run`, `OUT/rerank/<task>.judgments.jsonl` and `OUT/rerank/results.json`.
-Only the reranked top-k documents are kept in the new run files.
+`OUT/rerank/<task>.run`, `OUT/rerank/<task>.judgments.jsonl`, `OUT/rerank/results.json` and the
+answer cache `OUT/rerank/cache/<task>.jsonl` (appended as answers arrive; a rerun after a kill
+asks only for the missing judgments). Only the reranked top-k documents are kept in the new runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import re
 import time
 from typing import Mapping, Sequence
 
-from reasonir_jax.eval import bright_data, llm, metrics, published
+from reasonir_jax import paths
+from reasonir_jax.eval import bright_data, llm, llm_cache, metrics, protocol, published
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +76,20 @@ _MARKER = re.compile(r"relevance\s+score\s*[:=]", re.IGNORECASE)
 _NUMBER = re.compile(r"^[\s*_`\[(\"']*(-?\d+(?:\.\d+)?)")
 
 
-def prompt_for(task: str, query: str, document: str, max_doc_chars: int = 12000) -> str:
+def prompt_for(task: str, query: str, document: str, max_doc_chars: int | None = 12000,
+               protocol_name: str = "ours") -> str:
+  if max_doc_chars:
+    document = document[:max_doc_chars]
+  if protocol_name == "reference":
+    return protocol.rerank_prompt(task, query, document)
   template = (MATH_PROMPT if task in bright_data.MATH_TASKS
               else CODE_PROMPT if task in bright_data.CODE_TASKS else GENERAL_PROMPT)
-  return template.format(query=query, document=document[:max_doc_chars])
+  return template.format(query=query, document=document)
 
 
 def parse_relevance(answer) -> float:
-  """0..5 from the last "Relevance score: X"; no marker -> 0; unparseable or out of range
-  (or a failed request) -> -1."""
+  """`ours`: 0..5 from the last "Relevance score: X"; no marker -> 0; unparseable or out of range
+  (or a failed request) -> -1 (before the division by 5)."""
   if not isinstance(answer, str):
     return -1.0
   found = list(_MARKER.finditer(answer))
@@ -88,17 +102,41 @@ def parse_relevance(answer) -> float:
   return value if 0.0 <= value <= 5.0 else -1.0
 
 
-def interpolate(reranker_score: float, retriever_score: float, alpha: float = 0.5) -> float:
-  return alpha * reranker_score / 5.0 + (1.0 - alpha) * retriever_score
+def normalised_score(answer, protocol_name: str) -> float:
+  """The reranker score that enters the interpolation (the 0..5 scale divided by 5)."""
+  if protocol_name == "reference":
+    return protocol.rerank_score(answer)
+  return parse_relevance(answer) / 5.0
+
+
+def interpolate(normalised: float, retriever_score: float, alpha: float = 0.5) -> float:
+  """alpha * the normalised reranker score (0..1, or -1 / -0.2 on failure) + (1 - alpha) * retriever."""
+  return alpha * normalised + (1.0 - alpha) * retriever_score
+
+
+def sampling_for(protocol_name: str, seed: int, max_tokens: int | None):
+  from data_gen.backends import SamplingParams
+  if protocol_name == "reference":
+    ref = protocol.RERANK_SAMPLING
+    return SamplingParams(temperature=ref["temperature"], top_p=ref["top_p"],
+                          max_tokens=max_tokens or ref["max_tokens"], seed=seed)
+  return SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens or 1024, seed=seed)
 
 
 def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queries: Mapping[str, str],
                documents: Mapping[str, str], *, top_k: int = 100, alpha: float = 0.5, seed: int = 0,
-               max_tokens: int = 1024, max_doc_chars: int = 12000,
+               max_tokens: int | None = None, max_doc_chars: int | None = None,
+               protocol_name: str = "reference", cache: llm_cache.AnswerCache | None = None,
                queries_per_request_batch: int = 16) -> tuple[dict, list[dict]]:
-  """Returns (reranked run of each query's top-k, judgment rows)."""
-  from data_gen.backends import SamplingParams
-  sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=seed)
+  """Returns (reranked run of each query's top-k, judgment rows). With `cache`, answers already
+  there are reused and new ones appended as they arrive."""
+  sampling = sampling_for(protocol_name, seed, max_tokens)
+  if max_doc_chars is None:
+    max_doc_chars = 0 if protocol_name == "reference" else 12000
+  if protocol_name == "reference" and not protocol.RERANK_CHAT:
+    log.warning("rerank %s: the reference sends the raw prompt without a chat template; the %s backend "
+                "takes chat messages, so the prompt goes as one user message", task,
+                getattr(backend, "name", "LLM"))
   qids = [q for q in run if q in queries]
   missing = [q for q in run if q not in queries]
   if missing:
@@ -107,7 +145,7 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
     log.warning("rerank %s: retriever scores exceed [-1, 1] (not cosines, e.g. BM25); the interpolation "
                 "with score / 5 then mostly keeps the retriever's order", task)
   new_run, judgments = {}, []
-  t0, done = time.time(), 0
+  t0, done, sent = time.time(), 0, 0
   for b in range(0, len(qids), queries_per_request_batch):
     batch = qids[b:b + queries_per_request_batch]
     pairs = []
@@ -116,58 +154,71 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
         if doc not in documents:
           raise KeyError(f"rerank {task}: run document {doc!r} is not in the corpus")
         pairs.append((qid, doc))
-    conversations = [[{"role": "user", "content": prompt_for(task, queries[q], documents[d], max_doc_chars)}]
-                     for q, d in pairs]
-    answers = backend.chat(conversations, sampling)
+    conversations = [[{"role": "user", "content": prompt_for(task, queries[q], documents[d], max_doc_chars,
+                                                             protocol_name)}] for q, d in pairs]
+    answers, n_sent = llm_cache.cached_generate(backend, cache, conversations, sampling,
+                                                protocol=f"rerank-{protocol_name}")
+    sent += n_sent
     for (qid, doc), answer in zip(pairs, answers):
-      score = parse_relevance(answer)
+      score = normalised_score(answer, protocol_name)
       retriever_score = float(run[qid][doc])
       final = interpolate(score, retriever_score, alpha)
       new_run.setdefault(qid, {})[doc] = final
       text = answer if isinstance(answer, str) else f"FAILED: {answer.reason}"
-      judgments.append({"qid": qid, "docid": doc, "relevance": score,
-                        "retriever_score": retriever_score, "final": final, "answer": text})
+      row = {"qid": qid, "docid": doc, "score": score, "retriever_score": retriever_score, "final": final,
+             "answer": text}
+      if protocol_name == "ours":
+        row["relevance"] = parse_relevance(answer)
+      judgments.append(row)
     done += len(pairs)
-    log.info("rerank %s: %d/%d queries, %d judgments (%.1f/s)", task, b + len(batch), len(qids), done,
-             done / max(time.time() - t0, 1e-9))
+    log.info("rerank %s: %d/%d queries, %d judgments, %d requested (%.1f/s)", task, b + len(batch),
+             len(qids), done, sent, done / max(time.time() - t0, 1e-9))
   return new_run, judgments
 
 
 def load_query_texts(run_dir: str, data_dir: str, task: str, queries: str = "") -> dict[str, str]:
   """The texts retrieval used (OUT/queries/<task>.jsonl), or --queries when given."""
   if not queries:
-    saved = os.path.join(run_dir, "queries", f"{task}.jsonl")
-    queries = saved if os.path.isfile(saved) else "original"
+    saved = paths.join(run_dir, "queries", f"{task}.jsonl")
+    queries = saved if paths.isfile(saved) else "original"
   if queries in ("original", "gpt4_reason"):
     return {e.id: e.query for e in bright_data.load_queries(data_dir, task, queries)}
   return bright_data.read_query_file(queries, task)
 
 
 def rerank_dir(backend, run_dir: str, data_dir: str, tasks: Sequence[str], *, top_k: int = 100,
-               alpha: float = 0.5, long_documents: bool = False, seed: int = 0, queries: str = "",
-               max_tokens: int = 1024, max_doc_chars: int = 12000, out_dir: str = "") -> dict:
-  out_dir = out_dir or os.path.join(run_dir, "rerank")
+               alpha: float = 0.5, long_documents: bool = False, seed: int = protocol.RERANK_SEED,
+               queries: str = "", max_tokens: int | None = None, max_doc_chars: int | None = None,
+               out_dir: str = "", protocol_name: str = "reference", use_cache: bool = True) -> dict:
+  out_dir = out_dir or paths.join(run_dir, "rerank")
   results = {}
   for task in tasks:
-    run = metrics.read_trec_run(os.path.join(run_dir, f"{task}.run"))
+    run = metrics.read_trec_run(paths.join(run_dir, f"{task}.run"))
     texts = load_query_texts(run_dir, data_dir, task, queries)
     doc_ids, docs = bright_data.load_documents(data_dir, task, long_documents)
-    new_run, judgments = rerank_run(backend, task, run, texts, dict(zip(doc_ids, docs)), top_k=top_k,
-                                    alpha=alpha, seed=seed, max_tokens=max_tokens,
-                                    max_doc_chars=max_doc_chars)
-    metrics.write_trec_run(os.path.join(out_dir, f"{task}.run"), new_run, tag="rerank")
-    bright_data.write_jsonl(os.path.join(out_dir, f"{task}.judgments.jsonl"), judgments)
+    cache = llm_cache.open_cache(out_dir, task) if use_cache else None
+    try:
+      new_run, judgments = rerank_run(backend, task, run, texts, dict(zip(doc_ids, docs)), top_k=top_k,
+                                      alpha=alpha, seed=seed, max_tokens=max_tokens,
+                                      max_doc_chars=max_doc_chars, protocol_name=protocol_name, cache=cache)
+    finally:
+      if cache is not None:
+        cache.close()
+    metrics.write_trec_run(paths.join(out_dir, f"{task}.run"), new_run, tag="rerank")
+    metrics.write_score_json(paths.join(out_dir, task, "score.json"), new_run)
+    bright_data.write_jsonl(paths.join(out_dir, f"{task}.judgments.jsonl"), judgments)
     qrels = bright_data.qrels_for(bright_data.load_examples(data_dir, task), long_documents)
     results[task] = metrics.evaluate(new_run, qrels) | {"before": metrics.evaluate(run, qrels)}
+    bright_data.write_text(paths.join(out_dir, task, "results.json"),
+                           json.dumps(metrics.public_metrics(new_run, qrels), indent=2))
     log.info("rerank %s: nDCG@10 %.4f -> %.4f", task, results[task]["before"]["ndcg@10"],
              results[task]["ndcg@10"])
   keys = ("ndcg@10", "recall@100")
   results["average"] = {k: sum(results[t][k] for t in tasks) / len(tasks) for k in keys} | {
       "num_tasks": len(tasks)}
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results | {"config": {"top_k": top_k, "alpha": alpha, "seed": seed,
-                                    "model": getattr(backend, "model", "")}}, f, indent=1)
+  config = {"top_k": top_k, "alpha": alpha, "seed": seed, "protocol": protocol_name,
+            "model": getattr(backend, "model", "")}
+  bright_data.write_text(paths.join(out_dir, "results.json"), json.dumps(results | {"config": config}, indent=1))
   print(published.format_table(results, "rerank", title="rerank"))
   return results
 
@@ -180,11 +231,16 @@ def main(argv=None):
                       help="comma-separated tasks (default: every <task>.run in --run-dir)")
   parser.add_argument("--queries", default="", help="query texts (default: those the run used)")
   parser.add_argument("--long-documents", action="store_true")
-  parser.add_argument("--top-k", type=int, default=100, help="documents reranked per query")
-  parser.add_argument("--alpha", type=float, default=0.5, help="weight of the reranker score")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--max-tokens", type=int, default=1024, help="generation budget per judgment")
-  parser.add_argument("--max-doc-chars", type=int, default=12000, help="documents are cut to this length")
+  parser.add_argument("--protocol", choices=protocol.PROTOCOLS, default="reference",
+                      help="reference: the public reranker's prompts, sampling and scoring; ours: our variant")
+  parser.add_argument("--top-k", type=int, default=protocol.RERANK_TOP_K, help="documents reranked per query")
+  parser.add_argument("--alpha", type=float, default=protocol.RERANK_ALPHA, help="weight of the reranker score")
+  parser.add_argument("--seed", type=int, default=protocol.RERANK_SEED)
+  parser.add_argument("--max-tokens", type=int, default=None,
+                      help="generation budget per judgment (default: 32 reference, 1024 ours)")
+  parser.add_argument("--max-doc-chars", type=int, default=None,
+                      help="documents are cut to this length (default: none reference, 12000 ours)")
+  parser.add_argument("--no-cache", action="store_true", help="do not read or append the answer cache")
   parser.add_argument("--out", default="", help="output directory (default RUN_DIR/rerank)")
   llm.add_backend_flags(parser, required=True, what="the reranker")
   llm.add_base_url_flag(parser)
@@ -192,9 +248,9 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
     if args.tasks:
-      tasks = bright_data.parse_tasks(args.tasks, args.data)
+      tasks = bright_data.parse_tasks(args.tasks, args.data, long_documents=args.long_documents)
     else:
-      tasks = [t for t in bright_data.TASKS if os.path.isfile(os.path.join(args.run_dir, f"{t}.run"))]
+      tasks = [t for t in bright_data.TASKS if paths.isfile(paths.join(args.run_dir, f"{t}.run"))]
       if not tasks:
         raise ValueError(f"--run-dir {args.run_dir}: no <task>.run files")
     if not 0.0 <= args.alpha <= 1.0:
@@ -205,7 +261,8 @@ def main(argv=None):
   try:
     return rerank_dir(backend, args.run_dir, args.data, tasks, top_k=args.top_k, alpha=args.alpha,
                       long_documents=args.long_documents, seed=args.seed, queries=args.queries,
-                      max_tokens=args.max_tokens, max_doc_chars=args.max_doc_chars, out_dir=args.out)
+                      max_tokens=args.max_tokens, max_doc_chars=args.max_doc_chars, out_dir=args.out,
+                      protocol_name=args.protocol, use_cache=not args.no_cache)
   finally:
     backend.close()
 

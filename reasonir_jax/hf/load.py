@@ -1,24 +1,28 @@
-"""Import a Hugging Face Llama checkpoint directory into a `LlamaEncoder`, tensor by tensor.
+"""Import a Hugging Face Llama checkpoint directory into a `LlamaEncoder`, block by block.
 
 Accepts one `model.safetensors` or shards with `model.safetensors.index.json`, bare `LlamaModel`
-names or `LlamaForCausalLM` ones (`model.` prefix; `lm_head.weight` is ignored). Each tensor is
-memory-mapped, converted to our layout (hf/mapping.py) and placed straight into its target
-sharding; scanned layers are written one layer at a time into the sharded stacked array.
+names or `LlamaForCausalLM` ones (`model.` prefix; `lm_head.weight` is ignored), on local disk or
+a remote filesystem (gs://, via reasonir_jax.paths). Every parameter is built with
+`jax.make_array_from_callback`: each process reads only the blocks its own devices hold, straight
+from the lazily opened files, in our layout (hf/mapping.py). No process reads a whole tensor that
+it does not hold, and nothing is gathered across hosts (`jax.device_put` of a host array to a
+global sharding would all-gather it to check that every host passed the same value).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 from tqdm.auto import tqdm
 
+from reasonir_jax import paths
 from reasonir_jax import sharding as shd
 from reasonir_jax.hf import mapping
 from reasonir_jax.hf.safetensors_io import SafetensorsFile
@@ -26,14 +30,29 @@ from reasonir_jax.model import LlamaEncoder, ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "chat_template.jinja")
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
-  cfg_path = os.path.join(path, "config.json")
-  if not os.path.isfile(cfg_path):
+  cfg_path = paths.join(path, "config.json")
+  if not paths.exists(cfg_path):
     raise FileNotFoundError(f"{cfg_path} not found: not a Hugging Face model directory")
-  with open(cfg_path) as f:
+  with paths.open(cfg_path, "r") as f:
     return json.load(f)
+
+
+def local_tokenizer_dir(path: str) -> str:
+  """`path` itself when local; else a local temporary copy of its tokenizer files (transformers
+  reads tokenizers from local directories only)."""
+  if not paths.is_remote(path):
+    return path
+  out = tempfile.mkdtemp(prefix="reasonir_tokenizer_")
+  for name in TOKENIZER_FILES:
+    if paths.exists(paths.join(path, name)):
+      with paths.open(paths.join(path, name)) as src, open(os.path.join(out, name), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+  return out
 
 
 class CheckpointIndex:
@@ -41,15 +60,15 @@ class CheckpointIndex:
 
   def __init__(self, path: str):
     self.path = path
-    index_path = os.path.join(path, INDEX_FILE)
-    if os.path.isfile(index_path):
-      with open(index_path) as f:
+    index_path = paths.join(path, INDEX_FILE)
+    if paths.exists(index_path):
+      with paths.open(index_path, "r") as f:
         weight_map = json.load(f).get("weight_map")
       if not isinstance(weight_map, dict):
         raise ValueError(f"{index_path}: no 'weight_map' object")
-      raw = {name: os.path.join(path, fname) for name, fname in weight_map.items()}
-    elif os.path.isfile(os.path.join(path, SINGLE_FILE)):
-      single = os.path.join(path, SINGLE_FILE)
+      raw = {name: paths.join(path, fname) for name, fname in weight_map.items()}
+    elif paths.exists(paths.join(path, SINGLE_FILE)):
+      single = paths.join(path, SINGLE_FILE)
       raw = {name: single for name in SafetensorsFile(single).names()}
     else:
       raise FileNotFoundError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
@@ -65,13 +84,13 @@ class CheckpointIndex:
     self._open: dict[str, SafetensorsFile] = {}
 
   def file(self, path: str) -> SafetensorsFile:
-    if path not in self._open:
-      if not os.path.isfile(path):
+    if path not in self._open:  # opening reads the header only
+      if not paths.exists(path):
         raise FileNotFoundError(f"checkpoint shard {path} (listed in {INDEX_FILE}) is missing")
       self._open[path] = SafetensorsFile(path)
     return self._open[path]
 
-  def read(self, bare: str, expected_hf_shape: tuple[int, ...]) -> np.ndarray:
+  def check(self, bare: str, expected_hf_shape: tuple[int, ...]) -> None:
     file, name = self.locations[bare]
     st = self.file(file)
     if name not in st.names():
@@ -80,16 +99,43 @@ class CheckpointIndex:
     if shape != tuple(expected_hf_shape):
       raise ValueError(f"tensor {name!r} in {file} has shape {shape}, expected "
                        f"{tuple(expected_hf_shape)} from config.json")
-    return st.get(name)
+
+  def read_block(self, bare: str, view: tuple[int, ...], index: tuple) -> np.ndarray:
+    file, name = self.locations[bare]
+    return self.file(file).read_block(name, view, index)
 
 
-def _place(sharding, value: np.ndarray):
-  return jax.device_put(value, sharding)
+def _key(index: tuple) -> tuple:
+  return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _entry_callback(index: CheckpointIndex, entry: mapping.Entry, layer_shape, dtype):
+  """data_callback for make_array_from_callback: our-layout block `index` of one parameter."""
+  view = mapping.view_shape(entry.transform, layer_shape)
+  cache: dict[tuple, np.ndarray] = {}  # replicated devices ask for the same block: read it once
+
+  def block(layer_name, idx):
+    arr = index.read_block(layer_name, view, mapping.view_index(entry.transform, idx))
+    return mapping.view_to_ours(entry.transform, arr).astype(dtype)
+
+  def callback(idx: tuple) -> np.ndarray:
+    idx = tuple(idx) + (slice(None),) * (len(layer_shape) + entry.stacked - len(idx))
+    key = _key(idx)
+    if key not in cache:
+      if entry.stacked:
+        layers = range(len(entry.hf_names))[idx[0]]
+        cache[key] = np.stack([block(entry.hf_names[i], idx[1:]) for i in layers])
+      else:
+        cache[key] = np.ascontiguousarray(block(entry.hf_names[0], idx))
+    return cache[key]
+
+  return callback
 
 
 def load_params(path: str, cfg: ModelConfig, abstract_state: nnx.State, mesh=None, rules=None,
                 show_progress: bool = True) -> nnx.State:
-  """Reads the checkpoint at `path` into a state shaped like `abstract_state`."""
+  """Reads the checkpoint at `path` into a state shaped like `abstract_state`, each parameter in
+  its sharding on `mesh` under `rules` (one local device without a mesh)."""
   index = CheckpointIndex(path)
   scanned = "layers" in abstract_state and not isinstance(
       next(iter(abstract_state["layers"].keys())), int)
@@ -106,56 +152,30 @@ def load_params(path: str, cfg: ModelConfig, abstract_state: nnx.State, mesh=Non
     raise ValueError(f"unexpected tensor {name!r} in {file}: the encoder has no such parameter")
 
   values = nnx.to_pure_dict(abstract_state)
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   for entry in tqdm(entries, desc="import", disable=not show_progress, leave=False):
     var = mapping.get_path(abstract_state, entry.path)
-    dtype = np.dtype(var.dtype)
+    layer_shape = tuple(var.shape[1:]) if entry.stacked else tuple(var.shape)
+    for hf_name in entry.hf_names:
+      index.check(hf_name, mapping.hf_shape(entry.transform, layer_shape))
     if mesh is not None:
       target = shd.named_sharding(mesh, rules, shd.variable_logical_axes(var), var.shape)
     else:
       target = SingleDeviceSharding(device)
-    layer_shape = tuple(var.shape[1:]) if entry.stacked else tuple(var.shape)
-    want = mapping.hf_shape(entry.transform, layer_shape)
-
-    def convert(hf_name):
-      arr = index.read(hf_name, want)
-      return np.asarray(mapping.to_ours(entry.transform, arr, layer_shape)).astype(dtype)
-
-    if not entry.stacked:
-      value = _place(target, convert(entry.hf_names[0]))
-    else:
-      # One layer at a time into the sharded stack (the full stack never sits on the host).
-      if isinstance(target, NamedSharding):
-        slice_sharding = NamedSharding(mesh, PartitionSpec(*target.spec[1:]))
-      else:
-        slice_sharding = target
-      value = _zeros(tuple(var.shape), dtype, target)()
-      for i, hf_name in enumerate(entry.hf_names):
-        value = _set_layer(value, _place(slice_sharding, convert(hf_name)), np.int32(i))
-    mapping.set_path(values, entry.path, value)
+    callback = _entry_callback(index, entry, layer_shape, np.dtype(var.dtype))
+    mapping.set_path(values, entry.path,
+                     jax.make_array_from_callback(tuple(var.shape), target, callback))
   nnx.replace_by_pure_dict(abstract_state, values)
   return abstract_state
 
 
-@functools.lru_cache(maxsize=None)
-def _zeros(shape, dtype, sharding):
-  """A compiled zeros-in-this-sharding (cached: q/k/v and gate/up share one)."""
-  return jax.jit(functools.partial(jnp.zeros, shape, dtype), out_shardings=sharding)
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _set_layer(stack, layer, i):
-  # `i` is traced, so one compilation serves every layer.
-  return jax.lax.dynamic_update_index_in_dim(stack, layer.astype(stack.dtype), i, 0)
-
-
 def load_hf(path: str, *, mesh=None, rules=None, show_progress: bool = True,
             **overrides) -> tuple[LlamaEncoder, ModelConfig]:
-  """A LlamaEncoder with the weights of the HF directory `path`.
+  """A LlamaEncoder with the weights of the HF directory `path` (local or remote).
 
   `overrides` replace ModelConfig fields (e.g. param_dtype="float32", scan_layers=True).
   With `mesh`, each parameter lands directly in its sharding under `rules`
-  (default: the rules of config_base.py).
+  (default: the rules of config_base.py); on several processes each reads only its blocks.
   """
   if mesh is not None and rules is None:
     from reasonir_jax.config_base import SHARDING_RULES

@@ -9,6 +9,9 @@ or stripped for `LlamaForCausalLM` checkpoints by the loader) and a layout trans
   in_heads   HF [heads*head_dim, d] <-> ours [d, heads, head_dim] (q/k/v)
   out_heads  HF [d, heads*head_dim] <-> ours [heads, head_dim, d] (o)
 
+Each is a reshape-view plus an axis permutation (`view_shape`, `view_index`), so the importer can
+read just the block of a tensor that one device holds.
+
 With scanned layers our array has a leading "layers" axis; the rows then list one HF name per
 layer, and the loader/saver stacks/unstacks along axis 0.
 """
@@ -60,49 +63,59 @@ def param_entries(num_layers: int, scanned: bool) -> list[Entry]:
   return entries
 
 
+# Every transform is "view the HF tensor in a shape, then permute its axes": ours =
+# hf.reshape(view).transpose(perm). The view is C-contiguous, so any block of ours is a block of
+# the view, which the importer reads without touching the rest of the tensor.
+_PERMS = {"identity": None, "transpose": (1, 0), "in_heads": (2, 0, 1), "out_heads": (1, 2, 0)}
+
+
+def _perm(transform: str, ndim: int) -> tuple[int, ...]:
+  if transform not in _PERMS:
+    raise ValueError(f"unknown transform {transform!r}")
+  return _PERMS[transform] or tuple(range(ndim))
+
+
+def view_shape(transform: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape the HF tensor is viewed in before permuting to ours (one layer)."""
+  perm = _perm(transform, len(our_shape))
+  view = [0] * len(perm)
+  for ours_axis, view_axis in enumerate(perm):
+    view[view_axis] = our_shape[ours_axis]
+  return tuple(view)
+
+
+def view_index(transform: str, index: tuple) -> tuple:
+  """Our index (one slice per axis of one layer) -> the same block's index in the view."""
+  perm = _perm(transform, len(index))
+  view = [slice(None)] * len(perm)
+  for ours_axis, view_axis in enumerate(perm):
+    view[view_axis] = index[ours_axis]
+  return tuple(view)
+
+
+def view_to_ours(transform: str, view_arr: np.ndarray) -> np.ndarray:
+  return view_arr.transpose(_perm(transform, view_arr.ndim))
+
+
 def to_ours(transform: str, hf_arr: np.ndarray, our_shape: tuple[int, ...]) -> np.ndarray:
   """HF layout -> our layout (`our_shape` is one layer's shape)."""
-  if transform == "identity":
-    return hf_arr
-  if transform == "transpose":
-    return hf_arr.T
-  if transform == "in_heads":
-    d, n, h = our_shape
-    return hf_arr.reshape(n, h, d).transpose(2, 0, 1)
-  if transform == "out_heads":
-    n, h, d = our_shape
-    return hf_arr.reshape(d, n, h).transpose(1, 2, 0)
-  raise ValueError(f"unknown transform {transform!r}")
+  return view_to_ours(transform, hf_arr.reshape(view_shape(transform, tuple(our_shape))))
 
 
 def to_hf(transform: str, our_arr: np.ndarray) -> np.ndarray:
   """Our layout (one layer) -> HF layout."""
-  if transform == "identity":
-    return our_arr
-  if transform == "transpose":
-    return our_arr.T
-  if transform == "in_heads":
-    d, n, h = our_arr.shape
-    return our_arr.transpose(1, 2, 0).reshape(n * h, d)
-  if transform == "out_heads":
-    n, h, d = our_arr.shape
-    return our_arr.transpose(2, 0, 1).reshape(d, n * h)
-  raise ValueError(f"unknown transform {transform!r}")
+  perm = _perm(transform, our_arr.ndim)
+  return our_arr.transpose(np.argsort(perm)).reshape(hf_shape(transform, our_arr.shape))
 
 
 def hf_shape(transform: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The HF tensor shape for one layer of our shape."""
-  if transform == "identity":
-    return tuple(our_shape)
-  if transform == "transpose":
-    return tuple(reversed(our_shape))
-  if transform == "in_heads":
-    d, n, h = our_shape
-    return (n * h, d)
+  view = view_shape(transform, tuple(our_shape))
+  if transform == "in_heads":  # (heads, head_dim) is one HF axis
+    return (view[0] * view[1], view[2])
   if transform == "out_heads":
-    n, h, d = our_shape
-    return (d, n * h)
-  raise ValueError(f"unknown transform {transform!r}")
+    return (view[0], view[1] * view[2])
+  return view
 
 
 def is_ignored(hf_name: str) -> bool:

@@ -1,8 +1,11 @@
-"""Reading and writing safetensors files one tensor at a time, bf16 included, without torch.
+"""Reading and writing safetensors files one tensor (or one block of one) at a time, bf16
+included, without torch, on local disk or any remote filesystem of `reasonir_jax.paths` (gs://, ...).
 
 The format is an 8-byte little-endian header size, a JSON header (name -> dtype, shape,
-data_offsets), then raw little-endian bytes. Reading memory-maps a single tensor, so a checkpoint
-is never held in host memory as a whole; writing streams tensors into the file in order.
+data_offsets), then raw little-endian bytes. Opening reads the header only. `read_block` reads one
+block of a tensor seen in a C-contiguous view shape: a local file is memory-mapped, so only the
+block's pages are touched; a remote one reads the byte range of the block's leading-axis rows.
+A checkpoint is never held in host memory as a whole; writing streams tensors in order.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from typing import Callable, Iterable
 import ml_dtypes
 import numpy as np
 
+from reasonir_jax import paths
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -24,11 +29,11 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 class SafetensorsFile:
-  """Lazy reader: `names()`, `shape(name)`, `dtype(name)`, `get(name)` -> read-only np array."""
+  """Lazy reader: `names()`, `shape(name)`, `dtype(name)`, `get(name)`, `read_block(...)`."""
 
   def __init__(self, path: str):
-    self.path = path
-    with open(path, "rb") as f:
+    self.path = str(path)
+    with paths.open(self.path) as f:
       raw = f.read(8)
       if len(raw) != 8:
         raise ValueError(f"{path}: not a safetensors file (too short)")
@@ -53,17 +58,42 @@ class SafetensorsFile:
       raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
     return _DTYPES[code]
 
-  def get(self, name: str) -> np.ndarray:
+  def _range(self, name: str) -> tuple[int, int]:
     if name not in self._header:
       raise KeyError(f"{self.path}: no tensor {name!r}")
     start, end = self._header[name]["data_offsets"]
     shape, dtype = self.shape(name), self.dtype(name)
     if end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
       raise ValueError(f"{self.path}: tensor {name!r} byte range does not match shape {shape}")
+    return start, end
+
+  def get(self, name: str) -> np.ndarray:
+    """The whole tensor (memory-mapped when local)."""
+    return self.read_block(name, self.shape(name), ())
+
+  def read_block(self, name: str, view: tuple[int, ...], index: tuple) -> np.ndarray:
+    """`tensor.reshape(view)[index]` as an array, reading about that block only. `index` holds
+    one slice per leading axis (missing axes are whole)."""
+    start, end = self._range(name)
+    dtype = self.dtype(name)
+    view = tuple(view)
+    index = tuple(index) + (slice(None),) * (len(view) - len(index))
     if end == start:
-      return np.zeros(shape, dtype)
-    return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start,
-                     shape=shape)
+      return np.zeros(view, dtype)[index]
+    if not paths.is_remote(self.path):
+      mapped = np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start,
+                         shape=view)
+      return np.array(mapped[index])  # copies only the block's pages out of the page cache
+    # Remote: fetch the contiguous bytes of the block's rows along the leading view axis.
+    rows = range(view[0])[index[0]] if view else range(1)
+    lo, hi = (rows.start, rows.stop) if rows.step == 1 and len(rows) else (0, view[0])
+    row_bytes = int(np.prod(view[1:], dtype=np.int64)) * dtype.itemsize
+    with paths.open(self.path) as f:
+      f.seek(self._data_start + start + lo * row_bytes)
+      raw = f.read((hi - lo) * row_bytes)
+    block = np.frombuffer(raw, dtype=dtype).reshape((hi - lo,) + view[1:])
+    first = slice(rows.start - lo, rows.stop - lo, rows.step) if len(rows) else slice(0, 0)
+    return np.array(block[(first,) + index[1:]])
 
 
 def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
@@ -81,8 +111,9 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
     offset += size
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # the format aligns the data start to 8 bytes
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  # Local files appear whole (written aside, then renamed); an object store's upload is atomic.
+  tmp = path if paths.is_remote(path) else path + ".tmp"
+  with paths.open(tmp, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for name, shape, dtype in specs:
@@ -90,7 +121,8 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
       if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
         raise ValueError(f"tensor {name!r}: got {arr.shape} {arr.dtype}, planned {shape} {dtype}")
       f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-  os.replace(tmp, path)
+  if tmp != path:
+    os.replace(tmp, path)
 
 
 def tensor_bytes(shape: Iterable[int], dtype) -> int:

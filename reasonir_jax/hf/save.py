@@ -1,13 +1,20 @@
-"""Export an encoder to a Hugging Face `LlamaModel` directory that transformers loads.
+"""Export an encoder to a Hugging Face directory that transformers and sentence-transformers load
+as-is (no user code).
 
-Writes config.json (architectures ["LlamaModel"]), safetensors shards of at most
-`max_shard_bytes` (5 GB by default) with `model.safetensors.index.json` when there is more than
-one, and the tokenizer files. Tensors are fetched, converted and written one at a time.
+Writes config.json (architectures ["LlamaModel"], `"is_causal": false`, RoPE in both the
+transformers-5 `rope_parameters` layout and the older `rope_theta` + `rope_scaling`), safetensors
+shards of at most `max_shard_bytes` (5 GB by default) with `model.safetensors.index.json` when
+there is more than one, the tokenizer (with a pad token, adding BOS itself) and the
+sentence-transformers files (hf/sentence_transformers_files.py). Tensors are fetched, converted and
+written one at a time. On several processes every process takes part in gathering each tensor
+(one at a time, so host memory stays at one tensor) and process 0 writes the files.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -16,7 +23,9 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from reasonir_jax import paths
 from reasonir_jax.hf import mapping
+from reasonir_jax.hf import sentence_transformers_files as st_files
 from reasonir_jax.hf.load import INDEX_FILE, SINGLE_FILE
 from reasonir_jax.hf.safetensors_io import tensor_bytes, write_safetensors
 from reasonir_jax.model import ModelConfig
@@ -54,17 +63,43 @@ def _leaf(value):
   return value.get_value() if isinstance(value, nnx.Variable) else value
 
 
+def to_host(arr) -> np.ndarray:
+  """A whole array on this host. An array spread over several processes is all-gathered, which
+  every process must call in the same order."""
+  if isinstance(arr, jax.Array) and not arr.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(arr, tiled=True))
+  return np.asarray(jax.device_get(arr))
+
+
+def hf_config(model_cfg: ModelConfig, dtype: str, pad_token_id: int | None = None) -> dict:
+  """config.json: transformers 5 reads `rope_parameters` and `is_causal`; older readers find the
+  top-level `rope_theta` and `rope_scaling` of published Llama-3.1 checkpoints."""
+  d = model_cfg.to_hf_dict(dtype=dtype)
+  d["is_causal"] = False  # bidirectional attention in plain transformers, no patching
+  rope = dict(d["rope_parameters"])
+  d["rope_theta"] = rope.pop("rope_theta")
+  d["rope_scaling"] = rope if rope.get("rope_type") != "default" else None
+  if pad_token_id is not None:
+    d["pad_token_id"] = int(pad_token_id)
+  return d
+
+
 def save_hf(model_or_params, model_cfg: ModelConfig, out_dir: str, tokenizer=None,
             dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-            show_progress: bool = True) -> str:
-  """Writes an HF `LlamaModel` directory; `dtype` (default: the model's param dtype) is the
-  saved tensor dtype. `tokenizer` is a tokenizer object or a directory to copy it from."""
+            show_progress: bool = True, prompts: dict[str, str] | None = None,
+            max_length: int = 2048) -> str:
+  """Writes an HF `LlamaModel` directory (local or remote); `dtype` (default: the model's param
+  dtype) is the saved tensor dtype. `tokenizer` is a tokenizer object or a directory to copy it
+  from; with one, the sentence-transformers files are written too, with a prompt for documents
+  and one per `prompts` entry (name -> instruction). Call on every process."""
   dtype = dtype or model_cfg.param_dtype
   if dtype not in _NP_DTYPES:
     raise ValueError(f"save_hf: dtype {dtype!r} is not one of {sorted(_NP_DTYPES)}")
   np_dtype = _NP_DTYPES[dtype]
   params, scanned = normalise_layers(pure_params(model_or_params))
   entries = mapping.param_entries(model_cfg.num_layers, scanned)
+  primary = jax.process_index() == 0
 
   # Plan: HF name -> (entry, layer index, HF shape), in the table's order.
   plan: list[tuple[str, mapping.Entry, int | None, tuple[int, ...]]] = []
@@ -93,51 +128,75 @@ def save_hf(model_or_params, model_cfg: ModelConfig, out_dir: str, tokenizer=Non
     shards[-1].append(k)
     size += nbytes
 
-  os.makedirs(out_dir, exist_ok=True)
+  if primary:
+    paths.makedirs(out_dir)
   by_name = {p[0]: p for p in plan}
+  progress = tqdm(total=len(plan), desc="export", disable=not show_progress, leave=False)
 
   def fetch(name: str) -> np.ndarray:
     _, entry, layer, _ = by_name[name]
     arr = _leaf(mapping.get_path(params, entry.path))
-    if layer is not None:
-      arr = arr[layer]
-    host = np.asarray(jax.device_get(arr))
+    host = to_host(arr if layer is None else arr[layer])  # one layer of a stack at a time
+    progress.update(1)
     return np.ascontiguousarray(mapping.to_hf(entry.transform, host).astype(np_dtype))
 
   n = len(shards)
   weight_map: dict[str, str] = {}
   total = 0
-  progress = tqdm(total=len(plan), desc="export", disable=not show_progress, leave=False)
   for s, members in enumerate(shards):
     fname = SINGLE_FILE if n == 1 else f"model-{s + 1:05d}-of-{n:05d}.safetensors"
     specs = [(plan[k][0], plan[k][3], np_dtype) for k in members]
-
-    def fetch_and_tick(name):
-      progress.update(1)
-      return fetch(name)
-
-    write_safetensors(os.path.join(out_dir, fname), specs, fetch_and_tick)
+    if primary:
+      write_safetensors(paths.join(out_dir, fname), specs, fetch)
+    else:  # the same gathers in the same order; only process 0 writes
+      for name, _, _ in specs:
+        fetch(name)
     for name, shape, _ in specs:
       weight_map[name] = fname
       total += tensor_bytes(shape, np_dtype)
   progress.close()
-  if n > 1:
-    with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-  elif os.path.exists(os.path.join(out_dir, INDEX_FILE)):
-    os.remove(os.path.join(out_dir, INDEX_FILE))  # a stale index would shadow the single file
 
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(model_cfg.to_hf_dict(dtype=dtype), f, indent=2)
-  if tokenizer is not None:
-    save_tokenizer(tokenizer, out_dir)
+  if primary:
+    if n > 1:
+      _write_json(paths.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total},
+                                              "weight_map": weight_map})
+    elif paths.exists(paths.join(out_dir, INDEX_FILE)):
+      _remove(paths.join(out_dir, INDEX_FILE))  # a stale index would shadow the single file
+    pad_id = None
+    if tokenizer is not None:
+      pad_id = save_tokenizer(tokenizer, out_dir)
+      st_files.write(out_dir, model_cfg.hidden_size, prompts or {}, max_length)
+    _write_json(paths.join(out_dir, "config.json"), hf_config(model_cfg, dtype, pad_id))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("reasonir_jax save_hf")  # files complete for everyone
   return out_dir
 
 
-def save_tokenizer(tokenizer: Any, out_dir: str) -> None:
-  if isinstance(tokenizer, str):
-    from reasonir_jax.tokenization import load_tokenizer
-    tokenizer = load_tokenizer(tokenizer)
-  if hasattr(tokenizer, "tokenizer") and not hasattr(tokenizer, "save_pretrained"):
-    tokenizer = tokenizer.tokenizer  # a PromptTokenizer
-  tokenizer.save_pretrained(out_dir)
+def _write_json(path: str, payload) -> None:
+  paths.write_text(path, json.dumps(payload, indent=2))
+
+
+def _remove(path: str) -> None:
+  if paths.is_remote(path):
+    fs, name = paths.filesystem(path)
+    fs.rm(name)
+  else:
+    os.remove(path)
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str) -> int:
+  """Writes the tokenizer so that plain users get our inputs: it adds BOS itself (as Llama-3's
+  does; sentence-transformers relies on it) and has a pad token (Llama-3.1 has none: its
+  `<|finetune_right_pad_id|>` is taken when present, else EOS). Returns the pad token id."""
+  from reasonir_jax.hf.tokenizer_export import prepare_tokenizer
+  tokenizer = prepare_tokenizer(tokenizer)
+  if not paths.is_remote(out_dir):
+    tokenizer.save_pretrained(out_dir)
+    return int(tokenizer.pad_token_id)
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer.save_pretrained(tmp)
+    for name in os.listdir(tmp):
+      with open(os.path.join(tmp, name), "rb") as src, paths.open(paths.join(out_dir, name), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+  return int(tokenizer.pad_token_id)

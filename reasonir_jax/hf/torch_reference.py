@@ -1,11 +1,11 @@
-"""Embeddings from an exported encoder with plain PyTorch + transformers (no JAX).
+"""An explicit PyTorch reference encoder (torch + transformers only, no JAX) for tests and
+benchmarks.
 
-This is the code docs/hf_usage.md shows to PyTorch users, and the reference our tests compare
-`Encoder.encode` against. It depends only on torch and transformers.
-
-Two transformers pitfalls it avoids: `LlamaModel` is causal by default, and with no padding
-its mask builder returns no mask at all, so SDPA falls back to each attention module's
-`is_causal=True`. We clear `is_causal` on every module AND pass a ready-made 4-D mask.
+It works on any transformers LlamaModel, also one whose config is causal (a model built in a
+test, a checkpoint exported before `"is_causal": false` was written): it clears `is_causal` on
+every module AND passes a ready-made 4-D key-padding mask, because with no padding the mask
+builder returns no mask at all and SDPA falls back to each module's `is_causal=True`. Users of an
+export need none of this: plain `AutoModel` or `SentenceTransformer` (docs/hf_usage.md).
 """
 from __future__ import annotations
 

@@ -1,16 +1,26 @@
 """The ReasonIR encoder: a bidirectional Llama-3.1 stack and mean pooling.
 
 `embed(model, input_ids, attention_mask, pool_mask)` is encode + pool: the L2-normalised
-embedding of each text (inputs from `reasonir_jax.tokenization.pad_batch`).
+embedding of each padded row (inputs from `reasonir_jax.tokenization.pad_batch`).
+`embed_packed(model, input_ids, segment_ids, positions, pool_ids, num_texts)` does the same for
+packed rows holding several texts each (inputs from `reasonir_jax.packing.packed_arrays`).
 """
 from reasonir_jax.model.config import ModelConfig
 from reasonir_jax.model.llama import LlamaEncoder
-from reasonir_jax.model.pooling import mean_pool
+from reasonir_jax.model.pooling import mean_pool, segment_mean_pool
 
-__all__ = ["ModelConfig", "LlamaEncoder", "mean_pool", "embed"]
+__all__ = ["ModelConfig", "LlamaEncoder", "mean_pool", "segment_mean_pool", "embed",
+           "embed_packed"]
 
 
 def embed(model: LlamaEncoder, input_ids, attention_mask, pool_mask):
   """[b, l] int inputs -> [b, d] float32 L2-normalised embeddings."""
   hidden_bld = model(input_ids, attention_mask)
   return mean_pool(hidden_bld, pool_mask)
+
+
+def embed_packed(model: LlamaEncoder, input_ids, segment_ids, positions, pool_ids,
+                 num_texts: int):
+  """[rows, l] packed int inputs -> [num_texts, d] float32 L2-normalised embeddings."""
+  hidden_bld = model(input_ids, segment_ids_bl=segment_ids, positions_bl=positions)
+  return segment_mean_pool(hidden_bld, pool_ids, num_texts)

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 ROPE_TYPES = ("llama3", "default")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "offload", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +41,14 @@ class ModelConfig:
   dtype: str = "bfloat16"
   scan_layers: bool = True
   remat_policy: str = "full"
+  attention: str = "auto"  # auto | xla | splash | cudnn (reasonir_jax.model.attention)
 
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f"model.rope_type={self.rope_type!r} is not supported (one of {ROPE_TYPES})")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"model.attention={self.attention!r} is not one of "
+                       f"{ATTENTION_IMPLEMENTATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
     for name in ("param_dtype", "dtype"):

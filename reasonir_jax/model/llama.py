@@ -1,5 +1,6 @@
 """The bidirectional Llama-3.1 encoder (Flax NNX): embeddings, RMSNorm, RoPE, GQA attention
-with a key-padding mask only (no causal mask), SwiGLU MLP, final norm; no LM head.
+over segment ids (no causal mask; `reasonir_jax.model.attention`), SwiGLU MLP, final norm; no LM
+head.
 
 Axis suffixes: b batch, t/s query/key time, d model width, n heads, k kv heads, g query heads per
 kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names for sharding
@@ -7,26 +8,29 @@ kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names f
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import NamedSharding, PartitionSpec
 
 from reasonir_jax import sharding
+from reasonir_jax.model.attention import attention
 from reasonir_jax.model.config import ModelConfig
 from reasonir_jax.model.rope import apply_rope, rope_cos_sin
 
 _INIT_STD = 0.02
-# Longer sequences compute attention in query chunks of this size, so the fp32 score tensor
-# is [chunk, length] per head rather than [length, length] (e.g. 32k-token evaluation).
-ATTN_QUERY_CHUNK = 4096
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute everything
+    # As full, but each layer's input (all that full keeps: [tokens, d] per layer, 48 GiB per
+    # chip for the 8B recipe on v5p-128) waits for the backward in host memory.
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"],
+        offload_src="device", offload_dst="pinned_host"),
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
@@ -67,10 +71,11 @@ class Attention(nnx.Module):
     self.v_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.o_proj = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd)
 
-  def __call__(self, x_btd, key_mask_bs, cos_th, sin_th):
+  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
+    """Segment ids as in `reasonir_jax.model.attention.attention` (q ids None: unpacked rows,
+    the kv ids are the padding mask)."""
     cfg = self.cfg
     dt = cfg.jnp_dtype
-    k_heads, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     q_btnh = _dense(x_btd, self.q_proj[...].astype(dt), 1)
     k_btkh = _dense(x_btd, self.k_proj[...].astype(dt), 1)
     v_btkh = _dense(x_btd, self.v_proj[...].astype(dt), 1)
@@ -80,19 +85,8 @@ class Attention(nnx.Module):
     q_btnh = apply_rope(q_btnh, cos_th, sin_th)
     k_btkh = apply_rope(k_btkh, cos_th, sin_th)
 
-    # GQA without repeating K/V: query heads grouped by the KV head they share.
-    b, t = q_btnh.shape[:2]
-    q_btkgh = q_btnh.reshape(b, t, k_heads, groups, cfg.head_dim)
-    chunk = ATTN_QUERY_CHUNK
-    remat = cfg.remat_policy != "none"
-    if t > chunk and t % chunk == 0:
-      q_cbtkgh = jnp.moveaxis(q_btkgh.reshape(b, t // chunk, chunk, *q_btkgh.shape[2:]), 1, 0)
-      out_cbtkgh = jax.lax.map(lambda q: _attend(q, k_btkh, v_btkh, key_mask_bs, dt, remat),
-                               q_cbtkgh)
-      out_btkgh = jnp.moveaxis(out_cbtkgh, 0, 1).reshape(q_btkgh.shape)
-    else:
-      out_btkgh = _attend(q_btkgh, k_btkh, v_btkh, key_mask_bs, dt, remat)
-    out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    out_btnh = attention(q_btnh, k_btkh, v_btkh, q_segment_ids_bt, kv_segment_ids_bs,
+                         implementation=cfg.attention, remat=cfg.remat_policy != "none")
     out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
     return _dense(out_btnh, self.o_proj[...].astype(dt), 2)
 
@@ -108,89 +102,6 @@ def _dense(x, w, contract: int):
   k = math.prod(k_shape)
   y = x.reshape(-1, k) @ w.reshape(k, -1)
   return y.reshape(*lead, *out_shape)
-
-
-def _attend(q_btkgh, k_bskh, v_bskh, key_mask_bs, dtype, remat: bool = False):
-  """Softmax attention in fp32 over all real keys (bidirectional: padded keys masked only).
-
-  Queries are laid out [b, k, g*t, h] so that each score/value product is one batched matmul
-  per (batch, kv head). -1e30 on padded keys keeps a fully padded row finite (uniform weights
-  over its pads, never NaN).
-  """
-  b, t, k, g, h = q_btkgh.shape
-  # Scale q (h times smaller than the scores) rather than the [b, k, x, s] scores.
-  q_bkxh = (q_btkgh * (h ** -0.5)).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
-  k_bksh = k_bskh.transpose(0, 2, 1, 3)
-  v_bksh = v_bskh.transpose(0, 2, 1, 3)
-  bias_bs = jnp.where(key_mask_bs.astype(bool), 0.0, -1e30).astype(jnp.float32)
-  out_bkxh = _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs, remat).astype(dtype)
-  return out_bkxh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _softmax_attention(q_bkxh, k_bksh, v_bksh, bias_bs, remat: bool = False):
-  """softmax(q k^T + bias) v, with the flash-attention backward written out.
-
-  The forward keeps only the output and two row statistics, not the [b, k, x, s] weights; the
-  backward recomputes the weights (one matmul and one fused exp). Left to autodiff, the softmax
-  backward takes several more full passes over the scores (the broadcast row sums and their
-  cotangents), which dominate the layer on CPU.
-  """
-  return _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs, remat)[0]
-
-
-def _scores(q_bkxh, k_bksh, bias_bs):
-  s_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh, preferred_element_type=jnp.float32)
-  return s_bkxs + bias_bs[:, None, None, :]
-
-
-def _softmax_attention_fwd(q_bkxh, k_bksh, v_bksh, bias_bs, remat):
-  del remat  # only the backward needs it
-  s_bkxs = _scores(q_bkxh, k_bksh, bias_bs)
-  max_bkx1 = jnp.max(s_bkxs, axis=-1, keepdims=True)
-  e_bkxs = jnp.exp(s_bkxs - max_bkx1)
-  inv_sum_bkx1 = 1.0 / jnp.sum(e_bkxs, axis=-1, keepdims=True)
-  # Normalised weights, then the value product: the form XLA:CPU fuses whole for inference
-  # (scaling the [x, h] output afterwards instead ran 2x slower at head_dim 64).
-  p_bkxs = (e_bkxs * inv_sum_bkx1).astype(v_bksh.dtype)
-  out_bkxh = jnp.einsum("bkxs,bksh->bkxh", p_bkxs, v_bksh).astype(q_bkxh.dtype)
-  # The row max and 1/sum rather than their log-sum-exp: next to a fully padded row's -1e30
-  # max, log(sum) would round away (weights of 1 instead of 1/length in the backward).
-  return out_bkxh, (q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1)
-
-
-def _softmax_attention_bwd(remat, res, dout_bkxh):
-  q_bkxh, k_bksh, v_bksh, bias_bs, out_bkxh, max_bkx1, inv_sum_bkx1 = res
-  dt = q_bkxh.dtype
-  dout_bkxh = dout_bkxh.astype(dt)
-  if remat:
-    # Under rematerialisation the layer's forward is re-run just before this; left alone, XLA
-    # merges the two score computations and keeps the forward's [b, k, x, s] tensors alive
-    # through the backward (+13 GiB per chip for the 8B recipe on v5p-256).
-    q_bkxh, k_bksh, bias_bs = jax.lax.optimization_barrier((q_bkxh, k_bksh, bias_bs))
-  # Weights and score cotangents are held in the compute dtype, as the forward feeds its
-  # weights to the value product: of the [b, k, x, s] tensors only dp is fp32 (on TPU each
-  # such tensor is most of a layer's backward memory).
-  p_bkxs = (jnp.exp(_scores(q_bkxh, k_bksh, bias_bs) - max_bkx1) * inv_sum_bkx1).astype(dt)
-  dp_bkxs = jnp.einsum("bkxh,bksh->bkxs", dout_bkxh, v_bksh, preferred_element_type=jnp.float32)
-  # Row sums of p * dp equal those of dout * out (h wide rather than s wide).
-  delta_bkx1 = jnp.sum(dout_bkxh.astype(jnp.float32) * out_bkxh.astype(jnp.float32), axis=-1,
-                       keepdims=True)
-  ds_bkxs = (p_bkxs.astype(jnp.float32) * (dp_bkxs - delta_bkx1)).astype(dt)
-  dq_bkxh = jnp.einsum("bkxs,bksh->bkxh", ds_bkxs, k_bksh, preferred_element_type=jnp.float32)
-  # dk and dv contract over the queries, the leading dim of both [x, s] and [x, h] operands.
-  # Written as dk^T = q^T ds and dv^T = dout^T p, the transposes land on the narrow [x, h]
-  # operands and the small [h, s] results: XLA:CPU otherwise runs them as transposed-operand
-  # matmuls over the [x, s] tensors, twice as slow as the rest of the attention backward.
-  dkt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(q_bkxh, -1, -2), ds_bkxs,
-                        preferred_element_type=jnp.float32)
-  dvt_bkhs = jnp.einsum("bkhx,bkxs->bkhs", jnp.swapaxes(dout_bkxh, -1, -2), p_bkxs,
-                        preferred_element_type=jnp.float32)
-  return (dq_bkxh.astype(dt), jnp.swapaxes(dkt_bkhs, -1, -2).astype(k_bksh.dtype),
-          jnp.swapaxes(dvt_bkhs, -1, -2).astype(v_bksh.dtype), jnp.zeros_like(bias_bs))
-
-
-_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 class MLP(nnx.Module):
@@ -219,17 +130,20 @@ class Block(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, key_mask_bs, cos_th, sin_th):
-    x_btd = x_btd + self.attn(self.input_norm(x_btd), key_mask_bs, cos_th, sin_th)
+  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
+    x_btd = x_btd + self.attn(self.input_norm(x_btd), q_segment_ids_bt, kv_segment_ids_bs,
+                              cos_th, sin_th)
     x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
     return sharding.constrain(x_btd, ("batch", "length", "act_embed"))
 
 
 def _layer_fn(graphdef, remat_policy: str):
-  """A pure function (params, x, mask, cos, sin) -> x for one layer, rematerialised if asked."""
+  """A pure function (params, x, q ids, kv ids, cos, sin) -> x for one layer, rematerialised if
+  asked."""
 
-  def run(params, x_btd, key_mask_bs, cos_th, sin_th):
-    return nnx.merge(graphdef, params)(x_btd, key_mask_bs, cos_th, sin_th)
+  def run(params, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
+    x_btd = checkpoint_name(x_btd, "layer_input")  # what "offload" moves
+    return nnx.merge(graphdef, params)(x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th)
 
   if remat_policy == "none":
     return run
@@ -315,23 +229,43 @@ class LlamaEncoder(nnx.Module):
       rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
       self._activation_sharding = (mesh, rules)
 
-  def __call__(self, input_ids_bl: jax.Array, attention_mask_bl: jax.Array, *,
+  def __call__(self, input_ids_bl: jax.Array, attention_mask_bl: jax.Array | None = None, *,
+               segment_ids_bl: jax.Array | None = None, positions_bl: jax.Array | None = None,
                output_hidden_states: bool = False):
     """Returns hidden_bld (after the final norm, compute dtype); with output_hidden_states also
-    the tuple (embeddings, output of layer 1, ..., output of layer N) before the final norm."""
-    if self._activation_sharding is None:
-      return self._forward(input_ids_bl, attention_mask_bl, output_hidden_states)
-    with sharding.activation_sharding(*self._activation_sharding):
-      return self._forward(input_ids_bl, attention_mask_bl, output_hidden_states)
+    the tuple (embeddings, output of layer 1, ..., output of layer N) before the final norm.
 
-  def _forward(self, input_ids_bl, attention_mask_bl, output_hidden_states):
+    Padded rows pass attention_mask_bl (1 = token). Packed rows (reasonir_jax.packing) pass
+    segment_ids_bl (1, 2, ... per text, 0 = padding: attention stays within a segment) and
+    positions_bl (restarting at 0 for every text) instead.
+    """
+    # Unpacked rows: the mask serves as the key segment ids and the query ids stay None, which
+    # lets attention use a [b, s] key bias instead of a [b, t, s] segment mask.
+    packed = segment_ids_bl is not None
+    if segment_ids_bl is None:
+      if attention_mask_bl is None:
+        raise ValueError("LlamaEncoder: pass attention_mask_bl or segment_ids_bl")
+      segment_ids_bl = attention_mask_bl
+    segment_ids_bl = jnp.asarray(segment_ids_bl).astype(jnp.int32)
+    if self._activation_sharding is None:
+      return self._forward(input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
+                           packed)
+    with sharding.activation_sharding(*self._activation_sharding):
+      return self._forward(input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
+                           packed)
+
+  def _forward(self, input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
+               packed: bool = False):
     cfg = self.cfg
     dt = cfg.jnp_dtype
     input_ids_bl = sharding.constrain(input_ids_bl, ("batch", "length"))
     x_bld = _lookup_embeddings(self.embed_tokens[...], input_ids_bl, dt)
     x_bld = sharding.constrain(x_bld, ("batch", "length", "act_embed"))
-    cos_lh, sin_lh = rope_cos_sin(cfg, input_ids_bl.shape[1], dt)
-    key_mask_bl = attention_mask_bl.astype(bool)
+    if positions_bl is not None:
+      positions_bl = sharding.constrain(positions_bl, ("batch", "length"))
+    cos_lh, sin_lh = rope_cos_sin(cfg, input_ids_bl.shape[1], dt, positions_bl)
+    kv_ids_bl = sharding.constrain(segment_ids_bl, ("batch", "length"))
+    q_ids_bl = kv_ids_bl if packed else None
     hidden = [x_bld]
 
     if cfg.scan_layers:
@@ -339,7 +273,7 @@ class LlamaEncoder(nnx.Module):
       layer = _layer_fn(graphdef, cfg.remat_policy)
 
       def body(x, layer_params):
-        y = layer(layer_params, x, key_mask_bl, cos_lh, sin_lh)
+        y = layer(layer_params, x, q_ids_bl, kv_ids_bl, cos_lh, sin_lh)
         return y, (y if output_hidden_states else None)
 
       x_bld, ys_nbld = jax.lax.scan(body, x_bld, params)
@@ -348,7 +282,8 @@ class LlamaEncoder(nnx.Module):
     else:
       for block in self.layers:
         graphdef, params = nnx.split(block)
-        x_bld = _layer_fn(graphdef, cfg.remat_policy)(params, x_bld, key_mask_bl, cos_lh, sin_lh)
+        x_bld = _layer_fn(graphdef, cfg.remat_policy)(params, x_bld, q_ids_bl, kv_ids_bl, cos_lh,
+                                                       sin_lh)
         hidden.append(x_bld)
 
     out_bld = self.final_norm(x_bld)

@@ -1,4 +1,9 @@
-"""Mean pooling over the text tokens and L2 normalisation (the ReasonIR embedding)."""
+"""Mean pooling over the text tokens and L2 normalisation (the ReasonIR embedding).
+
+`mean_pool` pools padded rows (one text per row); `segment_mean_pool` pools packed rows (several
+texts per row, reasonir_jax.packing) with a segment sum on device: one [num_texts, d] result, no
+loop over texts.
+"""
 from __future__ import annotations
 
 import jax
@@ -7,12 +12,32 @@ import jax.numpy as jnp
 NORM_EPS = 1e-12
 
 
+def _normalise(sum_nd: jax.Array, count_n1: jax.Array) -> jax.Array:
+  mean_nd = sum_nd / jnp.maximum(count_n1, 1.0)
+  norm_n1 = jnp.linalg.norm(mean_nd, axis=-1, keepdims=True)
+  return mean_nd / jnp.maximum(norm_n1, NORM_EPS)
+
+
 def mean_pool(hidden_bld: jax.Array, pool_mask_bl: jax.Array) -> jax.Array:
   """fp32 mean over tokens where pool_mask is 1, then L2-normalised. An empty text gives zeros."""
   mask_bl = pool_mask_bl.astype(jnp.float32)
   sum_bd = jnp.einsum("bld,bl->bd", hidden_bld.astype(jnp.float32), mask_bl,
                       precision=jax.lax.Precision.HIGHEST)
-  count_b1 = jnp.maximum(mask_bl.sum(axis=1, keepdims=True), 1.0)
-  mean_bd = sum_bd / count_b1
-  norm_b1 = jnp.linalg.norm(mean_bd, axis=-1, keepdims=True)
-  return mean_bd / jnp.maximum(norm_b1, NORM_EPS)
+  return _normalise(sum_bd, mask_bl.sum(axis=1, keepdims=True))
+
+
+def segment_mean_pool(hidden_bld: jax.Array, pool_ids_bl: jax.Array, num_texts: int) -> jax.Array:
+  """[num_texts, d] fp32 L2-normalised means of the tokens of each text of packed rows.
+
+  pool_ids_bl holds each pooled token's text index (0..num_texts-1) and -1 for the template
+  prefix and padding; a text with no pooled token (or absent from these rows) gives zeros.
+  """
+  d = hidden_bld.shape[-1]
+  ids_x = pool_ids_bl.reshape(-1)
+  # -1 goes to an extra segment that is dropped.
+  ids_x = jnp.where(ids_x < 0, num_texts, ids_x)
+  h_xd = hidden_bld.reshape(-1, d).astype(jnp.float32)
+  sum_nd = jax.ops.segment_sum(h_xd, ids_x, num_segments=num_texts + 1)[:num_texts]
+  count_n = jax.ops.segment_sum(jnp.ones_like(ids_x, jnp.float32), ids_x,
+                                num_segments=num_texts + 1)[:num_texts]
+  return _normalise(sum_nd, count_n[:, None])

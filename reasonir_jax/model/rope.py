@@ -33,20 +33,28 @@ def inverse_frequencies(cfg) -> np.ndarray:
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_cos_sin(cfg, length: int, dtype) -> tuple[jax.Array, jax.Array]:
-  """cos/sin tables [length, head_dim] for positions 0..length-1 (right padding)."""
+def rope_cos_sin(cfg, length: int, dtype, positions_bl: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables: [length, head_dim] for positions 0..length-1 (right padding), or
+  [b, length, head_dim] for per-token positions (packed rows restart at 0 for every text)."""
   inv_freq = jnp.asarray(inverse_frequencies(cfg))
-  pos = jnp.arange(length, dtype=jnp.float32)
-  freqs_lf = pos[:, None] * inv_freq[None, :]
+  if positions_bl is None:
+    pos = jnp.arange(length, dtype=jnp.float32)
+  else:
+    pos = positions_bl.astype(jnp.float32)
+  freqs_lf = pos[..., None] * inv_freq
   emb_lh = jnp.concatenate([freqs_lf, freqs_lf], axis=-1)
   return jnp.cos(emb_lh).astype(dtype), jnp.sin(emb_lh).astype(dtype)
 
 
 def apply_rope(x_btnh: jax.Array, cos_th: jax.Array, sin_th: jax.Array) -> jax.Array:
-  """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1]."""
+  """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1]. The tables are [t, h]
+  (shared by the batch) or [b, t, h] (per-token positions)."""
   half = x_btnh.shape[-1] // 2
   x1, x2 = x_btnh[..., :half], x_btnh[..., half:]
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  cos = cos_th[None, :, None, :]
-  sin = sin_th[None, :, None, :]
+  if cos_th.ndim == 2:
+    cos_th, sin_th = cos_th[None], sin_th[None]
+  cos = cos_th[:, :, None, :]
+  sin = sin_th[:, :, None, :]
   return x_btnh * cos + rotated * sin

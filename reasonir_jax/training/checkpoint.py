@@ -1,18 +1,22 @@
 """Orbax checkpoints of the train state and the data iterator: `WORKDIR/checkpoints/<step>/`.
 
 Each checkpoint holds three items: `params` (named by parameter path, so an export can read just
-them), `opt_state`, and `meta` (JSON: step, RNG key, the data iterator's state). Saves are
+them), `opt_state`, and `meta` (JSON: step, RNG key). Each process's data-iterator state is its
+own file, `WORKDIR/data_state/<step>/process_<i>-of-<n>.json`, written by that process before it
+enters the Orbax save (whose commit waits for every process), so on restore every process gets
+back its own read position (Orbax's JSON items are written by the primary process only). Saves are
 asynchronous and atomic: Orbax writes into a temporary directory and renames it when every
 process has finished, so a crash mid-save never leaves a step that looks complete. Restoring
 places every array in the *current* mesh's sharding, whatever mesh wrote it.
 
 The resolved config is saved as `WORKDIR/config.json` so export and evaluation can rebuild the model.
+The workdir may be remote (gs://): every path goes through reasonir_jax.paths and Orbax is given
+the remote path unchanged.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from typing import Any
 
@@ -22,12 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from reasonir_jax import paths
 from reasonir_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+DATA_STATE_DIR = "data_state"
 
 
 # ---- naming the leaves -------------------------------------------------------------------------
@@ -90,24 +96,20 @@ def check_stored(item_dir: str, wanted: dict[str, Any]) -> None:
 # ---- the config beside the checkpoints ---------------------------------------------------------
 def save_config(workdir: str, config: ml_collections.ConfigDict, tokenizer_path: str = "") -> str:
   """Writes the resolved config (and the tokenizer it trained with) as JSON; process 0 only."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = paths.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     payload = {"config": json.loads(config.to_json_best_effort()), "tokenizer_path": tokenizer_path}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    paths.write_text(path, json.dumps(payload, indent=2))
   return path
 
 
 def load_saved_config(workdir: str) -> tuple[ml_collections.ConfigDict, str]:
   """(config, tokenizer_path) written by `save_config`."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, CONFIG_FILE)
+  if not paths.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    payload = json.load(f)
+  payload = json.loads(paths.read_text(path))
   cfg = ml_collections.ConfigDict(_tuples(payload["config"]))
   return cfg, payload.get("tokenizer_path", "")
 
@@ -130,7 +132,8 @@ class CheckpointManager:
     self.every_steps = max(every, 1)
     keep = int(ckpt_cfg.keep) if ckpt_cfg is not None else None
     async_save = bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.directory = paths.absolute(paths.join(workdir, CHECKPOINT_DIR))
+    self.data_state_dir = paths.absolute(paths.join(workdir, DATA_STATE_DIR))
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
@@ -150,7 +153,10 @@ class CheckpointManager:
     step = int(jax.device_get(state.step)) if step is None else int(step)
     if not force and step % self.every_steps:
       return False
-    meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(), "data": data_state}
+    meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
+            "process_count": jax.process_count(), "has_data_state": data_state is not None}
+    if data_state is not None:
+      self._write_data_state(step, data_state)
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(_flat_params(state.params)),
         opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
@@ -158,7 +164,45 @@ class CheckpointManager:
     saved = self._manager.save(step, args=args, force=True)
     if saved:
       log.info("checkpoint: saving step %d to %s", step, self.directory)
+      self._drop_stale_data_states()
     return saved
+
+  # -- per-process data-iterator state -----------------------------------------------------------
+  def _data_state_path(self, step: int, index: int, count: int) -> str:
+    return paths.join(self.data_state_dir, str(step), f"process_{index}-of-{count}.json")
+
+  def _write_data_state(self, step: int, data_state: Any) -> None:
+    path = self._data_state_path(step, jax.process_index(), jax.process_count())
+    paths.makedirs(paths.join(self.data_state_dir, str(step)))
+    paths.write_text(path, json.dumps(data_state))
+
+  def _read_data_state(self, step: int, meta: dict) -> Any:
+    if not meta.get("has_data_state", "data" in meta):
+      return meta.get("data")
+    index, count = jax.process_index(), jax.process_count()
+    path = self._data_state_path(step, index, count)
+    if paths.isfile(path):
+      return json.loads(paths.read_text(path))
+    if "data" in meta and count == 1:  # checkpoints from before per-process files
+      return meta["data"]
+    written_by = meta.get("process_count")
+    if written_by is not None and int(written_by) != count:
+      raise ValueError(
+          f"checkpoint step {step} in {self.directory} was written by {written_by} processes, "
+          f"this run has {count}: each process's data position is its own share of the files, "
+          f"so resume with {written_by} processes (same hosts/slice shape), or start a new "
+          f"workdir from an export of this one (--config.init_from)")
+    raise FileNotFoundError(f"{path} not found: the data-iterator state of process {index} "
+                            f"for checkpoint step {step}")
+
+  def _drop_stale_data_states(self) -> None:
+    """Removes data-state folders of steps Orbax no longer keeps (process 0)."""
+    if jax.process_index() != 0 or not paths.isdir(self.data_state_dir):
+      return
+    keep = {str(s) for s in self.all_steps()}
+    for name in paths.listdir(self.data_state_dir):
+      if name.isdigit() and name not in keep and int(name) < max(map(int, keep), default=0):
+        paths.rmtree(paths.join(self.data_state_dir, name))
 
   def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, Any]:
     """(state, data state) of `step` (default: the latest), each array in the sharding of
@@ -168,8 +212,8 @@ class CheckpointManager:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     flat_p = _abstract(_flat_params(abstract_state.params))
     flat_o = _abstract(_flat_leaves(abstract_state.opt_state))
-    check_stored(os.path.join(self.directory, str(step), "params"), flat_p)
-    check_stored(os.path.join(self.directory, str(step), "opt_state"), flat_o)
+    check_stored(paths.join(self.directory, str(step), "params"), flat_p)
+    check_stored(paths.join(self.directory, str(step), "opt_state"), flat_o)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(flat_p), opt_state=ocp.args.StandardRestore(flat_o),
         meta=ocp.args.JsonRestore()))
@@ -178,7 +222,8 @@ class CheckpointManager:
     opt_state = _unflatten({k: restored["opt_state"][k] for k in flat_o}, abstract_state.opt_state)
     step_arr = jax.device_put(np.asarray(meta["step"], np.int32), abstract_state.step.sharding)
     rng = jax.device_put(np.asarray(meta["rng"], np.uint32), abstract_state.rng.sharding)
-    return TrainState(step=step_arr, params=params, opt_state=opt_state, rng=rng), meta.get("data")
+    state = TrainState(step=step_arr, params=params, opt_state=opt_state, rng=rng)
+    return state, self._read_data_state(step, meta)
 
   def restore_params(self, abstract_params, step: int | None = None):
     """Only the parameters (for export), in the shardings of `abstract_params`."""
@@ -189,10 +234,14 @@ class CheckpointManager:
       raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                               f"(have: {self.all_steps()})")
     flat_p = _abstract(_flat_params(abstract_params))
-    check_stored(os.path.join(self.directory, str(step), "params"), flat_p)
+    check_stored(paths.join(self.directory, str(step), "params"), flat_p)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(flat_p)))
     return _unflatten({k: restored["params"][k] for k in flat_p}, abstract_params)
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process at the sync step JAX's preemption service agreed on."""
+    return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
     """Blocks until an asynchronous save has been committed."""
@@ -216,7 +265,7 @@ def load_params_for_export(workdir: str, step: int | None = None):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                                  abstract_params)
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+  if not paths.isdir(paths.join(workdir, CHECKPOINT_DIR)):
     raise FileNotFoundError(f"{workdir!r} has no {CHECKPOINT_DIR}/ folder: not a training workdir")
   manager = CheckpointManager(workdir)
   try:

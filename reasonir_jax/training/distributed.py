@@ -5,6 +5,10 @@ REASONIR_MULTIHOST=1) asks JAX to find its peers itself, which on a Cloud TPU VM
 metadata server: `launch/tpu.sh` passes it, since an ssh shell on a TPU worker need not carry any
 environment variable that names the other hosts. JAX_COORDINATOR_ADDRESS or a multi-host TPU
 environment also start it; a single process on one host starts nothing.
+
+`jax.distributed.initialize` also starts JAX's preemption service: it catches the SIGTERM a
+preempted TPU host receives and lets every process agree on one step at which to checkpoint
+and stop (training/preemption.py).
 """
 from __future__ import annotations
 

@@ -20,12 +20,27 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# encode_fn(params, input_ids_bl, attention_mask_bl, pool_mask_bl) -> emb_bd (fp32).
-EncodeFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+from reasonir_jax.packing import PER_ROW_FIELDS
+
+# encode_fn(params, inputs, num_texts) -> emb [num_texts, D] fp32, where inputs is one side's
+# dict of [rows, L] arrays: padded (input_ids, attention_mask, pool_mask: one text per row) or
+# packed (input_ids, segment_ids, positions, pool_ids: several texts per row, reasonir_jax.packing).
+EncodeFn = Callable[[Any, dict, int], jax.Array]
 # loss_fn(q_emb_bd, p_emb_nd) -> (loss, metrics).
 LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict]]
 
-_INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
+
+def is_packed(inputs: dict) -> bool:
+  return "pool_ids" in inputs
+
+
+def _texts(inputs: dict, num_texts: dict | None, side: str) -> int:
+  """Texts of one side: one per row when padded; packed rows need num_texts[side]."""
+  if num_texts is not None:
+    return int(num_texts[side])
+  if is_packed(inputs):
+    raise ValueError(f"packed {side} inputs need num_texts[{side!r}]")
+  return int(inputs["input_ids"].shape[0])
 
 
 def check_chunking(num_rows: int, chunk_size: int, num_shards: int, what: str = "batch") -> int:
@@ -69,51 +84,74 @@ def unchunk_rows(x_c: jax.Array, num_shards: int, mesh: Mesh | None = None,
   return _constrain(x, mesh, P(batch_axes))
 
 
-def _encode(encode_fn: EncodeFn, params, inputs: dict) -> jax.Array:
-  return encode_fn(params, *(inputs[k] for k in _INPUT_KEYS))
-
-
-def full_batch_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batch: dict):
+def full_batch_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batch: dict,
+                              num_texts: dict | None = None):
   """(loss, metrics), grads with one backward over the whole batch (activations all kept)."""
+  n_q = _texts(batch["query"], num_texts, "query")
+  n_p = _texts(batch["passage"], num_texts, "passage")
+
   def total(p):
-    q_emb = _encode(encode_fn, p, batch["query"])
-    p_emb = _encode(encode_fn, p, batch["passage"])
-    return loss_fn(q_emb, p_emb)
+    return loss_fn(encode_fn(p, batch["query"], n_q), encode_fn(p, batch["passage"], n_p))
   return jax.value_and_grad(total, has_aux=True)(params)
 
 
 def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batch: dict, *,
                               chunk_size: int, num_shards: int, mesh: Mesh | None = None,
-                              batch_axes: Sequence[str] | str | None = None):
-  """Same result as `full_batch_value_and_grad`, holding the activations of one chunk at a time."""
-  def split(inputs: dict, what: str):
-    n = check_chunking(inputs["input_ids"].shape[0], chunk_size, num_shards, what)
-    return {k: chunk_rows(inputs[k], n, num_shards, mesh, batch_axes) for k in _INPUT_KEYS}, n
+                              batch_axes: Sequence[str] | str | None = None,
+                              num_texts: dict | None = None):
+  """Same result as `full_batch_value_and_grad`, holding the activations of one chunk at a time.
 
-  def encode_no_grad(chunks: dict) -> jax.Array:
+  chunk_size counts texts. Padded inputs are chunked by rows (one text each); packed rows are
+  split into as many chunks as the padded batch would have, and each chunk's encode yields all
+  num_texts embeddings, zero for the texts it does not hold (every text lies in exactly one row),
+  so the chunks' embeddings sum to the full batch's.
+  """
+  def split(inputs: dict, side: str):
+    texts = _texts(inputs, num_texts, side)
+    n = check_chunking(texts, chunk_size, num_shards, side)
+    rows = inputs["input_ids"].shape[0]
+    if is_packed(inputs) and rows % (n * num_shards):
+      raise ValueError(f"packed {side} rows ({rows}) must split into {n} GradCache chunks "
+                       f"(config.train.grad_cache_chunk={chunk_size}) over the {num_shards} "
+                       f"data-parallel devices; change config.data.{PER_ROW_FIELDS[side]}")
+    return {k: chunk_rows(v, n, num_shards, mesh, batch_axes) for k, v in inputs.items()}, texts
+
+  def combine(emb_c: jax.Array, packed: bool) -> jax.Array:
+    if packed:
+      return jnp.sum(emb_c, axis=0)
+    return unchunk_rows(emb_c, num_shards, mesh, batch_axes)
+
+  def encode_no_grad(chunks: dict, texts: int) -> jax.Array:
     def body(carry, chunk):
-      return carry, _encode(encode_fn, params, chunk)
+      return carry, encode_fn(params, chunk, texts if is_packed(chunk) else rows)
+    rows = chunks["input_ids"].shape[1]
     _, emb_c = jax.lax.scan(body, None, chunks)
-    return unchunk_rows(jax.lax.stop_gradient(emb_c), num_shards, mesh, batch_axes)
+    return combine(jax.lax.stop_gradient(emb_c), is_packed(chunks))
 
-  q_chunks, _ = split(batch["query"], "query")
-  p_chunks, _ = split(batch["passage"], "passage")
-  q_emb = encode_no_grad(q_chunks)
-  p_emb = encode_no_grad(p_chunks)
+  q_chunks, n_q = split(batch["query"], "query")
+  p_chunks, n_p = split(batch["passage"], "passage")
+  q_emb = encode_no_grad(q_chunks, n_q)
+  p_emb = encode_no_grad(p_chunks, n_p)
   (loss, metrics), (g_q, g_p) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(q_emb, p_emb)
 
-  def accumulate(grads, chunks: dict, g_emb: jax.Array):
-    g_c = chunk_rows(g_emb, chunks["input_ids"].shape[0], num_shards, mesh, batch_axes)
+  def accumulate(grads, chunks: dict, g_emb: jax.Array, texts: int):
+    num_chunks, rows = chunks["input_ids"].shape[:2]
+    if is_packed(chunks):  # every chunk pulls back the whole embedding gradient
+      g_c = jnp.broadcast_to(g_emb, (num_chunks, *g_emb.shape))
+      texts_per_chunk = texts
+    else:
+      g_c = chunk_rows(g_emb, num_chunks, num_shards, mesh, batch_axes)
+      texts_per_chunk = rows
 
     def body(acc, xs):
       chunk, g_chunk = xs
-      _, vjp = jax.vjp(lambda p: _encode(encode_fn, p, chunk), params)
+      _, vjp = jax.vjp(lambda p: encode_fn(p, chunk, texts_per_chunk), params)
       (g_params,) = vjp(g_chunk.astype(jnp.float32))
       return jax.tree.map(jnp.add, acc, g_params), None
     grads, _ = jax.lax.scan(body, grads, (chunks, g_c))
     return grads
 
   grads = jax.tree.map(jnp.zeros_like, params)
-  grads = accumulate(grads, q_chunks, g_q)
-  grads = accumulate(grads, p_chunks, g_p)
+  grads = accumulate(grads, q_chunks, g_q, n_q)
+  grads = accumulate(grads, p_chunks, g_p, n_p)
   return (loss, metrics), grads

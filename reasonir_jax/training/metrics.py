@@ -42,13 +42,17 @@ class Throughput:
   def _reset(self):
     self._t0 = time.perf_counter()
     self._examples = self._tokens = 0
-    self._flops = 0.0
+    self._flops = self._hardware_flops = 0.0
     self._steps = 0
 
-  def add(self, examples: int, tokens: int, flops: float) -> None:
+  def add(self, examples: int, tokens: int, flops: float,
+          hardware_flops: float | None = None) -> None:
+    """`flops`: model FLOPs (MFU); `hardware_flops`: executed ones, e.g. with GradCache's
+    extra forward pass (reported as hfu when given)."""
     self._examples += examples
     self._tokens += tokens
     self._flops += flops
+    self._hardware_flops += flops if hardware_flops is None else hardware_flops
     self._steps += 1
 
   def report(self) -> dict[str, float]:
@@ -58,6 +62,8 @@ class Throughput:
            "tokens_per_s_per_device": self._tokens / dt / self.num_devices}
     if self.peak_flops:
       out["mfu"] = self._flops / dt / (self.peak_flops * self.num_devices)
+      if self._hardware_flops != self._flops:
+        out["hfu"] = self._hardware_flops / dt / (self.peak_flops * self.num_devices)
     self._reset()
     return out
 
@@ -78,7 +84,10 @@ class MetricWriter:
     self._tb = None
     if self.enabled and workdir:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      from reasonir_jax import paths
+      logdir = paths.join(workdir, "tensorboard")
+      paths.register_tensorboard(logdir)  # gs:// event files go through fsspec
+      self._tb = SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -16,12 +16,15 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.model import LlamaEncoder, ModelConfig, embed
+from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
+from reasonir_jax.model.sharded import create_sharded_model
 from reasonir_jax.training import grad_cache, loss as loss_lib, optimizer as optim_lib
 from reasonir_jax.training import state as state_lib
 from reasonir_jax.training.state import TrainState
+from reasonir_jax.packing import PER_ROW_FIELDS, packed_rows_per_side
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
+PACKED_INPUT_KEYS = ("input_ids", "segment_ids", "positions", "pool_ids")
 
 
 class Trainer:
@@ -44,6 +47,18 @@ class Trainer:
                        f"{self.num_data_shards} data-parallel devices of mesh {dict(mesh.shape)}")
     if self.chunk:
       grad_cache.check_chunking(self.global_batch, self.chunk, self.num_data_shards, "query")
+    self.num_texts = {"query": self.global_batch, "passage": self.global_batch * self.group_size}
+    # Packed inputs: [rows, L] per side holding every text of the batch (reasonir_jax.packing).
+    self.packing = bool(config.data.get("packing", False))
+    self.packed_rows = packed_rows_per_side(config, self.global_batch) if self.packing else None
+    if self.packing:
+      for side, rows in self.packed_rows.items():
+        multiple = self.num_data_shards * (self.num_texts[side] // self.chunk if self.chunk else 1)
+        if rows % multiple:
+          raise ValueError(
+              f"packed {side} rows ({rows} = {self.num_texts[side]} texts / "
+              f"config.data.{PER_ROW_FIELDS[side]}) must be a multiple of {multiple} (the "
+              f"data-parallel devices{' x GradCache chunks' if self.chunk else ''})")
 
     seed = int(config.seed)
     self._make_model = lambda s=seed: LlamaEncoder(self.model_cfg, rngs=nnx.Rngs(s))
@@ -67,10 +82,12 @@ class Trainer:
                               out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
 
   # ---- pure functions -------------------------------------------------------------------------
-  def encode(self, params, input_ids_bl, attention_mask_bl, pool_mask_bl) -> jax.Array:
-    """fp32 L2-normalised embeddings [B, D] of one batch of sequences."""
+  def encode(self, params, inputs: dict, num_texts: int) -> jax.Array:
+    """fp32 L2-normalised embeddings [num_texts, D] of one side's padded or packed rows."""
     model = nnx.merge(self.graphdef, params)
-    return embed(model, input_ids_bl, attention_mask_bl, pool_mask_bl)
+    if grad_cache.is_packed(inputs):
+      return embed_packed(model, *(inputs[k] for k in PACKED_INPUT_KEYS), num_texts)
+    return embed(model, *(inputs[k] for k in INPUT_KEYS))
 
   def loss_fn(self, q_emb_bd, p_emb_nd):
     return loss_lib.contrastive_loss(q_emb_bd, p_emb_nd, temperature=self.temperature,
@@ -82,8 +99,10 @@ class Trainer:
       if self.chunk:
         return grad_cache.grad_cache_value_and_grad(
             self.encode, self.loss_fn, params, batch, chunk_size=self.chunk,
-            num_shards=self.num_data_shards, mesh=self.mesh, batch_axes=self.batch_axes)
-      return grad_cache.full_batch_value_and_grad(self.encode, self.loss_fn, params, batch)
+            num_shards=self.num_data_shards, mesh=self.mesh, batch_axes=self.batch_axes,
+            num_texts=self.num_texts)
+      return grad_cache.full_batch_value_and_grad(self.encode, self.loss_fn, params, batch,
+                                                  self.num_texts)
 
   def _train_step(self, state: TrainState, batch: dict):
     batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.batch_sharding), batch)
@@ -91,7 +110,8 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rng, _ = jax.random.split(state.rng)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step),
+                   **token_counts(batch))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
   # ---- states and batches ---------------------------------------------------------------------
@@ -100,7 +120,7 @@ class Trainer:
     seed = int(self.config.seed) if rng_or_seed is None else rng_or_seed
     if not isinstance(seed, int):
       seed = int(jax.random.randint(seed, (), 0, 2**31 - 1))
-    model = shd.create_sharded_model(self.model_cfg, self.mesh, self.rules, seed)
+    model = create_sharded_model(self.model_cfg, self.mesh, self.rules, seed)
     _, params = nnx.split(model, nnx.Param)
     return self.state_from_params(params, seed)
 
@@ -121,17 +141,28 @@ class Trainer:
     return state_lib.with_shardings(abstract, self.state_shardings)
 
   def abstract_batch(self, query_len: int, passage_len: int) -> dict:
-    """A global batch as ShapeDtypeStructs: B queries of query_len, B*G passages of passage_len."""
+    """A global batch as ShapeDtypeStructs: B queries of query_len, B*G passages of passage_len
+    (padded), or with config.data.packing the packed rows of those lengths."""
+    keys = PACKED_INPUT_KEYS if self.packing else INPUT_KEYS
+    rows = self.packed_rows or self.num_texts
+
     def side(rows, length):
       return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=self.batch_sharding)
-              for k in INPUT_KEYS}
-    return {"query": side(self.global_batch, query_len),
-            "passage": side(self.global_batch * self.group_size, passage_len)}
+              for k in keys}
+    return {"query": side(rows["query"], query_len), "passage": side(rows["passage"], passage_len)}
 
   def place_batch(self, batch: dict) -> dict:
     """Puts a host (NumPy) global batch into the batch sharding; jax.Arrays pass through."""
     return jax.tree.map(
         lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.batch_sharding), batch)
+
+
+def token_counts(batch: dict) -> dict[str, jax.Array]:
+  """Useful (non-padding) tokens of a padded or packed global batch and its token slots."""
+  useful = sum(jnp.sum((side["segment_ids" if grad_cache.is_packed(side) else "attention_mask"]
+                        > 0).astype(jnp.int32)) for side in batch.values())
+  slots = sum(side["input_ids"].size for side in batch.values())
+  return {"useful_tokens": useful, "token_slots": jnp.asarray(slots, jnp.int32)}
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:

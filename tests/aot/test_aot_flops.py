@@ -52,7 +52,10 @@ def test_literal_hand_count(tiny_model_cfg):
 
 @pytest.mark.parametrize("chunk", [0, 8])
 def test_train_step_flops_equals_hand_count(tiny_model_cfg, chunk):
-  got = flops.train_step_flops(tiny_model_cfg, B, QLEN, PLEN, GROUP, grad_cache_chunk=chunk)
+  # Model FLOPs (MFU) leave out GradCache's extra forward pass; the hardware count has it.
+  assert flops.train_step_flops(tiny_model_cfg, B, QLEN, PLEN, GROUP) == hand_count(
+      tiny_model_cfg, grad_cache=False)
+  got = flops.hardware_step_flops(tiny_model_cfg, B, QLEN, PLEN, GROUP, grad_cache_chunk=chunk)
   assert got == hand_count(tiny_model_cfg, grad_cache=bool(chunk))
 
 
@@ -67,3 +70,15 @@ def test_attention_is_counted_bidirectionally(tiny_model_cfg):
 
 def test_tokens_per_step():
   assert flops.tokens_per_step(B, QLEN, PLEN, GROUP) == B * QLEN + B * GROUP * PLEN == 2560
+
+
+def test_packed_rows_count_the_rows_encoded(tiny_model_cfg):
+  # Packed batches hold several texts per row: B/4 query rows and B*G/2 passage rows.
+  rows = (B // 4, B * GROUP // 2)
+  assert flops.tokens_per_step(B, QLEN, PLEN, GROUP, rows) == rows[0] * QLEN + rows[1] * PLEN
+  packed = flops.train_step_flops(tiny_model_cfg, B, QLEN, PLEN, GROUP, rows)
+  padded = flops.train_step_flops(tiny_model_cfg, B, QLEN, PLEN, GROUP)
+  sim = 3.0 * 2.0 * B * B * GROUP * tiny_model_cfg["hidden_size"]
+  fwd = (flops.encoder_forward_flops(tiny_model_cfg, rows[0], QLEN)
+         + flops.encoder_forward_flops(tiny_model_cfg, rows[1], PLEN))
+  assert packed == pytest.approx(3.0 * fwd + sim) and packed < padded

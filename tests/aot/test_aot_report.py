@@ -15,6 +15,11 @@ import pytest
 
 from reasonir_jax import aot
 
+
+def jax_version():
+  import jax
+  return jax.__version__
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
@@ -103,9 +108,46 @@ def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8():
   assert mem["activations_temp"] > 0
   assert r["per_chip_bytes"] >= mem["params"] + mem["opt_state"] + mem["activations_temp"]
   model_cfg = aot.load_config("tiny").model
-  assert r["flops_per_step"] == flops.train_step_flops(model_cfg, 16, 32, 64, 2, grad_cache_chunk=8)
+  # MFU's model FLOPs leave GradCache's extra forward pass out; the hardware count has it.
+  assert r["flops_per_step"] == flops.train_step_flops(model_cfg, 16, 32, 64, 2)
+  assert r["hardware_flops_per_step"] == flops.hardware_step_flops(model_cfg, 16, 32, 64, 2,
+                                                                   grad_cache_chunk=8)
+  assert r["attention"] == "splash"  # auto, on a TPU topology
+  assert r["kernel_calls"] > 0  # the splash kernel really is in the program
+  assert r["jax"] == jax_version() and r["libtpu"] and r["git_commit"]
   assert r["tokens_per_step"] == 16 * 32 + 32 * 64
   assert "Per-chip memory on v5p-8" in proc.stdout
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_xla_attention_compiles_without_kernels_and_needs_more_memory():
+  """The kernel path against the XLA one on the same step: splash keeps no [b, k, x, s] score
+  tensors, so its temporaries are smaller (queries and passages of 512 tokens)."""
+  args = ("--topology=v5p-8", "--query_len=512", "--passage_len=512", "--config.model.head_dim=128")
+  proc, xla = _run_aot(*args, "--config.model.attention=xla")
+  assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
+  proc, splash = _run_aot(*args)
+  assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
+  assert (xla["attention"], xla["kernel_calls"]) == ("xla", 0)
+  assert splash["attention"] == "splash" and splash["kernel_calls"] > 0
+  assert splash["memory"]["activations_temp"] < xla["memory"]["activations_temp"]
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_offload_remat_moves_the_layer_inputs_off_the_chip():
+  """remat_policy=offload keeps each layer's input in host memory: 16 layers x 24,576 tokens
+  per chip x 64 x fp32 = 96 MiB of them: most of that leaves the temporaries (84 MiB measured)."""
+  args = ("--topology=v5p-8", "--query_len=512", "--passage_len=512",
+          "--config.train.global_batch_size=64", "--config.model.num_layers=16",
+          "--config.model.scan_layers=True")
+  temps = {}
+  for policy in ("full", "offload"):
+    proc, r = _run_aot(*args, f"--config.model.remat_policy={policy}")
+    assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
+    temps[policy] = r["memory"]["activations_temp"]
+  assert temps["full"] - temps["offload"] >= 0.75 * 16 * 24576 * 64 * 4
 
 
 @pytest.mark.tpu

@@ -91,19 +91,34 @@ class _Params:
     self.kwargs = kwargs
 
 
-def _fake_vllm(kind: str, fail_on: str | None = None):
+class _WordTokenizer:
+  """One token per whitespace-separated word of every message, plus 4 template tokens."""
+
+  def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=True):
+    assert tokenize and add_generation_prompt
+    return list(range(4 + sum(len(m["content"].split()) for m in messages)))
+
+
+def _fake_vllm(kind: str, fail_on: str | None = None, engine_max_len: int = 100):
   calls = {"llm_init": None, "chat": []}
 
   class LLM:
     def __init__(self, **kwargs):
       calls["llm_init"] = kwargs
+      self.llm_engine = types.SimpleNamespace(
+          model_config=types.SimpleNamespace(max_model_len=engine_max_len))
+
+    def get_tokenizer(self):
+      return _WordTokenizer()
 
     def chat(self, messages, sampling_params, use_tqdm=True):
       calls["chat"].append((messages, sampling_params))
       if fail_on and any(fail_on in m[-1]["content"] for m in messages):
-        raise ValueError("prompt is longer than max_model_len")
+        raise ValueError("vLLM refused the request")
       return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-          text=f"answer to {m[-1]['content']}")]) for m in messages]
+          text=f"answer to {m[-1]['content']}",
+          finish_reason="length" if "ramble" in m[-1]["content"] else "stop")])
+          for m in messages]
 
   sp = types.SimpleNamespace()
   if kind == "new":
@@ -143,14 +158,30 @@ def test_vllm_request_building(kind, field, cls):
   assert set(calls["chat"][-1][1].kwargs) == set(base)
 
 
-def test_vllm_one_bad_prompt_fails_alone():
-  module, calls = _fake_vllm("new", fail_on="huge")
+def test_vllm_overlong_prompt_rejected_before_sending_and_length_is_its_own_kind():
+  module, calls = _fake_vllm("new", engine_max_len=30)  # max_model_len from the engine config
   backend = make_backend("vllm", model="m", vllm_module=module)
-  convs = [[{"role": "user", "content": c}] for c in ("a", "huge", "c")]
-  out = backend.chat(convs, SamplingParams())
-  assert out[0] == "answer to a" and out[2] == "answer to c"
-  assert isinstance(out[1], ChatFailure) and "max_model_len" in out[1].reason
-  assert len(calls["chat"]) == 4  # the batch, then one by one
+  long_text = " ".join(["word"] * 20)
+  convs = [[{"role": "user", "content": c}] for c in ("a", long_text, "ramble on", "c")]
+  out = backend.chat(convs, SamplingParams(max_tokens=10))
+  assert out[0] == "answer to a" and out[3] == "answer to c"
+  # 4 + 20 prompt tokens + 10 new tokens > 30: never sent, counted as its own kind.
+  assert isinstance(out[1], ChatFailure) and out[1].kind == "prompt_too_long"
+  assert "24 tokens" in out[1].reason and "max_model_len=30" in out[1].reason
+  assert isinstance(out[2], ChatFailure) and out[2].kind == "length"
+  [(messages, _)] = calls["chat"]  # one call for the rest of the batch
+  assert len(messages) == 3
+
+
+def test_vllm_call_failure_is_bisected_not_rerun_one_by_one():
+  module, calls = _fake_vllm("new", fail_on="bad")
+  backend = make_backend("vllm", model="m", vllm_module=module, max_model_len=1000)
+  convs = [[{"role": "user", "content": f"q{i}"}] for i in range(256)]
+  convs[100] = [{"role": "user", "content": "bad"}]
+  out = backend.chat(convs, SamplingParams(max_tokens=10))
+  assert isinstance(out[100], ChatFailure) and out[100].kind == "backend"
+  assert out[:100] == [f"answer to q{i}" for i in range(100)]
+  assert len(calls["chat"]) <= 2 * 9 + 1  # O(log n) calls, not 257
 
 
 def test_vllm_missing_gives_install_hint():

@@ -84,3 +84,51 @@ def test_schema_rejected_with_400_falls_back_to_plain_json():
     backend.chat([_conv("c")], SamplingParams(), json_schema={"type": "object"})
     assert len(server.requests) == n + 1 and "response_format" not in server.requests[-1]
     backend.close()
+
+
+def test_retry_after_is_honoured_and_parsed():
+  from data_gen.backends.openai_http import parse_retry_after
+  assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None
+  assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 3) == 3.0
+  assert parse_retry_after("soon") is None
+  import time
+  answers = [("status", 429, {"Retry-After": "0.6"}), "ok"]
+  with ScriptedChatServer(sequence_responder(answers)) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m", backoff_s=0.001)
+    start = time.monotonic()
+    assert backend.chat([_conv("x")], SamplingParams()) == ["ok"]
+    assert time.monotonic() - start >= 0.55  # waited what the server asked, not 1 ms
+    backend.close()
+
+
+def test_finish_reason_length_is_its_own_failure_kind():
+  with ScriptedChatServer(lambda req: ("length", '{"query": "cut')) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m")
+    (out,) = backend.chat([_conv("x")], SamplingParams(max_tokens=5))
+    backend.close()
+  assert isinstance(out, ChatFailure) and out.kind == "length" and "max_tokens=5" in out.reason
+
+
+def test_continuous_submission_keeps_requests_in_flight_and_requeues_retries():
+  import threading
+  lock, seen = threading.Lock(), {}
+
+  def respond(req):
+    text = last_user_message(req)
+    with lock:
+      seen[text] = seen.get(text, 0) + 1
+      first = seen[text] == 1
+    if text == "q0" and first:
+      return 503  # retried while the others keep going
+    return ("sleep", 0.3, "a:" + text)
+
+  with ScriptedChatServer(respond) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m", max_concurrency=16,
+                           backoff_s=0.01)
+    futures = [backend.submit(_conv(f"q{i}"), SamplingParams()) for i in range(16)]
+    out = [f.result(timeout=10) for f in futures]
+    stats = backend.meter.summary()
+    backend.close()
+  assert out == [f"a:q{i}" for i in range(16)]
+  assert stats["peak_in_flight"] == 16 and backend.num_retries == 1
+  assert stats["elapsed_s"] < 1.5  # all 16 at once (+ one retry), not 16 x 0.3 s

@@ -91,17 +91,26 @@ def bow_encoder():
   return BagOfWordsEncoder
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer_dir):
-  """A random 2-layer Llama in HF format with the test tokenizer."""
+def _save_tiny_llama(out, tokenizer_dir, class_name: str, num_layers: int) -> str:
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+  cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, bos_token_id=0,
                                  eos_token_id=1, pad_token_id=2)
-  out = tmp_path_factory.mktemp("tiny_model")
   import torch
   torch.manual_seed(0)
-  transformers.LlamaModel(cfg).save_pretrained(str(out))
+  getattr(transformers, class_name)(cfg).save_pretrained(str(out))
   for name in os.listdir(tokenizer_dir):
     shutil.copy(os.path.join(tokenizer_dir, name), out)
   return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir):
+  """A random 2-layer Llama in HF format with the test tokenizer."""
+  return _save_tiny_llama(tmp_path_factory.mktemp("tiny_model"), tokenizer_dir, "LlamaModel", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory, tokenizer_dir):
+  """A random 1-layer Llama causal LM (the reader of the RAG tests) with the test tokenizer."""
+  return _save_tiny_llama(tmp_path_factory.mktemp("tiny_lm"), tokenizer_dir, "LlamaForCausalLM", 1)

@@ -117,3 +117,99 @@ def test_dense_end_to_end_tiny_model(bright_dir, tiny_model_dir, tmp_path, monke
   # Other queries, same corpus: the cache serves every document embedding.
   bright.main(common + ["--out", str(tmp_path / "dense2"), "--queries", "gpt4_reason", "--tasks", "biology"])
   assert len(documents_encoded) == 6 + 4
+
+
+def test_outputs_in_the_public_layout(bright_dir, tmp_path):
+  out = tmp_path / "o"
+  bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(out), "--tasks", "biology"])
+  task_dir = out / "biology_bm25_long_False"
+  score = json.load(open(task_dir / "score.json"))
+  assert set(score) == {"b0", "b1", "b2"} and "bio_dup" not in score["b0"]
+  public = json.load(open(task_dir / "results.json"))
+  assert public["NDCG@10"] == pytest.approx(round(json.load(open(out / "results.json"))["biology"]["ndcg@10"], 5))
+  assert {"NDCG@1", "NDCG@100", "MAP@100", "P@10", "Recall@100", "MRR"} <= set(public)
+  assert "b2 0 bio_enzyme 1" in open(out / "qrels" / "biology.qrels").read().splitlines()
+  assert "MRR" in json.load(open(out / "results.json"))["average"]
+
+
+def test_long_document_mode(bright_dir, tmp_path):
+  assert bright_data.parse_tasks("all", long_documents=True) == list(bright_data.LONG_TASKS)
+  assert len(bright_data.LONG_TASKS) == 8 and "leetcode" not in bright_data.LONG_TASKS
+  with pytest.raises(ValueError, match="leetcode has no long documents"):
+    bright_data.parse_tasks("biology,leetcode", long_documents=True)
+  assert bright_data.query_instruction("biology", long_documents=True) == (
+      "Given a biology post, retrieve relevant documents that help answer the post")
+  assert bright_data.query_instruction("pony", long_documents=True) == (
+      "Given a pony question, retrieve relevant documents that help answer the question")
+  with pytest.raises(ValueError, match="no long documents"):
+    bright_data.query_instruction("aops", long_documents=True)
+  out = tmp_path / "long"
+  # `available` with long documents keeps only tasks that have long corpora (biology, not leetcode).
+  bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(out), "--tasks", "available",
+               "--long-documents"])
+  results = json.load(open(out / "results.json"))
+  assert set(results) == {"biology", "average"}
+  assert "b2 0 bio_enzyme 1" not in open(out / "qrels" / "biology.qrels").read()  # gold_ids_long
+  assert os.path.isfile(out / "biology_bm25_long_True" / "score.json")
+
+
+def test_max_length_default_and_truncation_count(caplog):
+  assert bright.build_parser().parse_args(["--out", "x"]).max_length == 32768
+
+  class Tok:
+    def prefix_ids(self, instruction):
+      return (1, 2)
+
+    def text_ids(self, texts):
+      return [t.split() for t in texts]
+
+  enc = type("E", (), {"prompt_tokenizer": Tok()})()
+  docs = ["a b c", "a b c d e f g h i j k", "x" * 50]  # 3, 11 and 1 tokens
+  assert bright.count_truncated(enc, docs, max_length=8) == 1
+  assert bright.count_truncated(enc, docs, max_length=100) == 0
+
+
+def test_remote_data_and_out_on_a_fake_bucket(bright_dir, tmp_path, monkeypatch):
+  import shutil
+  import sys
+  sys.path.insert(0, "tests")
+  import fake_bucket
+  fake_bucket.install(str(tmp_path))
+  shutil.copytree(bright_dir, tmp_path / "bkt" / "bright")
+  bright.main(["--retriever", "bm25", "--data", "gs://bkt/bright", "--out", "gs://bkt/out", "--tasks", "biology"])
+  local = tmp_path / "bkt" / "out"
+  assert json.load(open(local / "results.json"))["biology"]["ndcg@10"] > 0.6
+  assert (local / "biology_bm25_long_False" / "score.json").is_file()
+  assert metrics.read_trec_run("gs://bkt/out/biology.run") == metrics.read_trec_run(str(local / "biology.run"))
+  # A remote stage output keeps its append-only answer cache on local disk.
+  from reasonir_jax.eval import llm_cache
+  monkeypatch.setenv("REASONIR_CACHE", str(tmp_path / "cache"))
+  entry = llm_cache.open_cache("gs://bkt/out/rerank", "biology")
+  assert entry.path.startswith(str(tmp_path / "cache"))
+
+
+def test_long_texts_get_smaller_batches():
+  calls = []
+
+  class Tok:
+    def prefix_ids(self, instruction):
+      return (1,)
+
+    def text_ids(self, texts):
+      return [[0] * len(t) for t in texts]  # one token per character
+
+  class Enc:
+    prompt_tokenizer = Tok()
+
+    def encode(self, texts, instruction=None, batch_size=32, max_length=2048, show_progress=False):
+      calls.append((batch_size, len(texts)))
+      return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+  texts = ["a" * 100, "b" * 3000, "c" * 9000, "d" * 50, "e" * 40000]
+  emb = bright.encode_by_length(Enc(), texts, instruction=None, batch_size=32, max_length=32768)
+  assert emb[:, 0].tolist() == [100, 3000, 9000, 50, 40000]  # the caller's order
+  # <= 2048 tokens: 32; 3001 -> 16; 9001 -> 4 (three doublings); 40000 is cut to 32768 -> 2.
+  assert sorted(calls, reverse=True) == [(32, 2), (16, 1), (4, 1), (2, 1)]
+  calls.clear()
+  bright.encode_by_length(Enc(), texts, instruction=None, batch_size=32, max_length=2048)
+  assert calls == [(32, 5)]

@@ -1,4 +1,5 @@
-"""Query rewriting, ReasonIR-Rerank and RAG against a scripted OpenAI-compatible loopback server."""
+"""Query rewriting, ReasonIR-Rerank and RAG against a scripted OpenAI-compatible loopback server;
+the reference protocols' parsers against small reimplementations of the public code."""
 import json
 import os
 
@@ -6,7 +7,7 @@ import pytest
 
 from data_gen.backends import ChatFailure, make_backend
 from data_gen.testing import ScriptedChatServer, last_user_message
-from reasonir_jax.eval import bright, metrics, rag, rerank, rewrite
+from reasonir_jax.eval import bright, llm_cache, metrics, protocol, rag, rerank, rewrite
 
 
 def _backend(server):
@@ -29,25 +30,77 @@ def test_parse_relevance(answer, score):
   assert rerank.parse_relevance(answer) == score
 
 
+def _public_rerank_parse(output: str) -> float:
+  """The public reranker's parsing (ReasonIR evaluation/bright/reranker.py), rewritten: the two
+  characters after the last marker as a number over 5; no marker 0; otherwise -1."""
+  pos = output.rfind("Relevance score:")
+  if pos == -1:
+    return 0
+  try:
+    return float(output[pos + 16:pos + 18]) / 5
+  except ValueError:
+    return -1
+
+
+@pytest.mark.parametrize("answer,expected", [
+    ("Relevance score: 4.", 0.8),
+    ("Relevance score:3.", 0.6),
+    ("Relevance score: 5", 1.0),
+    ("Relevance score: 0.", 0.0),
+    ("Relevance score: 1. On reflection, Relevance score: 2.", 0.4),  # the last marker counts
+    ("Relevance score: 10", 0.2),  # only two characters are read: " 1"
+    ("Relevance score:\n4", 0.8),
+    ("Relevance score: **3**", -1.0),  # " *" does not parse: -1 on the normalised scale
+    ("Relevance score: high", -1.0),
+    ("Relevance score:", -1.0),
+    ("relevance score: 4", 0.0),  # the marker is case-sensitive: no marker
+    ("**Relevance score:** 3", -1.0),  # the two characters after the marker are "**"
+    ("It is relevant.", 0.0),
+])
+def test_reference_rerank_score_table(answer, expected):
+  assert protocol.rerank_score(answer) == pytest.approx(expected)
+  assert protocol.rerank_score(answer) == pytest.approx(_public_rerank_parse(answer))
+
+
+def test_reference_rerank_failure_and_interpolation():
+  assert protocol.rerank_score(ChatFailure("HTTP 500")) == -1.0
+  # -1 after the division: final = 0.5 * -1 + 0.5 * retriever (ours: 0.5 * -1 / 5 + ...).
+  assert rerank.normalised_score(ChatFailure("x"), "reference") == -1.0
+  assert rerank.normalised_score(ChatFailure("x"), "ours") == pytest.approx(-0.2)
+
+
+def test_reference_rerank_prompts():
+  for task in ("aops", "theoremqa_questions", "theoremqa_theorems", "leetcode", "pony", "biology", "robotics"):
+    text = protocol.rerank_prompt(task, "QUERY-TEXT", "DOC-TEXT")
+    assert text.index("QUERY-TEXT") < text.index("DOC-TEXT"), task  # query first, document second
+    assert "'Relevance score: X.'" in text and "0 to 5" in text and "nothing else" in text, task
+  assert "pony" in protocol.rerank_prompt("pony", "q", "d")
+  assert protocol.rerank_prompt("biology", "q", "d") == protocol.rerank_prompt("stackoverflow", "q", "d")
+  assert protocol.rerank_prompt("theoremqa_questions", "q", "d") == protocol.rerank_prompt(
+      "theoremqa_theorems", "q", "d")
+  general = protocol.rerank_prompt("biology", "q", "d")
+  assert general.index("Relevance score") < general.index("<start_query>")  # instructions first
+
+
 def test_interpolation():
-  assert rerank.interpolate(5, 0.2) == pytest.approx(0.6)
+  assert rerank.interpolate(1.0, 0.2) == pytest.approx(0.6)
   assert rerank.interpolate(0, 0.8, alpha=0.25) == pytest.approx(0.6)
-  assert rerank.interpolate(-1, 0.5) == pytest.approx(0.15)
+  assert rerank.interpolate(-0.2, 0.5) == pytest.approx(0.15)
 
 
-def _judge(request):
-  text = last_user_message(request)
-  if "Mitochondria produce ATP" in text:
-    return "Relevance score: 5."
-  if "Photosynthesis in plants" in text:
-    return "The document explains it. Relevance score: 4"
-  if "DNA replication" in text:
-    return "no marker at all"
-  if "Enzymes" in text:
-    return 400  # a failed request
-  if "Binary search halves" in text:
-    return "Relevance score: 5"
-  return "Relevance score: 1."
+def _scripted_judge(answers: dict):
+  """A responder answering by the first document snippet found in the prompt, else score 1."""
+  def judge(request):
+    text = last_user_message(request)
+    return next((a for snippet, a in answers.items() if snippet in text), "Relevance score: 1.")
+  return judge
+
+
+_judge = _scripted_judge({"Mitochondria produce ATP": "Relevance score: 5.",
+                          "Photosynthesis in plants": "The document explains it. Relevance score: 4",
+                          "DNA replication": "no marker at all",
+                          "Enzymes": 400,  # a failed request
+                          "Binary search halves": "Relevance score: 5"})
 
 
 def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
@@ -59,7 +112,8 @@ def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
   metrics.write_trec_run(os.path.join(out, "leetcode.run"), {"l0": {"lc_dp": 0.8, "lc_bsearch": 0.6}})
   with ScriptedChatServer(_judge) as server:
     backend = _backend(server)
-    results = rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"], top_k=3, seed=7)
+    results = rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"], top_k=3, seed=7,
+                                protocol_name="ours")
     backend.close()
     requests = list(server.requests)
   new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
@@ -80,7 +134,112 @@ def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
   assert json.load(open(os.path.join(out, "rerank", "results.json")))["config"]["seed"] == 7
 
 
+_reference_judge = _scripted_judge({"Mitochondria produce ATP": "Relevance score: 5.",
+                                    "Photosynthesis in plants": "Relevance score: 4",
+                                    "DNA replication": "no marker at all",
+                                    "Enzymes": "Relevance score: **2**"})  # unparseable: -1
+
+
+def _base_runs(out):
+  metrics.write_trec_run(os.path.join(out, "biology.run"), {
+      "b0": {"bio_neuron": 0.9, "bio_mito": 0.5, "bio_dna": 0.4, "bio_photo": 0.1},
+      "b1": {"bio_enzyme": 0.7, "bio_photo": 0.6, "bio_neuron": 0.2},
+      "b2": {"bio_dna": 0.3, "bio_neuron": 0.2, "bio_enzyme": 0.1, "bio_photo": 0.05, "bio_mito": 0.01}})
+
+
+def test_reference_rerank_against_scripted_server(bright_dir, tmp_path):
+  out = str(tmp_path)
+  _base_runs(out)
+  metrics.write_trec_run(os.path.join(out, "leetcode.run"), {"l0": {"lc_dp": 0.8, "lc_bsearch": 0.6}})
+  with ScriptedChatServer(_reference_judge) as server:
+    backend = _backend(server)
+    rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"])
+    first = list(server.requests)
+    rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"])  # all answers cached
+    backend.close()
+    assert len(server.requests) == len(first) == 4 + 3 + 5 + 2
+  assert all(r["temperature"] == 0.6 and r["top_p"] == 0.9 and r["max_tokens"] == 32 for r in first)
+  assert all(len(r["messages"]) == 1 for r in first)  # one user message, no system line
+  new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
+  assert new["b0"]["bio_mito"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5)
+  assert new["b1"]["bio_photo"] == pytest.approx(0.5 * 0.8 + 0.5 * 0.6)
+  assert new["b0"]["bio_dna"] == pytest.approx(0.5 * 0.0 + 0.5 * 0.4)
+  assert new["b1"]["bio_enzyme"] == pytest.approx(0.5 * -1.0 + 0.5 * 0.7)  # -1 after the division
+  leet = [last_user_message(r) for r in first if "Binary search halves" in last_user_message(r)]
+  assert "data structures" in leet[0]
+  public = json.load(open(os.path.join(out, "rerank", "biology", "results.json")))
+  assert {"NDCG@10", "MAP@100", "Recall@100", "P@5", "MRR"} <= set(public)
+
+
+def test_rerank_resumes_after_kill(bright_dir, tmp_path):
+  """A real SIGKILL mid-task: the rerun asks only for the judgments not yet on disk."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  out = str(tmp_path)
+  _base_runs(out)
+
+  def slow(request):
+    time.sleep(0.15)
+    return _reference_judge(request)
+
+  cache_path = os.path.join(out, "rerank", "cache", "biology.jsonl")
+  with ScriptedChatServer(slow) as server:
+    cmd = [sys.executable, "-m", "reasonir_jax.eval.rerank", "--run-dir", out, "--data", bright_dir,
+           "--tasks", "biology", "--backend", "openai", "--backend-model", "m", "--base-url", server.base_url,
+           "--backend-arg", "max_concurrency=1", "--backend-arg", "max_retries=0"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+      if os.path.isfile(cache_path) and len(open(cache_path).read().splitlines()) >= 4:
+        break
+      time.sleep(0.02)
+    assert child.poll() is None, "the child finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    cached = {json.loads(l)["key"] for l in open(cache_path).read().splitlines() if l.strip()}
+    assert 4 <= len(cached) < 12
+    assert not os.path.isfile(os.path.join(out, "rerank", "biology.run"))  # it died mid-task
+    killed_requests = len(server.requests)
+    backend = _backend(server)
+    rerank.rerank_dir(backend, out, bright_dir, ["biology"])
+    backend.close()
+    resumed = server.requests[killed_requests:]
+  sampling = rerank.sampling_for("reference", protocol.RERANK_SEED, None)
+  keys = [llm_cache.request_key("m", "rerank-reference", r["messages"], sampling) for r in resumed]
+  assert not set(keys) & cached  # no call made again
+  assert len(resumed) == 12 - len(cached)
+  # The result equals an uninterrupted run's.
+  new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
+  assert new["b2"]["bio_mito"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.01)
+  assert len(new["b2"]) == 5
+
+
 # ---------------------------------------------------------------- rewrite
+
+def test_reference_rewrite_prompt_and_cache(bright_dir, tmp_path):
+  def expand(request):
+    return "expanded " + last_user_message(request)[:20]
+
+  with ScriptedChatServer(expand) as server:
+    argv = ["--data", bright_dir, "--tasks", "biology", "--out", str(tmp_path / "rw"), "--backend", "openai",
+            "--backend-model", "m", "--base-url", server.base_url]
+    rewrite.main(argv)
+    first = list(server.requests)
+    rewrite.main(argv)  # every rewrite is in the cache: no request
+    assert len(server.requests) == len(first) == 3
+  (req,) = [r for r in first if "mitochondria" in last_user_message(r)]
+  assert req["messages"][0] == {"role": "system", "content": "You are a helpful assistant"}
+  text = last_user_message(req)
+  # The query (one line) comes first, then the instructions, which state the 2048-token budget.
+  assert text.startswith("Why do cells need mitochondria to make ATP energy?\n\nInstructions:\n1. ")
+  assert "2048 tokens" in text and "3. " in text
+  assert req["temperature"] == 0.8 and req["top_p"] == 0.8 and req["max_tokens"] == 2048
+  assert protocol.rewrite_messages("a\nb", 10)[1]["content"].startswith("a b\n\n")
+
 
 def test_rewrite_then_evaluate(bright_dir, tmp_path):
   def expand(request):
@@ -91,15 +250,15 @@ def test_rewrite_then_evaluate(bright_dir, tmp_path):
   with ScriptedChatServer(expand) as server:
     rewrite.main(["--data", bright_dir, "--tasks", "biology", "--out", str(tmp_path / "rw"),
                   "--backend", "openai", "--backend-model", "m", "--base-url", server.base_url,
-                  "--max-tokens", "77"])
+                  "--max-tokens", "77", "--protocol", "ours"])
     assert all(r["temperature"] == 0.8 and r["top_p"] == 0.8 and r["max_tokens"] == 77
                for r in server.requests)
     rows = [json.loads(l) for l in open(tmp_path / "rw" / "biology.jsonl")]
     assert [r["id"] for r in rows] == ["b0", "b1", "b2"] and rows[0]["query"].startswith("mitochondria")
     # The eval option does the same in one go and saves the rewrites.
     bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path / "ev"), "--tasks",
-                 "biology", "--rewrite-backend", "openai", "--rewrite-model", "m", "--base-url",
-                 server.base_url])
+                 "biology", "--rewrite-backend", "openai", "--rewrite-backend-model", "m", "--base-url",
+                 server.base_url, "--protocol", "ours"])
   assert os.path.isfile(tmp_path / "ev" / "rewritten" / "biology.jsonl")
   # Saved rewrites feed back through --queries.
   bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path / "fb"), "--tasks", "biology",
@@ -201,8 +360,8 @@ def test_rag_cli_with_tiny_model(tmp_path, tiny_model_dir):
   with ScriptedChatServer(lambda r: "the answer is (B)" if "Passage 1:" in last_user_message(r)
                           else "the answer is (A)") as server:
     result = rag.main(["--task", "gpqa", "--data", _questions(tmp_path), "--datastore", str(store), "--model",
-                       tiny_model_dir, "--dtype", "float32", "--max-length", "64", "--k", "2", "--backend",
-                       "openai", "--backend-model", "m", "--base-url", server.base_url, "--out",
+                       tiny_model_dir, "--dtype", "float32", "--max-length", "64", "--k", "2", "--protocol", "ours",
+                       "--backend", "openai", "--backend-model", "m", "--base-url", server.base_url, "--out",
                        str(tmp_path / "out")])
   assert result["accuracy_closed_book"] == 0.5 and result["accuracy_with_retrieval"] == 0.5
   saved = json.load(open(tmp_path / "out" / "rag_gpqa.json"))
@@ -212,8 +371,18 @@ def test_rag_cli_with_tiny_model(tmp_path, tiny_model_dir):
 def test_backend_flags_errors_name_the_flag(bright_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
     bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(tmp_path), "--tasks", "biology",
-                 "--rewrite-backend", "openai", "--rewrite-model", "m"])
-  assert "--rewrite-backend openai needs --base-url" in capsys.readouterr().err
+                 "--rewrite-backend", "openai", "--rewrite-backend-model", "m"])
+  assert "--rewrite-backend openai needs --" in capsys.readouterr().err  # names the missing URL flag
   with pytest.raises(SystemExit):
     rerank.main(["--run-dir", str(tmp_path), "--data", bright_dir, "--backend", "openai", "--base-url", "http://x"])
   assert "no <task>.run files" in capsys.readouterr().err
+
+
+def test_answer_cache_skips_a_torn_last_row(tmp_path):
+  path = tmp_path / "c.jsonl"
+  path.write_text(json.dumps({"key": "k1", "answer": "a1"}) + "\n" + '{"key": "k2", "ans')  # killed mid-write
+  cache = llm_cache.AnswerCache(str(path))
+  assert cache.answers == {"k1": "a1"}
+  cache.put("k3", "a3")
+  cache.close()
+  assert llm_cache.AnswerCache(str(path)).answers == {"k1": "a1", "k3": "a3"}

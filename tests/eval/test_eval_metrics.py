@@ -49,3 +49,29 @@ def test_run_file_round_trip(tmp_path):
   lines = open(path).read().splitlines()
   assert lines[0].split()[:4] == ["q1", "Q0", "d2", "1"]
   assert metrics.read_trec_run(path) == run
+
+
+def test_public_metrics_layout_and_values():
+  pytest.importorskip("pytrec_eval")
+  run, qrels = _random_case(np.random.default_rng(3))
+  out = metrics.public_metrics(run, qrels)
+  ks = (1, 5, 10, 25, 50, 100)
+  assert list(out) == ([f"NDCG@{k}" for k in ks] + [f"MAP@{k}" for k in ks] + [f"Recall@{k}" for k in ks]
+                       + [f"P@{k}" for k in ks] + ["MRR"])  # BRIGHT's calculate_retrieval_metrics keys
+  ours = metrics.evaluate(run, qrels)
+  assert out["NDCG@10"] == pytest.approx(ours["ndcg@10"], abs=1e-5)
+  assert out["Recall@100"] == pytest.approx(ours["recall@100"], abs=1e-5)
+  assert all(round(v, 5) == v for v in out.values())
+  # Hand-computed: one query, the relevant document at rank 2 of 3.
+  small = metrics.public_metrics({"q": {"a": 3.0, "b": 2.0, "c": 1.0}}, {"q": {"b": 1}})
+  assert small["MRR"] == 0.5 and small["P@1"] == 0.0 and small["P@5"] == 0.2 and small["MAP@10"] == 0.5
+  assert small["NDCG@5"] == pytest.approx(round(1 / np.log2(3), 5))
+
+
+def test_qrels_and_score_json(tmp_path):
+  import json
+  metrics.write_qrels(str(tmp_path / "t.qrels"), {"q1": {"d1": 1, "d2": 1}})
+  assert open(tmp_path / "t.qrels").read().splitlines() == ["q1 0 d1 1", "q1 0 d2 1"]
+  metrics.write_score_json(str(tmp_path / "score.json"), {"q1": {"a": 0.1, "b": 0.9}})
+  saved = json.load(open(tmp_path / "score.json"))
+  assert list(saved["q1"]) == ["b", "a"] and saved["q1"]["b"] == 0.9

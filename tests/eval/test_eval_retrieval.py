@@ -75,3 +75,80 @@ def test_cli_checks_every_file_before_starting(bright_dir, tmp_path, capsys):
   err = capsys.readouterr().err
   assert "no file for task 'leetcode'" in err and "gpt4_reason" in err
   assert not (tmp_path / "biology.run").exists()
+
+
+# ---- encoding for BRIGHT at scale -------------------------------------------------------------
+def test_tasks_sharing_a_corpus_share_one_cache_entry(tmp_path, bow_encoder):
+  """aops and theoremqa_questions ship the same documents: the second task encodes nothing."""
+  import os
+
+  from reasonir_jax.eval import bright
+  ids, docs = ["p1", "p2", "p3"], ["sum of angles", "modular inverse", "prime count"]
+  first, second = bow_encoder(), bow_encoder()
+  kw = dict(max_length=64, batch_size=4, long_documents=False, cache_dir=str(tmp_path))
+  a = bright.corpus_embeddings(first, "m", "aops", ids, docs, **kw)
+  b = bright.corpus_embeddings(second, "m", "theoremqa_questions", ids, docs, **kw)
+  assert first.texts_encoded == 3 and second.texts_encoded == 0
+  assert len(os.listdir(tmp_path)) == 1
+  np.testing.assert_array_equal(a.to_array(), b.to_array())
+  assert a[0:3].dtype == np.float16  # fp16 storage, float32 on the host when asked for an array
+  other = bow_encoder()
+  bright.corpus_embeddings(other, "m", "aops", ids, docs[:2] + ["another text"], **kw)
+  assert other.texts_encoded == 3  # different content, different entry
+
+
+def test_fp16_cache_ranks_like_float32():
+  from reasonir_jax.eval import cache as cache_mod
+  rng = np.random.default_rng(1)
+  c = rng.standard_normal((300, 32)).astype(np.float32)
+  c /= np.linalg.norm(c, axis=1, keepdims=True)
+  q = c[:7] + 0.3 * rng.standard_normal((7, 32)).astype(np.float32)
+  s32, i32 = retrieval.exact_top_k(q, c, 5)
+  s16, i16 = retrieval.exact_top_k(q, c.astype(np.float16), 5)
+  np.testing.assert_allclose(s16, s32, atol=5e-3)
+  assert (i16[:, 0] == i32[:, 0]).all()
+  with pytest.raises(ValueError, match="float16 or float32"):
+    cache_mod.EmbeddingCache("x", {}, storage_dtype="int8")
+
+
+def test_auto_mesh_is_data_parallel_when_weights_fit(tiny_model_dir):
+  from reasonir_jax.eval import encode_plan
+  import transformers
+  n = sum(p.numel() for p in transformers.AutoModel.from_pretrained(tiny_model_dir).parameters())
+  assert encode_plan.safetensors_parameter_count(tiny_model_dir) == n
+  gib = 1 << 30
+  assert encode_plan.auto_mesh_shape(8_030_000_000, 2, 95 * gib) == "-1,1,1"  # 8B bf16 on a 96 GB chip
+  assert encode_plan.auto_mesh_shape(8_030_000_000, 2, 16 * gib) == "1,-1,1"  # v5e: 16 GB, shard it
+  assert encode_plan.auto_mesh_shape(None, 2, 16 * gib) == "1,-1,1"
+  assert encode_plan.resolve_mesh("auto", tiny_model_dir, "float32") == "-1,1,1"  # CPU: fits
+  assert encode_plan.resolve_mesh("2,4,1", tiny_model_dir, "float32") == "2,4,1"
+
+
+def test_projected_wall_time_counts_a_shared_corpus_once():
+  from reasonir_jax.eval import encode_plan
+  sizes = encode_plan.BRIGHT_CORPUS_SIZES
+  assert len(sizes) == 12 and sizes["aops"] == sizes["theoremqa_questions"] == 188_177
+  per_task, total = encode_plan.projected_seconds(100.0)
+  assert per_task["theoremqa_questions"] == 0.0 and per_task["aops"] == 1881.77
+  assert total == pytest.approx((sum(sizes.values()) - 188_177) / 100.0)
+  text = encode_plan.format_projection(100.0, "8 x TPU v5p")
+  assert "8 x TPU v5p" in text and "leetcode" in text and "shared corpus" in text
+  meter = encode_plan.EncodeMeter()
+  for n, secs in ((10, 100.0), (200, 2.0), (200, 2.0)):  # the first call pays the compilations
+    meter.calls.append((n, secs))
+  assert meter.rate() == 100.0
+
+
+def test_dense_run_prints_projection_on_data_parallel_mesh(bright_dir, tiny_model_dir, tmp_path, capsys,
+                                                           caplog):
+  import logging
+
+  from reasonir_jax.eval import bright, encode_plan
+  caplog.set_level(logging.INFO)
+  encode_plan.METER.calls.clear()
+  bright.main(["--model", tiny_model_dir, "--data", bright_dir, "--tasks", "biology", "--dtype", "float32",
+               "--max-length", "64", "--batch-size", "8", "--cache-dir", str(tmp_path / "c"),
+               "--out", str(tmp_path / "o")])
+  out = capsys.readouterr().out
+  assert "Projected corpus encoding for all 12 BRIGHT tasks on 8 x cpu" in out and "total" in out
+  assert "encoder mesh: {'data': 8, 'fsdp': 1, 'tensor': 1}" in caplog.text

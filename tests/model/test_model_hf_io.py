@@ -154,3 +154,60 @@ def test_model_config_from_repo_configs():
   assert (cfg.hidden_size, cfg.num_kv_heads, cfg.rope_type) == (4096, 8, "llama3")
   with pytest.raises(ValueError, match="remat_policy"):
     ModelConfig.from_config(dict(load_config("tiny").model.to_dict(), remat_policy="some"))
+
+
+def test_export_config_has_both_rope_layouts_and_is_bidirectional(hf_dir, tmp_path):
+  import transformers
+  from reasonir_jax.hf import load_hf, read_hf_config, save_hf
+  from reasonir_jax.model import ModelConfig
+  model, cfg = load_hf(hf_dir, show_progress=False)
+  out = str(tmp_path / "export")
+  save_hf(model, cfg, out, tokenizer=hf_dir, show_progress=False)
+  config = read_hf_config(out)
+  assert config["is_causal"] is False
+  rope = dict(config["rope_parameters"])
+  assert config["rope_theta"] == rope.pop("rope_theta") == 500000.0
+  assert config["rope_scaling"] == rope and rope["rope_type"] == "llama3"
+  assert ModelConfig.from_hf_dict(config) == cfg  # our reader takes it back unchanged
+  # Each layout alone gives the same transformers config.
+  old = {k: v for k, v in config.items() if k != "rope_parameters"}
+  new = {k: v for k, v in config.items() if k not in ("rope_theta", "rope_scaling")}
+  assert (transformers.LlamaConfig(**old).rope_parameters
+          == transformers.LlamaConfig(**new).rope_parameters
+          == transformers.AutoConfig.from_pretrained(out).rope_parameters)
+  assert transformers.AutoConfig.from_pretrained(out).is_causal is False
+  for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
+               "config_sentence_transformers.json"):
+    assert os.path.isfile(os.path.join(out, name)), name
+  pooling = json.load(open(os.path.join(out, "1_Pooling", "config.json")))
+  assert pooling["pooling_mode_mean_tokens"] and pooling["include_prompt"] is False
+  # Without a tokenizer there is nothing for sentence-transformers to tokenize with.
+  bare = str(tmp_path / "bare")
+  save_hf(model, cfg, bare, show_progress=False)
+  assert not os.path.exists(os.path.join(bare, "modules.json"))
+
+
+@pytest.mark.parametrize("transform,ours", [("identity", (6, 4)), ("transpose", (6, 4)),
+                                            ("in_heads", (8, 4, 2)), ("out_heads", (4, 2, 8))])
+def test_block_reads_match_whole_tensor_local_and_remote(tmp_path, transform, ours):
+  import sys
+  import ml_dtypes
+  import numpy as np
+  from reasonir_jax.hf import mapping
+  from reasonir_jax.hf.safetensors_io import SafetensorsFile, write_safetensors
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  sys.path.insert(0, os.path.join(repo, "tests"))
+  import fake_bucket
+  fake_bucket.install(str(tmp_path))
+  (tmp_path / "bkt").mkdir()
+  want = np.arange(np.prod(ours), dtype=np.float32).reshape(ours).astype(ml_dtypes.bfloat16)
+  hf = mapping.to_hf(transform, want)
+  for path in (str(tmp_path / "t.safetensors"), "gs://bkt/t.safetensors"):
+    write_safetensors(path, [("w", hf.shape, hf.dtype)], lambda _: hf)
+    st = SafetensorsFile(path)
+    view = mapping.view_shape(transform, ours)
+    for index in [tuple(slice(0, d // 2) for d in ours), tuple(slice(d // 2, d) for d in ours),
+                  (slice(1, 3),) + tuple(slice(None) for _ in ours[1:])]:
+      block = mapping.view_to_ours(transform, st.read_block("w", view,
+                                                            mapping.view_index(transform, index)))
+      np.testing.assert_array_equal(block, want[index], err_msg=f"{path} {index}")

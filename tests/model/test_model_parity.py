@@ -140,11 +140,11 @@ def test_empty_pool_mask_gives_zeros_not_nan():
 def test_query_chunked_attention_matches_full(hf_dir, monkeypatch):
   import jax
   from reasonir_jax.hf import load_hf
-  from reasonir_jax.model import llama
+  from reasonir_jax.model import attention
   model, _ = load_hf(hf_dir, show_progress=False, param_dtype="float32", dtype="float32")
   ids, mask = _inputs(seed=11, batch=2, length=12)
   full = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
-  monkeypatch.setattr(llama, "ATTN_QUERY_CHUNK", 4)  # 12 tokens -> 3 query chunks
+  monkeypatch.setattr(attention, "ATTN_QUERY_CHUNK", 4)  # 12 tokens -> 3 query chunks
   chunked = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
   np.testing.assert_allclose(chunked, full, atol=1e-5)
 

@@ -45,11 +45,12 @@ def test_constrain_is_a_noop_without_mesh():
 
 def test_create_sharded_model_places_params_and_runs():
   from reasonir_jax.model import ModelConfig, embed
+  from reasonir_jax.model.sharded import create_sharded_model
   cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                     num_heads=4, num_kv_heads=2, head_dim=8, rope_type="default",
                     dtype="float32", remat_policy="full")
   mesh = shd.make_mesh(_mesh_cfg((2, 2, 2)))
-  model = shd.create_sharded_model(cfg, mesh, SHARDING_RULES, seed=0)
+  model = create_sharded_model(cfg, mesh, SHARDING_RULES, seed=0)
   q = model.layers.attn.q_proj[...]
   assert q.sharding.spec == P(None, "fsdp", "tensor", None)
   assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)

@@ -1,4 +1,7 @@
-"""Helpers for the training tests: the tiny config and deterministic random batches."""
+"""Helpers for the training tests: the tiny config, deterministic random batches, and the
+environment of child training processes."""
+import os
+
 import pytest
 
 from reasonir_jax.training.synthetic import random_batch
@@ -28,3 +31,21 @@ def make_random_batch():
 @pytest.fixture(scope="session")
 def small_model_overrides():
   return list(SMALL_MODEL)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child_env(tmp_path):
+  """Environment of a child training process: the repo importable, and a persistent compilation
+  cache shared by the children of one test (a restarted run reuses the first one's compiles)."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+@pytest.fixture(scope="session")
+def make_child_env():
+  return child_env

@@ -12,8 +12,10 @@ from reasonir_jax.training import grad_cache, loss as loss_lib
 VOCAB, DIM = 64, 16
 
 
-def standin_encode(params, ids, mask, pool):
+def standin_encode(params, inputs, num_texts):
   """A small encoder of the same signature as the real one: embed, mix, mean-pool, normalise."""
+  ids, mask, pool = inputs["input_ids"], inputs["attention_mask"], inputs["pool_mask"]
+  assert num_texts == ids.shape[0]
   x = params["emb"][ids] * mask[..., None]
   x = jnp.tanh(x @ params["w"]) + x
   ctx = jnp.sum(x, axis=1, keepdims=True) / jnp.maximum(jnp.sum(mask, 1), 1)[:, None, None]

@@ -100,7 +100,9 @@ def test_flops_hand_count():
   fwd = flops.encoder_forward_flops(cfg, 2, 3) + flops.encoder_forward_flops(cfg, 4, 5)
   sim = 3 * 2 * 2 * 4 * 8
   assert flops.train_step_flops(cfg, 2, 3, 5, 2) == 3 * fwd + sim
-  assert flops.train_step_flops(cfg, 2, 3, 5, 2, grad_cache_chunk=2) == 4 * fwd + sim
+  # GradCache's extra forward pass is executed work, not model FLOPs (MFU counts the latter).
+  assert flops.hardware_step_flops(cfg, 2, 3, 5, 2, grad_cache_chunk=2) == 4 * fwd + sim
+  assert flops.hardware_step_flops(cfg, 2, 3, 5, 2) == 3 * fwd + sim
   assert flops.tokens_per_step(2, 3, 5, 2) == 2 * 3 + 4 * 5
 
 
@@ -111,7 +113,25 @@ def test_8b_recipe_defaults_follow_the_reference():
   assert (c.optim.lr, c.optim.schedule, c.optim.warmup_ratio, c.train.num_steps) == (2e-5, "constant", 0.06, 1000)
   assert (c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay, c.optim.grad_clip) == (0.9, 0.999, 1e-8, 0.0, 1.0)
   assert c.model.remat_policy != "none" and c.data.max_length == 2048
+  assert (c.data.query_max_length, c.data.passage_max_length) == (2048, 2048)
+  assert c.data.single_source_batches is True  # one source per global batch, as the reference
   assert c.checkpoint.every_steps == 500
+
+
+def test_8b_recipe_refuses_the_shipped_sample(tmp_path):
+  from reasonir_jax import train
+  from reasonir_jax.config import load_config
+  with pytest.raises(ValueError, match=r"--config\.data\.sources.*--config\.init_from.*--config\.data\.tokenizer"):
+    train.check_required(load_config("configs/llama3_8b.py"))
+  with pytest.raises(ValueError, match=r"--config\.data\.tokenizer") as e:
+    train.check_required(load_config("configs/llama3_8b.py", ["data.sources=a=gs://b/a-*.tfrecord"]))
+  assert "data.sources=" not in str(e.value)
+  (tmp_path / "tokenizer.json").write_text("{}")
+  train.check_required(load_config("configs/llama3_8b.py", [  # both given: accepted
+      "data.sources=a=gs://b/a-*.tfrecord", f"data.tokenizer={tmp_path}"]))
+  train.check_required(load_config("configs/llama3_8b.py", [
+      "data.sources=a=gs://b/a-*.tfrecord", f"init_from={tmp_path}"]))
+  train.check_required(load_config("tiny"))  # small configs keep the sample defaults
 
 
 def test_peak_flops_table_and_metric_writer(tmp_path, capsys):
@@ -130,6 +150,11 @@ def test_peak_flops_table_and_metric_writer(tmp_path, capsys):
   # Both are rates over the same interval: mfu / examples_per_s = (2e9 / (2 * 1e12)) / 16.
   assert report["mfu"] / report["examples_per_s"] == pytest.approx(2e9 / 2e12 / 16)
   assert "mfu" not in metrics.Throughput(2, None).report()
+  assert "hfu" not in report  # no extra executed FLOPs given
+  # GradCache: MFU counts the model FLOPs only, hfu the executed 4/3 of them.
+  meter.add(examples=16, tokens=1000, flops=3e9, hardware_flops=4e9)
+  report = meter.report()
+  assert report["hfu"] / report["mfu"] == pytest.approx(4 / 3)
   writer = metrics.MetricWriter(str(tmp_path), enabled=True)
   writer.write(3, {"loss": 1.5, "lr": 1e-5})
   writer.close()

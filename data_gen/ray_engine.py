@@ -1,0 +1,179 @@
+"""Run a data_gen pipeline on Ray Data (`pip install 'reasonir-jax[cluster]'`): Ray reads the
+input files in blocks across the cluster (no machine reads the whole input), balances batches
+over the workers and retries a task whose worker died. The single-machine runner
+(data_gen.runner) stays the default; this is for many machines against shared storage.
+
+Exactly-once output: a worker commits a batch by writing a part file under
+`OUTPUT_DIR/_ray/NAME/parts/` to a temporary name, fsyncing it, and renaming it (atomic). A
+worker killed before the rename leaves only a temporary file (ignored) and Ray reruns its task;
+a worker killed after the rename but before Ray saw the task finish is rerun too and commits a
+second part with the same inputs. The merge keeps the first outcome per input id (parts in name
+order), so every input lands in the output exactly once. A rerun of the same command skips the
+inputs already in a part (resume). The merge then writes the usual TFRecords, rejects and
+manifest (`NAME-shard00000of00001.*`) and a ledger, so `python -m data_gen coverage` works.
+
+Each worker builds its own pipeline (and LLM backend) from `make_pipeline`, a picklable
+zero-argument callable, once per worker process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import time
+import uuid
+from typing import Callable
+
+from data_gen import safety
+from data_gen.runner import Pipeline, _process_checked, shard_name
+from data_gen.stage import write_text_atomic
+from reasonir_jax.data.schema import TrainingRow
+
+_WORKER_STATE: dict = {}  # per worker process: built pipelines and done-id sets
+
+
+def _import_ray():
+  try:
+    import ray
+    import ray.data  # noqa: F401
+  except ImportError as e:
+    raise ImportError("the Ray engine needs Ray Data: pip install 'reasonir-jax[cluster]' "
+                      f"(ray[data]) ({e})") from e
+  return ray
+
+
+def _read_parts(parts_dir: str):
+  """(input_id, record) of every committed part, in part-name order."""
+  for path in sorted(glob.glob(os.path.join(glob.escape(parts_dir), "part-*.jsonl"))):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        rec = json.loads(line)
+        yield rec["input_id"], rec
+
+
+def done_ids(parts_dir: str) -> set[str]:
+  return {i for i, _ in _read_parts(parts_dir)}
+
+
+def _items(batch: dict, kind: str) -> list:
+  """A Ray batch (dict of columns) -> documents or training rows."""
+  n = len(batch["id"] if kind == "documents" else batch["row_id"])
+  records = [{k: _plain(v[i]) for k, v in batch.items()} for i in range(n)]
+  if kind == "documents":
+    docs = []
+    for r in records:
+      doc = {"id": str(r["id"]), "text": r.get("text") or r.get("content")}
+      if r.get("domain"):
+        doc["domain"] = str(r["domain"])
+      docs.append(doc)
+    return docs
+  fields = {f.name for f in dataclasses.fields(TrainingRow)}
+  return [TrainingRow(**{k: v for k, v in r.items() if k in fields and v is not None})
+          for r in records]
+
+
+def _plain(value):
+  """numpy scalars/arrays from a Ray batch -> Python values."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  return value
+
+
+def _commit_part(parts_dir: str, outcomes) -> str:
+  ids = sorted(o.input_id for o in outcomes)
+  digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+  path = os.path.join(parts_dir, f"part-{digest}-{uuid.uuid4().hex[:8]}.jsonl")
+  records = [{"input_id": o.input_id, "rows": [dataclasses.asdict(r) for r in o.rows],
+              "reject": o.reject, "steps": o.steps} for o in outcomes]
+  tmp = os.path.join(parts_dir, f".tmp-{uuid.uuid4().hex}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)  # the commit
+  return path
+
+
+def _process_batch(batch: dict, *, make_pipeline: Callable[[], Pipeline], parts_dir: str,
+                   kind: str) -> dict:
+  import numpy as np
+  key = (id(make_pipeline), parts_dir)
+  if key not in _WORKER_STATE:
+    _WORKER_STATE[key] = (make_pipeline(), done_ids(parts_dir))
+  pipeline, done = _WORKER_STATE[key]
+  items = _items(batch, kind)
+  todo = [it for it in items if pipeline.input_id(it) not in done]
+  if todo:
+    _commit_part(parts_dir, _process_checked(pipeline, todo))
+  return {"input_id": np.array([pipeline.input_id(it) for it in items], dtype=object),
+          "processed": np.array([pipeline.input_id(it) not in done for it in items])}
+
+
+def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], output_dir: str,
+               *, name: str, kind: str = "documents", batch_size: int = 64,
+               concurrency: int | None = None, task_retries: int = 3,
+               output_shards: int = 1) -> dict:
+  """Runs `make_pipeline()`'s pipeline over JSON-lines inputs on the current Ray cluster
+  (`ray.init()` first; a local instance when none is running). Returns the manifest."""
+  from reasonir_jax.data.writer import write_rows
+  ray = _import_ray()
+  if kind not in ("documents", "rows"):
+    raise ValueError(f"run_on_ray: kind must be 'documents' or 'rows', got {kind!r}")
+  started = time.time()
+  base = shard_name(name, 0, 1)
+  safety.check_shard_count(output_dir, name, 1)
+  parts_dir = os.path.join(output_dir, "_ray", name, "parts")
+  stage_dir = os.path.join(output_dir, "_stage", base)
+  os.makedirs(parts_dir, exist_ok=True)
+  os.makedirs(stage_dir, exist_ok=True)
+  with safety.StageLock(stage_dir):
+    ds = ray.data.read_json(input_paths, lines=True)
+    ds = ds.map_batches(_process_batch, batch_size=batch_size, batch_format="numpy",
+                        fn_kwargs={"make_pipeline": make_pipeline, "parts_dir": parts_dir,
+                                   "kind": kind},
+                        concurrency=concurrency,
+                        ray_remote_args_fn=lambda: {"max_retries": task_retries})
+    seen = processed = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+      seen += len(batch["input_id"])
+      processed += int(batch["processed"].sum())
+    return _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, started,
+                  output_shards, write_rows)
+
+
+def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, started,
+           output_shards, write_rows) -> dict:
+  outcomes: dict[str, dict] = {}
+  duplicates = 0
+  for input_id, rec in _read_parts(parts_dir):
+    if input_id in outcomes:
+      duplicates += 1  # a rerun task committed the same input again: keep the first
+      continue
+    outcomes[input_id] = rec
+  ids = sorted(outcomes)
+  rows = [TrainingRow(**r) for i in ids for r in outcomes[i]["rows"]]
+  paths = write_rows(rows, output_dir, base, output_shards)
+  rejects = [{"input_id": i, **outcomes[i]["reject"]} for i in ids if outcomes[i]["reject"]]
+  rejects_path = os.path.join(output_dir, f"{base}.rejects.jsonl")
+  write_text_atomic(rejects_path,
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+  write_text_atomic(os.path.join(stage_dir, "ledger.jsonl"), "".join(
+      json.dumps({"id": i, "batch": "ray", "status": "rejected" if outcomes[i]["reject"]
+                  else "ok", "rows": len(outcomes[i]["rows"]), "steps": outcomes[i]["steps"]})
+      + "\n" for i in ids))
+  manifest = {
+      "pipeline": name, "name": name, "engine": "ray", "shard_index": 0, "num_shards": 1,
+      "inputs": len(ids), "inputs_seen_this_run": seen, "processed_this_run": processed,
+      "inputs_accepted": sum(outcomes[i]["reject"] is None for i in ids),
+      "inputs_rejected": len(rejects), "rows": len(rows),
+      "duplicate_commits_dropped": duplicates,
+      "files": [os.path.basename(p) for p in paths],
+      "rejects_file": os.path.basename(rejects_path),
+      "stage_dir": os.path.relpath(stage_dir, output_dir),
+      "elapsed_s_this_run": round(time.time() - started, 3),
+  }
+  write_text_atomic(os.path.join(output_dir, f"{base}.manifest.json"),
+                    json.dumps(manifest, indent=2, sort_keys=True))
+  return manifest

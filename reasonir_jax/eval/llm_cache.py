@@ -1,0 +1,105 @@
+"""An on-disk cache of LLM answers for the evaluation's LLM stages (rewriting, reranking).
+
+One JSON lines file per stage and task; a row is appended (and flushed) as soon as its answer
+arrives, so a killed run loses at most the requests in flight and a rerun asks only for what is
+missing. The key covers the model, the protocol, the sampling parameters and the whole request
+(whose text holds the prompt, the query and, for reranking, the document). Failed requests are
+not stored: a rerun tries them again. A torn last line (a kill mid-write) is skipped.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def open_cache(out_dir: str, task: str) -> AnswerCache:
+  """The answer cache of one task beside the stage's outputs (`out_dir/cache/<task>.jsonl`). An
+  object store cannot append, so for a remote `out_dir` the cache lives on local disk under
+  $REASONIR_CACHE (default ~/.cache/reasonir_jax), in a folder named after `out_dir`."""
+  from reasonir_jax import paths
+  if not paths.is_remote(out_dir):
+    return AnswerCache(os.path.join(out_dir, "cache", f"{task}.jsonl"))
+  root = os.environ.get("REASONIR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reasonir_jax"))
+  folder = hashlib.sha256(out_dir.rstrip("/").encode()).hexdigest()[:16]
+  path = os.path.join(root, "llm_answers", folder, f"{task}.jsonl")
+  log.info("answer cache of %s (remote) kept locally at %s", out_dir, path)
+  return AnswerCache(path)
+
+
+def request_key(model: str, protocol: str, messages, sampling) -> str:
+  payload = json.dumps([model, protocol, messages, sampling.to_dict()], sort_keys=True, ensure_ascii=False)
+  return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+  def __init__(self, path: str):
+    self.path = path
+    self.answers: dict[str, str] = {}
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+          try:
+            row = json.loads(line)
+            self.answers[row["key"]] = row["answer"]
+          except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s:%d: unreadable cache row skipped (interrupted write?)", path, n)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self._file = None
+
+  def put(self, key: str, answer: str) -> None:
+    if self._file is None:
+      needs_newline = os.path.isfile(self.path) and os.path.getsize(self.path) > 0 and not _ends_with_newline(
+          self.path)
+      self._file = open(self.path, "a", encoding="utf-8")
+      if needs_newline:  # a torn last row stays on its own line
+        self._file.write("\n")
+    self._file.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
+    self._file.flush()
+    self.answers[key] = answer
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
+def cached_generate(backend, cache: AnswerCache | None, requests: Sequence, sampling, *, protocol: str,
+                    batch_size: int = 64) -> tuple[list, int]:
+  """Answers (text or ChatFailure) for `requests` (message lists), in order; returns them and the
+  number of requests sent. Answers already in `cache` are reused; each new answer is appended as
+  it arrives (a streaming backend's futures as they finish; others per batch of `batch_size`)."""
+  from data_gen.backends import ChatFailure
+  model = getattr(backend, "model", "")
+  keys = [request_key(model, protocol, r, sampling) for r in requests]
+  answers: list = [cache.answers.get(k) if cache is not None else None for k in keys]
+  todo = [i for i, a in enumerate(answers) if a is None]
+  if cache is not None and len(todo) < len(requests):
+    log.info("%s: %d of %d answers from the cache", cache.path, len(requests) - len(todo), len(requests))
+
+  def record(i, answer):
+    answers[i] = answer
+    if cache is not None and not isinstance(answer, ChatFailure):
+      cache.put(keys[i], answer)
+
+  if hasattr(backend, "submit"):
+    futures = {backend.submit(requests[i], sampling): i for i in todo}
+    for f in concurrent.futures.as_completed(futures):
+      record(futures[f], f.result())
+  else:
+    for start in range(0, len(todo), batch_size):
+      chunk = todo[start:start + batch_size]
+      for i, answer in zip(chunk, backend.chat([requests[i] for i in chunk], sampling)):
+        record(i, answer)
+  return answers, len(todo)

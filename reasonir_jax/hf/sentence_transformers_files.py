@@ -1,0 +1,58 @@
+"""The sentence-transformers files of an export: `SentenceTransformer(dir)` then embeds as we do.
+
+modules.json chains the Transformer (this directory), mean Pooling that leaves the prompt out
+(BOS + template prefix: sentence-transformers counts the prompt's tokens with special tokens on,
+so the tokenizer must add BOS itself) and Normalize. config_sentence_transformers.json holds the
+prompts: "document" (the default, `<|embed|>\\n`) and one per instruction given at export. The
+files use the long-standing layout, which sentence-transformers 2.4 to 6 read.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from reasonir_jax import paths
+from reasonir_jax.tokenization import prompt_prefix
+
+DOCUMENT_PROMPT = "document"
+MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+
+
+def prompts_for(instructions: dict[str, str]) -> dict[str, str]:
+  """Prompt name -> the text placed before each input (no BOS: the tokenizer adds it)."""
+  prompts = {DOCUMENT_PROMPT: prompt_prefix(None)}
+  for name, instruction in instructions.items():
+    if name == DOCUMENT_PROMPT or not instruction:
+      raise ValueError(f"export prompt {name!r}: needs a non-empty instruction and a name other "
+                       f"than {DOCUMENT_PROMPT!r}")
+    prompts[name] = prompt_prefix(instruction)
+  return prompts
+
+
+def files(hidden_size: int, instructions: dict[str, str], max_length: int) -> dict[str, dict]:
+  """Relative path -> JSON payload."""
+  return {
+      "modules.json": MODULES,
+      "sentence_bert_config.json": {"max_seq_length": int(max_length), "do_lower_case": False},
+      "1_Pooling/config.json": {
+          "word_embedding_dimension": int(hidden_size), "pooling_mode_cls_token": False,
+          "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+          "pooling_mode_lasttoken": False, "include_prompt": False},
+      "2_Normalize/config.json": {},
+      "config_sentence_transformers.json": {
+          "prompts": prompts_for(instructions), "default_prompt_name": DOCUMENT_PROMPT,
+          "similarity_fn_name": "cosine", "model_type": "SentenceTransformer"},
+  }
+
+
+def write(out_dir: str, hidden_size: int, instructions: dict[str, str], max_length: int) -> None:
+  for rel, payload in files(hidden_size, instructions, max_length).items():
+    folder = os.path.dirname(rel)
+    if folder:
+      paths.makedirs(paths.join(out_dir, folder))
+    paths.write_text(paths.join(out_dir, rel), json.dumps(payload, indent=2))

@@ -1,0 +1,246 @@
+"""Paths that may be local or remote (gs://, s3://, or any fsspec filesystem), in one place.
+
+Every path a user gives (data globs, workdir, init_from, export out, evaluation data) goes
+through these helpers. Local paths use the standard library; a path with a `scheme://` prefix
+goes to fsspec (the filesystem etils.epath and Orbax use for gs://: gcsfs, from the `gcs` extra).
+Remote paths are never passed to `os.path.abspath` or `os.makedirs`, which would turn
+`gs://b/run` into a local folder `./gs:/b/run`.
+
+Remote reads are buffered: `open(path, "rb")` reads in blocks of `READ_BLOCK_BYTES`, so a
+sequential scan of a TFRecord file costs one request per block, not one per record.
+"""
+from __future__ import annotations
+
+import builtins
+import glob as _glob
+import hashlib
+import os
+import posixpath
+import shutil
+import uuid
+from typing import IO
+
+READ_BLOCK_BYTES = 16 << 20  # one remote request per 16 MiB of a sequential read
+
+
+class PathError(OSError):
+  """A path that cannot be used (missing, unreadable, unwritable); the message names it."""
+
+
+def is_remote(path) -> bool:
+  """True for `scheme://...` (gs://, s3://, memory://, ...); `file://` counts as local."""
+  s = os.fspath(path)
+  return "://" in s and not s.startswith("file://")
+
+
+def _local(path) -> str:
+  s = os.fspath(path)
+  return s[len("file://"):] if s.startswith("file://") else s
+
+
+def filesystem(path):
+  """(fsspec filesystem, path as that filesystem names it) of a remote path."""
+  import fsspec
+  s = os.fspath(path)
+  protocol = s.split("://", 1)[0]
+  try:
+    fs = fsspec.filesystem("gcs" if protocol == "gs" else protocol)
+  except (ImportError, ValueError) as e:
+    extra = " (pip install 'reasonir-jax[gcs]')" if protocol in ("gs", "gcs") else ""
+    raise PathError(f"cannot open {s!r}: no filesystem for {protocol}://{extra}: {e}") from e
+  return fs, fs._strip_protocol(s)
+
+
+def _with_protocol(path: str, like: str) -> str:
+  """fsspec lists paths without their scheme; put back the one the user wrote."""
+  return path if "://" in path else f"{like.split('://', 1)[0]}://{path}"
+
+
+def join(path, *names: str) -> str:
+  s = os.fspath(path)
+  if is_remote(s):
+    return posixpath.join(s.rstrip("/") if not s.endswith("://") else s, *names)
+  return os.path.join(s, *names)
+
+
+def has_magic(pattern: str) -> bool:
+  return _glob.has_magic(pattern)
+
+
+def glob(pattern) -> list[str]:
+  """Sorted paths matching `pattern` (local or remote), without writers' `.tmp-` files. A
+  pattern that matches nothing is a FileNotFoundError naming it; a bucket that cannot be listed
+  a PathError naming it."""
+  s = os.fspath(pattern)
+  if not is_remote(s):
+    matched = _glob.glob(_local(s))
+  else:
+    fs, inner = filesystem(s)
+    try:
+      matched = [_with_protocol(p, s) for p in fs.glob(inner)]
+    except Exception as e:  # noqa: BLE001 - permission / missing bucket: report the pattern
+      raise PathError(f"cannot list {s!r}: {type(e).__name__}: {e}") from e
+  matched = sorted(p for p in matched if ".tmp-" not in p)
+  if not matched:
+    raise FileNotFoundError(f"no files match {s!r}")
+  return matched
+
+
+def _query(path, local_fn, remote_method: str):
+  """`local_fn(path)` for a local path, else the fsspec filesystem's `remote_method(path)`."""
+  if not is_remote(path):
+    return local_fn(_local(path))
+  fs, inner = filesystem(path)
+  return getattr(fs, remote_method)(inner)
+
+
+def exists(path) -> bool:
+  return bool(_query(path, os.path.exists, "exists"))
+
+
+def isfile(path) -> bool:
+  return bool(_query(path, os.path.isfile, "isfile"))
+
+
+def isdir(path) -> bool:
+  return bool(_query(path, os.path.isdir, "isdir"))
+
+
+def getsize(path) -> int:
+  return int(_query(path, os.path.getsize, "size"))
+
+
+def open(path, mode: str = "rb", block_size: int = READ_BLOCK_BYTES) -> IO:  # noqa: A001
+  """A file object for `path`; remote ones read ahead `block_size` bytes per request."""
+  if not is_remote(path):
+    return builtins.open(_local(path), mode)
+  fs, inner = filesystem(path)
+  try:
+    return fs.open(inner, mode, block_size=block_size)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # noqa: BLE001 - permission errors differ per backend
+    raise PathError(f"cannot open {os.fspath(path)!r} ({mode}): {type(e).__name__}: {e}") from e
+
+
+def makedirs(path) -> None:
+  if not is_remote(path):
+    os.makedirs(_local(path), exist_ok=True)
+    return
+  fs, inner = filesystem(path)
+  fs.makedirs(inner, exist_ok=True)
+
+
+def listdir(path) -> list[str]:
+  """Names (not paths) of the entries of a folder."""
+  if not is_remote(path):
+    return sorted(os.listdir(_local(path)))
+  fs, inner = filesystem(path)
+  return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+
+
+def rmtree(path) -> None:
+  if not is_remote(path):
+    shutil.rmtree(_local(path), ignore_errors=True)
+    return
+  fs, inner = filesystem(path)
+  if fs.exists(inner):
+    fs.rm(inner, recursive=True)
+
+
+def absolute(path) -> str:
+  """Local paths made absolute; remote ones unchanged (what Orbax is given)."""
+  return os.fspath(path) if is_remote(path) else os.path.abspath(_local(path))
+
+
+def write_text(path, text: str) -> None:
+  """Writes `text` so that a reader never sees half a file: a local temporary file renamed into
+  place; remote object stores publish an object only once its upload completes."""
+  if is_remote(path):
+    with open(path, "w") as f:
+      f.write(text)
+    return
+  tmp = f"{_local(path)}.tmp-{uuid.uuid4().hex[:8]}"
+  with builtins.open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, _local(path))
+
+
+def read_text(path) -> str:
+  with open(path, "r") as f:
+    return f.read()
+
+
+def check_writable(path) -> None:
+  """Creates `path` if needed and writes + deletes a probe file there; a PathError naming the
+  path if that fails (read-only disk, a bucket without write permission, a missing bucket)."""
+  probe = join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
+  try:
+    makedirs(path)
+    with open(probe, "w") as f:
+      f.write("ok")
+    if is_remote(probe):
+      fs, inner = filesystem(probe)
+      fs.rm(inner)
+    else:
+      os.remove(probe)
+  except Exception as e:  # noqa: BLE001 - any failure means the workdir is unusable
+    raise PathError(f"workdir {os.fspath(path)!r} is not writable: {type(e).__name__}: {e}") from e
+
+
+def stage_local(path, cache_dir: str) -> str:
+  """A local copy of remote file `path` under `cache_dir` (reused while its size matches), made
+  by one sequential buffered download; local paths are returned unchanged."""
+  if not is_remote(path):
+    return _local(path)
+  size = getsize(path)
+  digest = hashlib.sha1(os.fspath(path).encode()).hexdigest()[:16]
+  local = os.path.join(cache_dir, f"{digest}-{posixpath.basename(os.fspath(path))}")
+  if os.path.isfile(local) and os.path.getsize(local) == size:
+    return local
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+  with open(path, "rb") as src, builtins.open(tmp, "wb") as dst:
+    shutil.copyfileobj(src, dst, READ_BLOCK_BYTES)
+  os.replace(tmp, local)
+  return local
+
+
+class _ObjectRecordWriter:
+  """A TensorBoard event file on an object store: the whole file is re-uploaded on each flush
+  (objects cannot be appended to; event files stay small: a few scalars per logged step)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.buffer = bytearray()
+    self.closed = False
+
+  def write(self, data: bytes) -> None:
+    self.buffer += data
+
+  def flush(self) -> None:
+    with open(self.path, "wb") as f:
+      f.write(bytes(self.buffer))
+
+  def close(self) -> None:
+    if not self.closed:
+      self.flush()
+      self.closed = True
+
+
+class _ObjectRecordWriterFactory:
+  def open(self, path: str) -> _ObjectRecordWriter:
+    return _ObjectRecordWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    makedirs(path)
+
+
+def register_tensorboard(logdir) -> None:
+  """Lets tensorboardX write event files to a remote `logdir` through fsspec (instead of its own
+  google-cloud-storage / boto clients); no-op for local paths."""
+  if not is_remote(logdir):
+    return
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory(os.fspath(logdir).split("://", 1)[0],
+                                        _ObjectRecordWriterFactory())

@@ -1,0 +1,65 @@
+"""The scaling table command (reasonir_jax.aot_table) and the AOT report's bucket sweep, on
+reports built by hand (the real compiles are in test_aot_report.py)."""
+import json
+
+import pytest
+
+from reasonir_jax import aot, aot_table
+from reasonir_jax.config import load_config
+
+
+def _report(topology, chunk, total_gib, fits, **extra):
+  r = {"topology": topology, "chips": 64, "grad_cache_chunk": chunk, "attention": "splash",
+       "per_chip_bytes": int(total_gib * 2**30), "hbm_bytes": 95 * 2**30, "fits": fits,
+       "mesh": {"data": 1, "fsdp": 64, "tensor": 1}, "compile_seconds": 12.0,
+       "memory": {"params": 2**30, "opt_state": 2**30, "activations_temp": 2**31, "code": 1},
+       "git_commit": "abc123", "jax": "0.10.2", "libtpu": "0.0.42.1", "overrides": []}
+  r.update(extra)
+  return r
+
+
+def test_rows_replace_the_same_row_and_the_table_shows_provenance(tmp_path, monkeypatch, capsys):
+  out = tmp_path / "t.jsonl"
+  out.write_text(json.dumps(_report("v5p-128", 0, 120.0, False)) + "\n"
+                 + json.dumps(_report("v5p-64", 32, 9.0, True)) + "\n")
+  new = _report("v5p-128", 0, 80.0, True)
+  monkeypatch.setattr(aot_table, "run_row", lambda topology, chunk, overrides, config: new)
+  assert aot_table.main([str(out), "--rows", "v5p-128:0"]) == 0
+  reports = aot_table.read_reports(str(out))
+  assert len(reports) == 2  # replaced, not appended
+  assert [r["per_chip_bytes"] for r in reports if r["topology"] == "v5p-128"] == [80 * 2**30]
+  table = capsys.readouterr().out.strip().splitlines()
+  assert table[0].startswith("| slice | chips |") and "commit" in table[0]
+  # v5p-64 sorts before v5p-128; each row names its attention, commit and versions.
+  assert table[2].startswith("| v5p-64 | 64 | 1, 64, 1 | 32 | splash |")
+  assert "| 80.0 GiB | 95 GiB | **yes** | 12 s | abc123 | 0.10.2 / 0.0.42.1 |" in table[3]
+
+
+def test_old_reports_keep_their_chunk_from_the_overrides():
+  old = _report("v5p-64", 0, 9.0, True, overrides=["--config.train.grad_cache_chunk=32"])
+  del old["grad_cache_chunk"]
+  merged = aot_table.merge([old], _report("v5p-64", 32, 8.0, True))
+  assert [r["per_chip_bytes"] for r in merged] == [8 * 2**30]
+
+
+def test_a_bad_row_exits_2(capsys):
+  assert aot_table.main(["x.jsonl", "--rows", "v5p-128:big"]) == 2
+  assert "TOPOLOGY:CHUNK" in capsys.readouterr().err
+
+
+def test_bucket_shapes_cover_every_padded_shape_up_to_the_max_lengths():
+  config = load_config("tiny", ["data.bucket_lengths=(32,64,128)", "data.query_max_length=64"])
+  assert aot.bucket_shapes(config) == [(q, p) for q in (32, 64) for p in (32, 64, 128)]
+
+
+def test_the_bucket_sweep_reports_the_worst_shape(monkeypatch):
+  config = load_config("tiny", ["data.bucket_lengths=(64,128)"])
+
+  def fake(config, slice_, num_slices, q, p, log=print):
+    return {"query_len": q, "passage_len": p, "per_chip_bytes": q * p, "fits": q * p < 128 * 128,
+            "compile_seconds": 1.0}
+
+  monkeypatch.setattr(aot, "run_report", fake)
+  worst = aot.worst_bucket_report(config, None, log=lambda *_: None)
+  assert (worst["query_len"], worst["passage_len"], worst["fits"]) == (128, 128, False)
+  assert len(worst["buckets"]) == 4 and worst["compile_seconds"] == 4.0

@@ -1,0 +1,99 @@
+"""data_gen on a local Ray instance (2 CPUs) against the loopback OpenAI-compatible server:
+streaming input, a worker killed mid-run, resume, and exactly-once output."""
+import json
+import os
+import shutil
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from data_gen.ray_engine import run_on_ray  # noqa: E402
+from data_gen.testing import ScriptedChatServer, last_user_message  # noqa: E402
+from reasonir_jax.data.reader import read_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+           runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}})
+  yield
+  ray.shutdown()
+
+
+def _answer(req):
+  text = last_user_message(req)
+  if "TAG=d7 " in text:
+    return "no json"  # always rejected
+  return json.dumps({"hard_query": ["How should an engineer reason about this failure mode?"]})
+
+
+def _factory(base_url, kill_marker):
+  def make():
+    from data_gen.backends import SamplingParams, make_backend
+    from data_gen.pipelines.hq import HQPipeline
+    from data_gen.runner import Generation
+
+    class KilledOnce(HQPipeline):
+      def process(self, batch):
+        if any(d["id"] == "d5" for d in batch):
+          try:
+            os.remove(kill_marker)  # only the first worker to get here dies
+          except FileNotFoundError:
+            pass
+          else:
+            os._exit(1)  # the worker process dies mid-batch, before its commit
+        return super().process(batch)
+
+    gen = Generation(make_backend("openai", base_url=base_url, model="m", max_concurrency=8),
+                     SamplingParams(), max_attempts=1)
+    return KilledOnce(gen, queries_per_doc=1, min_query_words=5)
+  return make
+
+
+def test_ray_run_survives_a_killed_worker_exactly_once(local_ray, tmp_path):
+  inputs = []
+  for f in range(2):  # two files, read in blocks by Ray
+    path = tmp_path / f"docs{f}.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": f"TAG=d{i} some seed text"}) + "\n"
+                            for i in range(f * 10, f * 10 + 10)))
+    inputs.append(str(path))
+  marker = tmp_path / "kill-once"
+  marker.write_text("")
+  out = tmp_path / "out"
+  with ScriptedChatServer(_answer) as server:
+    manifest = run_on_ray(_factory(server.base_url, str(marker)), inputs, str(out), name="hq",
+                          batch_size=4)
+    assert not marker.exists()  # the worker really was killed once
+    rows = list(read_rows(str(out / "hq-shard*.tfrecord")))
+    want = sorted(f"hq/d{i}/0" for i in range(20) if i != 7)
+    assert sorted(r.row_id for r in rows) == want  # nothing lost, nothing duplicated
+    assert manifest["inputs"] == 20 and manifest["inputs_rejected"] == 1
+    # A task that committed and then died is rerun and commits again: the merge keeps one.
+    parts = sorted((out / "_ray" / "hq" / "parts").glob("part-*.jsonl"))
+    shutil.copy(parts[0], parts[0].with_name("part-zzzz-rerun.jsonl"))
+    asked = len(server.requests)
+    again = run_on_ray(_factory(server.base_url, str(marker)), inputs, str(out), name="hq",
+                       batch_size=4)
+    assert len(server.requests) == asked and again["processed_this_run"] == 0  # resumed
+    assert again["duplicate_commits_dropped"] > 0
+    assert sorted(r.row_id for r in read_rows(str(out / "hq-shard*.tfrecord"))) == want
+  from data_gen.cli import main
+  assert main(["coverage", "--input", ",".join(inputs), "--output-dir", str(out),
+               "--name", "hq"]) == 0
+
+
+def test_cli_engine_ray(local_ray, tmp_path, capsys):
+  from data_gen.cli import main
+  inp = tmp_path / "docs.jsonl"
+  inp.write_text("".join(json.dumps({"id": f"d{i}", "text": f"TAG=d{i} seed"}) + "\n"
+                         for i in range(6)))
+  out = tmp_path / "out"
+  with ScriptedChatServer(_answer) as server:
+    common = ["hq", "--engine", "ray", "--input", str(inp), "--output-dir", str(out),
+              "--backend", "openai", "--base-url", server.base_url, "--backend-model", "m",
+              "--queries-per-doc", "1", "--min-query-words", "5", "--batch-size", "2"]
+    assert main(common) == 2 and "needs hq --no-filter" in capsys.readouterr().err
+    assert main(common + ["--no-filter"]) == 0
+  rows = list(read_rows(str(out / "hq-shard*.tfrecord")))
+  assert sorted(r.row_id for r in rows) == [f"hq/d{i}/0" for i in range(6)]

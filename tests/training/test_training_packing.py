@@ -1,0 +1,113 @@
+"""Packed training batches give the padded batch's loss and gradients, on every mesh shape the
+step tests use, with and without GradCache; the host pipeline packs with config.data.packing."""
+import numpy as np
+import pytest
+
+import jax
+
+from reasonir_jax import sharding as shd
+from reasonir_jax.packing import pack_padded
+from reasonir_jax.training.step import build_trainer
+
+MESH_SHAPES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2))
+PACKED = ("data.packing=True", "data.query_max_length=16", "data.passage_max_length=24",
+          "data.pack_queries_per_row=2", "data.pack_passages_per_row=2", "data.group_size=3")
+
+
+def _host_params(config):
+  from flax import nnx
+  from reasonir_jax.model import LlamaEncoder, ModelConfig
+  return nnx.split(LlamaEncoder(ModelConfig.from_config(config.model), rngs=nnx.Rngs(0)),
+                   nnx.Param)[1]
+
+
+def _packed(batch, trainer):
+  rows, cfg = trainer.packed_rows, trainer.config.data
+  return {"query": pack_padded(batch["query"], rows["query"], cfg.query_max_length),
+          "passage": pack_padded(batch["passage"], rows["passage"], cfg.passage_max_length)}
+
+
+def _run(config, batch, params):
+  trainer = build_trainer(config, shd.make_mesh(config.mesh))
+  if trainer.packing:
+    batch = _packed(batch, trainer)
+  params = jax.device_put(params, trainer.param_shardings)
+  (loss, metrics), grads = jax.jit(trainer.loss_and_grads)(params, trainer.place_batch(batch))
+  return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+def _assert_same(a, b, rtol=1e-5):
+  (loss_a, m_a, g_a), (loss_b, m_b, g_b) = a, b
+  np.testing.assert_allclose(loss_a, loss_b, rtol=rtol)
+  np.testing.assert_allclose(m_a["accuracy"], m_b["accuracy"])
+  np.testing.assert_allclose(m_a["pos_sim"], m_b["pos_sim"], rtol=rtol)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(g_a), jax.tree.leaves(g_b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert np.abs(y).max() > 0
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * float(np.abs(y).max()),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("shape", MESH_SHAPES)
+def test_packed_loss_and_grads_equal_padded(make_tiny_config, make_random_batch, shape):
+  batch = make_random_batch(16, 3, 8, 12, seed=1)
+  params = _host_params(make_tiny_config())
+  padded = _run(make_tiny_config(f"mesh.shape={shape}", "data.group_size=3"), batch, params)
+  packed = _run(make_tiny_config(f"mesh.shape={shape}", *PACKED), batch, params)
+  _assert_same(packed, padded)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)])
+def test_packed_grad_cache_equals_padded_full_batch(make_tiny_config, make_random_batch, shape):
+  batch = make_random_batch(32, 3, 8, 12, seed=2)
+  params = _host_params(make_tiny_config())
+  common = (f"mesh.shape={shape}", "train.global_batch_size=32")
+  padded = _run(make_tiny_config(*common, "data.group_size=3"), batch, params)
+  packed_gc = _run(make_tiny_config(*common, *PACKED, "train.grad_cache_chunk=16"), batch, params)
+  _assert_same(packed_gc, padded)
+
+
+def test_packed_rows_that_cannot_chunk_are_a_clear_error(make_tiny_config):
+  cfg = make_tiny_config("mesh.shape=(8,1,1)", *PACKED, "train.grad_cache_chunk=8")
+  with pytest.raises(ValueError, match="pack_queries_per_row"):
+    build_trainer(cfg, shd.make_mesh(cfg.mesh))
+  cfg = make_tiny_config("mesh.shape=(8,1,1)", *PACKED[:-1], "data.pack_passages_per_row=5")
+  with pytest.raises(ValueError, match="pack_passages_per_row"):
+    build_trainer(cfg, shd.make_mesh(cfg.mesh))
+
+
+def test_host_pipeline_packs_every_text_and_counts_cuts(make_tiny_config):
+  from reasonir_jax.data.pipeline import make_host_iterator
+  lengths = ("data.group_size=2", "data.query_max_length=256", "data.passage_max_length=256")
+  packed_cfg = make_tiny_config("data.packing=True", *lengths, "data.pack_queries_per_row=2",
+                                "data.pack_passages_per_row=2")
+  it = make_host_iterator(packed_cfg, prefetch=0)
+  padded = make_host_iterator(make_tiny_config(*lengths), prefetch=0)
+  batch, ref = next(it), next(padded)
+  assert batch["query"]["input_ids"].shape == (8, 256)
+  assert batch["passage"]["input_ids"].shape == (16, 256)
+  for side, n in (("query", 16), ("passage", 32)):
+    got, want = batch[side], ref[side]
+    ids = got["pool_ids"]
+    assert sorted(set(ids[ids >= 0].tolist())) == list(range(n))  # every text, once
+    for i in (0, n - 1):  # the same tokens as the padded row
+      row, col = np.nonzero(ids == i)
+      seg = got["segment_ids"][row[0], col[0]]
+      tokens = got["input_ids"][row[0]][got["segment_ids"][row[0]] == seg]
+      np.testing.assert_array_equal(tokens, want["input_ids"][i][want["attention_mask"][i] == 1])
+  stats = it.stats()
+  assert stats["packing_overflow_batches"] == 0 and stats["packing_cut_tokens"] == 0
+  assert stats["packing_tokens"] == sum(int(ref[s]["attention_mask"].sum()) for s in ref)
+
+  # A passage budget far too small: the longest passages are cut (counted), nothing dropped.
+  tight_cfg = make_tiny_config("data.packing=True", *lengths[:2], "data.passage_max_length=64",
+                               "data.pack_queries_per_row=2", "data.pack_passages_per_row=4")
+  tight = make_host_iterator(tight_cfg, prefetch=0)
+  batch = next(tight)
+  assert batch["passage"]["input_ids"].shape == (8, 64)
+  ids = batch["passage"]["pool_ids"]
+  assert sorted(set(ids[ids >= 0].tolist())) == list(range(32))
+  stats = tight.stats()
+  assert stats["packing_overflow_batches"] == 1 and stats["packing_cut_texts"] > 0
+  assert stats["packing_tokens"] == int((batch["query"]["segment_ids"] > 0).sum() +
+                                        (batch["passage"]["segment_ids"] > 0).sum())
