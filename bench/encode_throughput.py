@@ -8,7 +8,7 @@ interleaved repeats, in the same run. Prints both rates and the ratio ours / PyT
   mixed:   4 x `batch` texts whose lengths are drawn uniformly from 0.55 to 0.8 x `length`
            (never a bucket size). PyTorch pads each batch of `batch` texts, in the caller's
            order, to its longest; ours packs (the default) and, for comparison, pads
-           (packing=False: sorted by length, padded to power-of-two buckets).
+           (packing=False: sorted by length, padded to bucket lengths).
 
 Useful tokens/s counts the texts' tokens only (never padding).
 

@@ -7,8 +7,10 @@
 
 Texts are packed several to a row (reasonir_jax.packing), with a fixed token budget per device
 call, so the jitted encoder compiles one shape per encode() and spends no FLOPs on padding. With
-`packing=False` texts are sorted by length and padded to a few bucket lengths (powers of two),
-and the batch to a fixed size: one compile per bucket.
+`packing=False` texts are sorted by length and padded to a few bucket lengths (powers of two
+and the 1.5x points between them), and the batch to a fixed size: one compile per bucket. When
+sorted padded batches are estimated to cost less than the packed rows (near-equal lengths),
+packed encoding runs the padded path.
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def bucket_lengths(max_length: int) -> tuple[int, ...]:
-  """Powers of two from 32 up to max_length, plus max_length itself."""
+  """Powers of two from 32 and the midpoints 1.5x between them (48, 96, 192, ...: at most a
+  third of a row is padding rather than half), up to max_length, plus max_length itself."""
   out, b = [], MIN_BUCKET
   while b < max_length:
-    out.append(b)
+    out += [x for x in (b, b + b // 2) if x < max_length]
     b *= 2
   out.append(max_length)
   return tuple(out)
@@ -197,28 +200,41 @@ class Encoder:
       out[idx] = np.asarray(jax.device_get(emb_bd))[: len(idx)]
     return out
 
-  def _pack_rows(self, lengths: list[int], longest: int) -> tuple[int, list[list[int]]]:
-    """(row length, rows): the longest text or a few times that (room for more texts per row,
-    at a quadratic attention cost), whichever packing has the lowest estimated cost."""
+  def _row_cost(self, num_rows: int, row_length: int) -> float:
+    """Estimated cost of num_rows rows of row_length tokens: dense FLOPs plus weighted
+    attention FLOPs (quadratic in the row length)."""
     c = self.model_cfg
     n, k, h, d, f = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
     dense_per_token = 2 * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)
-    attn_per_token_key = ATTN_COST_WEIGHT * 4 * n * h
+    return num_rows * row_length * (dense_per_token + ATTN_COST_WEIGHT * 4 * n * h * row_length)
+
+  def _padded_cost(self, lengths: list[int], batch_size: int, max_length: int) -> float:
+    """The estimated cost of the padded path (sorted batches padded to bucket lengths)."""
+    buckets = bucket_lengths(max_length)
+    ordered = sorted(lengths, reverse=True)
+    return sum(self._row_cost(batch_size, bucket_length(ordered[s], buckets, max_length))
+               for s in range(0, len(ordered), batch_size))
+
+  def _pack_rows(self, lengths: list[int], longest: int) -> tuple[int, list[list[int]], float]:
+    """(row length, rows, cost): the longest text or a few times that (room for more texts per
+    row, at a quadratic attention cost), whichever packing has the lowest estimated cost."""
     best = None
     candidates = {_round_up(int(longest * x), PACK_ROW_MULTIPLE) for x in (1, 1.5, 2, 4)}
     for row_length in sorted(candidates):
       rows = pack_lengths(lengths, row_length)
-      cost = len(rows) * row_length * (dense_per_token + attn_per_token_key * row_length)
+      cost = self._row_cost(len(rows), row_length)
       if best is None or cost < best[0]:
         best = (cost, row_length, rows)
-    return best[1], best[2]
+    return best[1], best[2], best[0]
 
   def _encode_packed(self, encoded, batch_size: int, max_length: int, show_progress) -> np.ndarray:
     lengths = [len(ids) for ids, _ in encoded]
     longest = _round_up(max(lengths), PACK_ROW_MULTIPLE)
-    row_length, rows = self._pack_rows(lengths, longest)
-    if all(len(r) == 1 for r in rows):
-      # Nothing shares a row: padded rows are the same work without a segment mask.
+    row_length, rows, cost = self._pack_rows(lengths, longest)
+    batch = _round_up(batch_size, self._dp)
+    if all(len(r) == 1 for r in rows) or self._padded_cost(lengths, batch, max_length) < cost:
+      # Nothing shares a row, or sorted padded batches waste less (near-equal lengths): the
+      # padded path does that work without a segment mask.
       return self._encode_padded(encoded, batch_size, max_length, show_progress)
     # About batch_size texts of the longest length per call.
     rows_per_call = _round_up(max(1, -(-batch_size * longest // row_length)), self._dp)

@@ -6,8 +6,8 @@ negatives (with repetition when a row has too few), drops rows whose instruction
 max_length (counted), tokenizes with `PromptTokenizer` and pads to bucket lengths, or with
 config.data.packing packs the texts into fixed [rows, max_length] budgets (reasonir_jax.packing).
 A batch whose texts do not fit its budget has its longest texts cut to the largest common
-length that fits, never into the template prefix (no row or text is dropped); such batches, texts and cut tokens are counted
-in stats() ("packing_*") and logged.
+length that fits, never into the template prefix (no row or text is dropped); such batches,
+texts and cut tokens are counted in stats() ("packing_*") and logged.
 
 Its state is a small JSON dict (the batch counter, one read position per source, the stats);
 every batch is a pure function of (seed, state), so restoring the state continues exactly.
@@ -36,6 +36,10 @@ from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+# Packing counters in stats() (with config.data.packing): batches with a cut, texts cut, tokens
+# cut, and kept tokens / token slots (the fill rate). Resumable, like every other counter.
+PACKING_STATS = ("packing_overflow_batches", "packing_cut_texts", "packing_cut_tokens",
+                 "packing_tokens", "packing_slots")
 Batch = dict[str, dict[str, np.ndarray]]
 
 
@@ -90,9 +94,6 @@ class HostBatchIterator:
     self.buckets = tuple(int(b) for b in d.bucket_lengths)
     self.packing = bool(d.get("packing", False))
     self.packed_rows = packed_rows_per_side(config, self.batch_size) if self.packing else None
-    self._packing_stats = {"packing_overflow_batches": 0, "packing_cut_texts": 0,
-                           "packing_cut_tokens": 0, "packing_tokens": 0, "packing_slots": 0}
-    self._packing_lock = threading.Lock()
     self.single_source_batches = bool(d.single_source_batches)
     self.skip_corrupt = bool(d.skip_corrupt)
     self.seed = int(config.seed) * 1_000_003 + int(d.shuffle_seed)
@@ -107,6 +108,8 @@ class HostBatchIterator:
     self._stats = {"batches": 0, "rows_read": 0, "rows_used": 0, "dropped_long_instruction": 0,
                    "skipped_corrupt": 0, "rows_without_negatives": 0,
                    "rows_per_source": {s.name: 0 for s in self.specs}}
+    if self.packing:
+      self._stats.update(dict.fromkeys(PACKING_STATS, 0))
     for i, spec in enumerate(self.specs):
       paths = expand_paths(_resolve_pattern(spec.pattern))
       local = sources_lib.shard_files(paths, self.process_index, self.process_count, spec.name)
@@ -142,13 +145,12 @@ class HostBatchIterator:
     self._batch_index = int(state["batch_index"])
     self._cursors = [int(state["cursors"][n]) for n in names]
     self._stats = json.loads(json.dumps(state["stats"]))
+    if self.packing:
+      for k in PACKING_STATS:
+        self._stats.setdefault(k, 0)
 
   def stats(self) -> dict[str, Any]:
-    # Packing counters are of the batches tokenized so far (prefetch runs a few ahead) and are
-    # not part of the resumable state: they restart at 0 after a restore.
-    with self._packing_lock:
-      packing = dict(self._packing_stats) if self.packing else {}
-    return json.loads(json.dumps(dict(self._stats, **packing)))
+    return json.loads(json.dumps(self._stats))
 
   # -- batches -------------------------------------------------------------------------------
   def source_plan(self, batch_index: int) -> np.ndarray:
@@ -257,18 +259,25 @@ class HostBatchIterator:
 
   def tokenize(self, raw: "RawBatch") -> Batch:
     """Tokenizes and pads a planned batch; a pure function (safe to run in worker threads)."""
+    return self.tokenize_counted(raw)[0]
+
+  def tokenize_counted(self, raw: "RawBatch") -> tuple[Batch, dict[str, int]]:
+    """(batch, its packing counters): the counters are added to stats() in delivery order, so
+    they are part of the resumable state (prefetch tokenizes ahead, out of order)."""
     tok = self._thread_tokenizer()
     q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
     p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
     if self.packing:
-      return {"query": self._pack(q_enc, "query", self.query_max_length),
-              "passage": self._pack(p_enc, "passage", self.passage_max_length)}
+      counts = dict.fromkeys(PACKING_STATS, 0)
+      return ({"query": self._pack(q_enc, "query", self.query_max_length, counts),
+               "passage": self._pack(p_enc, "passage", self.passage_max_length, counts)}, counts)
     lq = bucket_length(max(len(ids) for ids, _ in q_enc), self.buckets, self.query_max_length)
     lp = bucket_length(max(len(ids) for ids, _ in p_enc), self.buckets, self.passage_max_length)
-    return {"query": pad_batch(q_enc, lq, self.tok.pad_id),
-            "passage": pad_batch(p_enc, lp, self.tok.pad_id)}
+    return ({"query": pad_batch(q_enc, lq, self.tok.pad_id),
+             "passage": pad_batch(p_enc, lp, self.tok.pad_id)}, {})
 
-  def _pack(self, encoded, side: str, row_length: int) -> dict[str, np.ndarray]:
+  def _pack(self, encoded, side: str, row_length: int, counts: dict[str, int]
+            ) -> dict[str, np.ndarray]:
     """Packed rows of one side; pool ids are global text indices (this process's block)."""
     lengths = [len(ids) for ids, _ in encoded]
     # A cut never reaches into the template prefix: every text keeps a token to pool.
@@ -276,17 +285,15 @@ class HostBatchIterator:
     rows, cap = fit_to_rows(lengths, row_length, self.packed_rows[side], mins)
     kept = cut_lengths(lengths, cap, mins)
     cut = [n - k for n, k in zip(lengths, kept) if k < n]
-    with self._packing_lock:
-      st = self._packing_stats
-      st["packing_tokens"] += sum(kept)
-      st["packing_slots"] += self.packed_rows[side] * row_length
-      if cut:
-        st["packing_overflow_batches"] += 1
-        st["packing_cut_texts"] += len(cut)
-        st["packing_cut_tokens"] += sum(cut)
-        log.warning("packing: %d %s texts (%d tokens) over the %d x %d budget: the longest %d "
-                    "cut to %d tokens; totals %s", len(lengths), side, sum(lengths),
-                    self.packed_rows[side], row_length, len(cut), cap, st)
+    counts["packing_tokens"] += sum(kept)
+    counts["packing_slots"] += self.packed_rows[side] * row_length
+    if cut:
+      counts["packing_overflow_batches"] = 1  # one per batch, whichever side overflowed
+      counts["packing_cut_texts"] += len(cut)
+      counts["packing_cut_tokens"] += sum(cut)
+      log.warning("packing: %d %s texts (%d tokens) over the %d x %d budget: the longest %d "
+                  "cut to %d tokens", len(lengths), side, sum(lengths), self.packed_rows[side],
+                  row_length, len(cut), cap)
     return packed_arrays(encoded, rows, row_length, self.tok.pad_id,
                          text_offset=self.process_index * len(encoded), lengths=kept)
 
@@ -301,7 +308,14 @@ class HostBatchIterator:
     return local.tok
 
   def __next__(self) -> Batch:
-    return self.tokenize(self.plan_next())
+    batch, counts = self.tokenize_counted(self.plan_next())
+    add_counts(self._stats, counts)
+    return batch
+
+
+def add_counts(stats: dict[str, Any], counts: dict[str, int]) -> None:
+  for k, v in counts.items():
+    stats[k] = stats.get(k, 0) + v
 
 
 @dataclasses.dataclass

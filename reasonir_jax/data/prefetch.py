@@ -6,14 +6,15 @@ import json
 import queue
 import threading
 
-from reasonir_jax.data.batching import HostBatchIterator
+from reasonir_jax.data.batching import PACKING_STATS, HostBatchIterator, add_counts
 
 
 class PrefetchIterator:
   """Runs a HostBatchIterator ahead of the consumer: a background thread plans batches in order
   (reading, sampling: cheap and sequential, so the state stays exact) and `num_workers` threads
   tokenize them in parallel (the Rust tokenizer releases the GIL); batches come out in order.
-  get_state() is the state after the last batch handed out."""
+  get_state() is the state after the last batch handed out. Counters that tokenizing produces
+  (packing) are added here, in delivery order, so they resume exactly too."""
 
   def __init__(self, inner: HostBatchIterator, depth: int = 2, num_workers: int = 0):
     self.inner = inner
@@ -21,8 +22,7 @@ class PrefetchIterator:
     self.num_workers = max(0, int(num_workers))
     self._pool = (concurrent.futures.ThreadPoolExecutor(self.num_workers, "input-tokenize")
                   if self.num_workers else None)
-    self._state = inner.get_state()
-    self._stats = inner.stats()
+    self._reset_from_inner()
     self._thread = None
     self._error = None
     self._start()
@@ -39,10 +39,10 @@ class PrefetchIterator:
       try:
         raw = self.inner.plan_next()
         if self._pool is not None:
-          batch = self._pool.submit(self.inner.tokenize, raw)
+          batch = self._pool.submit(self.inner.tokenize_counted, raw)
         else:
           batch = concurrent.futures.Future()
-          batch.set_result(self.inner.tokenize(raw))
+          batch.set_result(self.inner.tokenize_counted(raw))
         item = (batch, self.inner.get_state(), self.inner.stats(), None)
       except BaseException as e:  # handed to the consumer, raised there
         item = (None, None, None, e)
@@ -71,13 +71,21 @@ class PrefetchIterator:
     try:
       if error is not None:
         raise error
-      batch = future.result()
+      batch, counts = future.result()
     except BaseException as e:
       self._error = e
       self._halt()
       raise
+    # The planner's state does not hold the tokenizer's counters: carry their running totals.
+    add_counts(self._counts, counts)
+    state["stats"].update(self._counts)
+    stats.update(self._counts)
     self._state, self._stats = state, stats
     return batch
+
+  def _reset_from_inner(self):
+    self._state, self._stats = self.inner.get_state(), self.inner.stats()
+    self._counts = {k: self._stats[k] for k in PACKING_STATS if k in self._stats}
 
   def get_state(self):
     return json.loads(json.dumps(self._state))
@@ -85,7 +93,7 @@ class PrefetchIterator:
   def set_state(self, state):
     self._halt()
     self.inner.set_state(state)
-    self._state, self._stats = self.inner.get_state(), self.inner.stats()
+    self._reset_from_inner()
     self._error = None
     self._start()
 

@@ -136,3 +136,23 @@ def test_packed_encode_on_a_mesh_equals_one_device(hf_dir, shape):
   np.testing.assert_allclose(sharded.encode(texts, batch_size=4, max_length=48, packing=True),
                              plain.encode(texts, batch_size=4, max_length=48, packing=True),
                              atol=1e-5)
+
+
+def test_encoder_runs_the_padded_path_when_it_costs_less(hf_dir):
+  """Near-equal lengths: sorted padded batches waste little, so encode() skips the segment
+  mask; the same texts plus a spread of short ones are packed. Both equal packing=False."""
+  from reasonir_jax import Encoder, encoder as encoder_lib
+  enc = Encoder.from_pretrained(hf_dir, dtype="float32", show_progress=False)
+  rng = np.random.default_rng(2)
+  words = "cell energy proof graph water orbit enzyme market light code".split()
+  equal = [" ".join(rng.choice(words, size=40)) for _ in range(12)]
+  out = enc.encode(equal, batch_size=4, max_length=64)
+  assert enc._embed_packed._cache_size() == 0 and enc._embed._cache_size() == 1
+  np.testing.assert_allclose(out, enc.encode(equal, batch_size=4, max_length=64, packing=False),
+                             atol=1e-6)
+  mixed = equal + [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 12, 24)]
+  out = enc.encode(mixed, batch_size=4, max_length=64)
+  assert enc._embed_packed._cache_size() == 1
+  np.testing.assert_allclose(out, enc.encode(mixed, batch_size=4, max_length=64, packing=False),
+                             atol=1e-5)
+  assert encoder_lib.bucket_lengths(200) == (32, 48, 64, 96, 128, 192, 200)
