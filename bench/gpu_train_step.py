@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import interleaved_seconds  # noqa: E402  (bench/ is this script's directory)
-from train_step import jax_ours  # noqa: E402
+from train_step import jax_ours, torch_train_model  # noqa: E402
 
 WIDTH_8B = ["model.num_heads=32", "model.num_kv_heads=8", "model.head_dim=128",
             "model.hidden_size=4096", "model.intermediate_size=14336"]
@@ -51,17 +51,9 @@ def torch_step(hf_dir, config, batch, device: str):
   import contextlib
   import torch
   import torch.nn.functional as F
-  from transformers import LlamaModel
 
-  torch.manual_seed(0)
-  model = LlamaModel.from_pretrained(hf_dir, torch_dtype=torch.float32,
-                                     attn_implementation="sdpa").to(device)
-  for layer in model.layers:
-    layer.self_attn.is_causal = False
-  model.train()
+  model, opt = torch_train_model(hf_dir, config, device)
   o = config.optim
-  opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                          weight_decay=o.weight_decay)
   tb = {k: {n: torch.from_numpy(a.astype(np.int64)).to(device) for n, a in v.items()}
         for k, v in batch.items()}
   g = config.data.group_size

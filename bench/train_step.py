@@ -29,20 +29,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import interleaved_seconds  # noqa: E402  (bench/ is this script's directory)
 
 
-def torch_reference(hf_dir, config, batch):
-  """(first-step loss, run(n)): run takes n reference steps and waits for them."""
+def torch_train_model(hf_dir, config, device: str = "cpu"):
+  """(model, AdamW): transformers' LlamaModel from hf_dir, bidirectional (is_causal cleared on
+  every layer), fp32 weights in train mode, with the config's optimizer settings."""
   import torch
-  import torch.nn.functional as F
   from transformers import LlamaModel
 
   torch.manual_seed(0)
-  model = LlamaModel.from_pretrained(hf_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+  model = LlamaModel.from_pretrained(hf_dir, torch_dtype=torch.float32,
+                                     attn_implementation="sdpa").to(device)
   for layer in model.layers:
     layer.self_attn.is_causal = False
   model.train()
   o = config.optim
-  opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                          weight_decay=o.weight_decay)
+  return model, torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+                                  weight_decay=o.weight_decay)
+
+
+def torch_reference(hf_dir, config, batch):
+  """(first-step loss, run(n)): run takes n reference steps and waits for them."""
+  import torch
+  import torch.nn.functional as F
+
+  model, opt = torch_train_model(hf_dir, config)
+  o = config.optim
   warm = max(int(round(o.warmup_ratio * config.train.num_steps)), 1)
   sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s / warm, 1.0))
   tb = {k: {n: torch.from_numpy(a.astype(np.int64)) for n, a in v.items()} for k, v in batch.items()}

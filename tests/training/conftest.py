@@ -1,6 +1,9 @@
 """Helpers for the training tests: the tiny config, deterministic random batches, and the
 environment of child training processes."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,18 @@ def child_env(tmp_path):
 @pytest.fixture(scope="session")
 def make_child_env():
   return child_env
+
+
+def start_child(script_text: str, overrides, workdir, arg, tmp_path, env) -> subprocess.Popen:
+  """Starts `script_text` (a child trainer; reads argv: overrides as JSON, workdir, arg) with
+  stdout and stderr merged into one text pipe."""
+  script = tmp_path / "child.py"
+  script.write_text(script_text)
+  return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(workdir),
+                           str(arg)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="session")
+def start_child_trainer():
+  return start_child

@@ -1,11 +1,8 @@
 """Checkpoints: a run killed with SIGKILL and restarted ends with the same parameters as a run that
 never stopped; restoring onto another mesh shape works; export reads a training checkpoint; the
 command line rejects unknown config keys."""
-import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,7 +12,6 @@ import jax
 
 from reasonir_jax import sharding as shd
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # One bucket length: every batch has the same shapes, so each run compiles the step once.
 # vocab: the sample tokenizer's (ids beyond a smaller embedding would make every value NaN).
@@ -35,17 +31,10 @@ CHILD = textwrap.dedent("""
     """)
 
 
-def _child(overrides, workdir, kill_at, tmp_path, env):
-  script = tmp_path / "child.py"
-  script.write_text(CHILD)
-  return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(workdir),
-                           str(kill_at)], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
 def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_config, tmp_path,
                                                                       small_model_overrides,
-                                                                      make_child_env):
+                                                                      make_child_env,
+                                                                      start_child_trainer):
   from reasonir_jax import train
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer
@@ -53,14 +42,15 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
   overrides = [*small_model_overrides, *RUN_OVERRIDES]
   killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
   env = make_child_env(tmp_path)
-  proc = _child(overrides, killed_dir, 5, tmp_path, env)  # runs while the reference trains here
+  # Runs while the reference trains here.
+  proc = start_child_trainer(CHILD, overrides, killed_dir, 5, tmp_path, env)
   reference = train.run(make_tiny_config(*RUN_OVERRIDES), str(straight_dir))
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == -signal.SIGKILL, out
   steps = ckpt_lib.CheckpointManager(str(killed_dir)).all_steps()
   assert steps and max(steps) in (2, 4), (steps, out)
 
-  resumed = _child(overrides, killed_dir, -1, tmp_path, env)
+  resumed = start_child_trainer(CHILD, overrides, killed_dir, -1, tmp_path, env)
   out, _ = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, out
   assert f"from step {max(steps)}" in out

@@ -2,14 +2,17 @@
 one process with 8 devices on the same global batch; each process supplies only its own rows."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(TESTS)
+sys.path.insert(0, TESTS)  # multihost_util, for this process and (via PYTHONPATH) the children
+from multihost_util import free_port  # noqa: E402  pylint: disable=wrong-import-position
+
 OVERRIDES = ["model.num_layers=1", "model.vocab_size=256", "model.hidden_size=32",
              "model.intermediate_size=64", "model.head_dim=8", "mesh.shape=(2,4,1)"]
 
@@ -21,20 +24,7 @@ COMMON = textwrap.dedent("""
     from reasonir_jax.config import load_config
     from reasonir_jax.model import LlamaEncoder, ModelConfig
     from reasonir_jax.training.step import build_trainer
-
-    def global_batch(b=16, g=2, lq=8, lp=12):
-      rng = np.random.default_rng(3)
-      def side(rows, length):
-        ids = rng.integers(3, 256, size=(rows, length)).astype(np.int32)
-        mask = (np.arange(length)[None] < rng.integers(length // 2, length + 1, size=rows)[:, None])
-        return {"input_ids": ids, "attention_mask": mask.astype(np.int32), "pool_mask": mask.astype(np.int32)}
-      return {"query": side(b, lq), "passage": side(b * g, lp)}
-
-    def local_rows(sharding, x):
-      # This process's rows, in order: the distinct row blocks its devices hold.
-      blocks = sorted({(i[0].start or 0, i[0].stop or x.shape[0])
-                       for i in sharding.addressable_devices_indices_map(x.shape).values()})
-      return np.concatenate([x[a:b] for a, b in blocks])
+    from multihost_util import global_batch, local_rows
 
     def loss_and_grads(overrides):
       cfg = load_config("tiny", overrides)
@@ -44,7 +34,7 @@ COMMON = textwrap.dedent("""
                             host, trainer.param_shardings)
       sh = trainer.batch_sharding
       batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, local_rows(sh, x), x.shape),
-                           global_batch())
+                           global_batch(256))
       (loss, metrics), grads = jax.jit(trainer.loss_and_grads)(params, batch)
       from jax.experimental import multihost_utils
       grads = multihost_utils.process_allgather(grads, tiled=True)
@@ -67,19 +57,14 @@ CHILD = textwrap.dedent("""
     """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(tmp_path):
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   out = tmp_path / "two_process.npz"
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(os.environ,
+             PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
   env.pop("XLA_FLAGS", None)
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   procs = [subprocess.Popen([sys.executable, str(script), address, str(pid), str(out),
                              json.dumps(OVERRIDES)], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]

@@ -1,19 +1,14 @@
 """Preemption: a SIGTERM to a real training process mid-run makes it checkpoint the step it
 reached and exit with status 75; the restarted run continues from that step and ends with the
 parameters of a run that never stopped, with no step lost or repeated in the logs."""
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # No periodic checkpoint before the end: only the preemption one can make the resume work.
 RUN_OVERRIDES = ["model.vocab_size=2048", "mesh.shape=(4,2,1)", "train.num_steps=8", "checkpoint.every_steps=100",
                  "train.log_every=1", "data.max_length=48", "data.query_max_length=48",
@@ -33,17 +28,10 @@ CHILD = textwrap.dedent("""
 STEP_LINE = re.compile(r"^step (\d+) ", re.M)
 
 
-def _child(overrides, workdir, slow_after, tmp_path, env):
-  script = tmp_path / "child.py"
-  script.write_text(CHILD)
-  return subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(workdir),
-                           str(slow_after)], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.multiprocess
 def test_sigterm_checkpoints_exits_75_and_resumes_exactly(make_tiny_config, tmp_path,
-                                                         small_model_overrides, make_child_env):
+                                                         small_model_overrides, make_child_env,
+                                                         start_child_trainer):
   from reasonir_jax import train
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.preemption import EXIT_PREEMPTED
@@ -51,7 +39,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(make_tiny_config, tmp_
   overrides = [*small_model_overrides, *RUN_OVERRIDES]
   workdir = tmp_path / "preempted"
   env = make_child_env(tmp_path)
-  proc = _child(overrides, workdir, 2, tmp_path, env)
+  proc = start_child_trainer(CHILD, overrides, workdir, 2, tmp_path, env)
   first = []
   for line in proc.stdout:  # SIGTERM once step 3 is logged
     first.append(line)
@@ -67,7 +55,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(make_tiny_config, tmp_
 
   reference = train.run(make_tiny_config(*RUN_OVERRIDES), str(tmp_path / "straight"))
 
-  resumed = _child(overrides, workdir, 100, tmp_path, env)
+  resumed = start_child_trainer(CHILD, overrides, workdir, 100, tmp_path, env)
   second = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, second[-4000:]
   second_steps = [int(s) for s in STEP_LINE.findall(second)]
