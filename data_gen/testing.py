@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat server on loopback, for tests and offline dry runs.
 
-`responder(request_json)` decides every answer to POST /v1/chat/completions:
-  - a `str`: the assistant message content (HTTP 200);
+`responder(request_json)` decides every answer to POST /v1/chat/completions and (raw prompts, no
+chat template) POST /v1/completions, whose answer text goes in `choices[0].text`:
+  - a `str`: the assistant message content, or the completion text (HTTP 200);
   - an `int`: fail with that HTTP status code (e.g. 500, 503, 429, 400);
   - `("sleep", seconds)` or `("sleep", seconds, answer)`: wait first (to force a client
     timeout), then answer with `answer` (default "");
@@ -13,6 +14,7 @@
       backend = OpenAIBackend(base_url=server.base_url, model="m")
       ...
       server.requests  # every request body received, in arrival order
+      server.paths     # the path each was posted to ("/v1/chat/completions" or "/v1/completions")
 
 The server listens on 127.0.0.1 on an ephemeral port, serves each request on its own thread,
 and stops when the context exits (pending sleeps are cut short).
@@ -55,29 +57,46 @@ def last_user_message(request: dict) -> str:
   return ""
 
 
-def _completion_body(content: str, model: str, finish_reason: str = "stop") -> dict:
+def request_text(request: dict) -> str:
+  """The prompt of a raw completion request, else the last user message of a chat request."""
+  if "prompt" in request:
+    return str(request["prompt"])
+  return last_user_message(request)
+
+
+CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
+
+
+def _completion_body(content: str, model: str, finish_reason: str = "stop",
+                     raw: bool = False) -> dict:
+  if raw:
+    choice = {"index": 0, "finish_reason": finish_reason, "text": content}
+  else:
+    choice = {"index": 0, "finish_reason": finish_reason,
+              "message": {"role": "assistant", "content": content}}
   return {
-      "id": f"chatcmpl-{time.monotonic_ns()}",
-      "object": "chat.completion",
+      "id": f"{'cmpl' if raw else 'chatcmpl'}-{time.monotonic_ns()}",
+      "object": "text_completion" if raw else "chat.completion",
       "created": int(time.time()),
       "model": model,
-      "choices": [{"index": 0, "finish_reason": finish_reason,
-                   "message": {"role": "assistant", "content": content}}],
+      "choices": [choice],
       "usage": {"prompt_tokens": 0, "completion_tokens": len(content.split()),
                 "total_tokens": len(content.split())},
   }
 
 
 class ScriptedChatServer:
-  """Loopback HTTP server speaking the OpenAI chat-completions protocol with scripted answers."""
+  """Loopback HTTP server speaking the OpenAI chat-completions (and completions) protocol with
+  scripted answers."""
 
   def __init__(self, responder: Responder, model: str = "scripted-model",
                max_requests: int | None = None):
-    """`max_requests` bounds how many chat requests are answered; later ones get HTTP 503."""
+    """`max_requests` bounds how many requests are answered; later ones get HTTP 503."""
     self.responder = responder
     self.model = model
     self.max_requests = max_requests
     self.requests: list[dict] = []
+    self.paths: list[str] = []
     self._lock = threading.Lock()
     self._stop = threading.Event()
     self._connections: set[socket.socket] = set()
@@ -134,9 +153,11 @@ class ScriptedChatServer:
       def do_POST(self):  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        path = self.path.rstrip("/")
+        if path not in (CHAT_PATH, COMPLETIONS_PATH):
           self._send(404, {"error": {"message": f"no route {self.path}"}})
           return
+        raw_prompt = path == COMPLETIONS_PATH
         try:
           request = json.loads(raw)
         except json.JSONDecodeError as e:
@@ -144,6 +165,7 @@ class ScriptedChatServer:
           return
         with server._lock:
           server.requests.append(request)
+          server.paths.append(path)
           over = server.max_requests is not None and len(server.requests) > server.max_requests
         if over:
           self._send(503, {"error": {"message": "scripted server: max_requests reached"}})
@@ -161,7 +183,7 @@ class ScriptedChatServer:
                      answer[2])
         elif isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "length":
           self._send(200, _completion_body(answer[1], request.get("model", server.model),
-                                           finish_reason="length"))
+                                           finish_reason="length", raw=raw_prompt))
         elif isinstance(answer, bool) or not isinstance(answer, (str, int, dict)):
           self._send(500, {"error": {"message": f"responder returned {answer!r}"}})
         elif isinstance(answer, int):
@@ -170,7 +192,8 @@ class ScriptedChatServer:
         elif isinstance(answer, dict):
           self._send(200, answer)
         else:
-          self._send(200, _completion_body(answer, request.get("model", server.model)))
+          self._send(200, _completion_body(answer, request.get("model", server.model),
+                                           raw=raw_prompt))
 
     self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self._httpd.daemon_threads = True

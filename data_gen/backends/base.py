@@ -15,9 +15,23 @@ class SamplingParams:
   top_p: float = 1.0
   max_tokens: int = 1536
   seed: int = 0
+  # OpenAI semantics (as in vLLM): logit -= frequency_penalty * count + presence_penalty * (count
+  # > 0), counting the tokens generated so far (not the prompt's). 0 is off.
+  frequency_penalty: float = 0.0
+  presence_penalty: float = 0.0
+
+  def penalties(self) -> dict[str, float]:
+    """The penalties that are on, by name (what a backend passes on; nothing when off)."""
+    return {k: getattr(self, k) for k in _PENALTIES if getattr(self, k)}
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    # The penalties came later: when off they are left out, so the settings of earlier data_gen
+    # runs (checked on resume) and the keys of earlier answer caches stay the same.
+    d = dataclasses.asdict(self)
+    return {k: v for k, v in d.items() if k not in _PENALTIES or v}
+
+
+_PENALTIES = ("frequency_penalty", "presence_penalty")
 
 
 # ChatFailure kinds. "prompt_too_long" and "length" are their own reject reasons: the first is
@@ -48,6 +62,17 @@ class ChatBackend(abc.ABC):
     """`json_schema`, when given, asks for structured JSON output where the backend supports it;
     callers still parse and validate every answer."""
 
+  # Whether `complete` works: a raw prompt in, its continuation out, no chat template.
+  raw_completion: bool = False
+
+  def complete(self, prompts: Sequence[str], sampling: SamplingParams, *,
+               keep_truncated: bool = False) -> list[str | ChatFailure]:
+    """Continues each prompt string as it is (no chat template, as a completion endpoint or
+    vLLM's `generate` does). With `keep_truncated`, an answer cut off at `max_tokens` is
+    returned as its text rather than a ChatFailure of kind "length" (for callers that, like
+    the public code they follow, parse whatever came back)."""
+    raise NotImplementedError(f"the {self.name} backend has no raw-completion path")
+
   def close(self) -> None:
     pass
 
@@ -61,13 +86,24 @@ class StreamingChatBackend(ChatBackend):
              json_schema: dict | None = None) -> "concurrent.futures.Future":
     """A future resolving to the answer text or a ChatFailure (never an exception)."""
 
+  def submit_completion(self, prompt: str, sampling: SamplingParams, *,
+                        keep_truncated: bool = False) -> "concurrent.futures.Future":
+    """`complete` for one raw prompt, as a future (see `ChatBackend.complete`)."""
+    raise NotImplementedError(f"the {self.name} backend has no raw-completion path")
+
   def chat(self, conversations, sampling, json_schema=None):
     futures = [self.submit(c, sampling, json_schema) for c in conversations]
     return [f.result() for f in futures]
 
+  def complete(self, prompts, sampling, *, keep_truncated=False):
+    futures = [self.submit_completion(p, sampling, keep_truncated=keep_truncated)
+               for p in prompts]
+    return [f.result() for f in futures]
+
 
 def make_backend(kind: str, **kwargs) -> ChatBackend:
-  """`kind` is "vllm", "openai" or "transformers"; kwargs go to that backend's constructor."""
+  """`kind` is "vllm", "vllm-async", "openai" or "transformers"; kwargs go to that backend's
+  constructor."""
   if kind == "openai":
     from data_gen.backends.openai_http import OpenAIBackend
     return OpenAIBackend(**kwargs)
@@ -77,4 +113,7 @@ def make_backend(kind: str, **kwargs) -> ChatBackend:
   if kind == "vllm":
     from data_gen.backends.vllm_offline import VLLMBackend
     return VLLMBackend(**kwargs)
-  raise ValueError(f"unknown backend {kind!r}: choose vllm, openai or transformers")
+  if kind == "vllm-async":
+    from data_gen.backends.vllm_async import AsyncVLLMBackend
+    return AsyncVLLMBackend(**kwargs)
+  raise ValueError(f"unknown backend {kind!r}: choose vllm, vllm-async, openai or transformers")

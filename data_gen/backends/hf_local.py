@@ -1,14 +1,37 @@
 """`transformers` backend: a local Hugging Face causal LM with `generate`, on CPU or GPU.
 
 For small runs and tests. Prompts use the tokenizer's chat template when it has one, else a
-plain "System/User/Assistant" layout. Batches are left-padded. `json_schema` is not enforced
-(no constrained decoding here); answers are parsed and validated by the pipelines as always.
+plain "System/User/Assistant" layout; `complete` tokenizes a raw prompt as it is (with the
+tokenizer's own special tokens, as vLLM's `generate` does), no template. Batches are
+left-padded. `json_schema` is not enforced (no constrained decoding here); answers are parsed and
+validated by the pipelines as always. Frequency and presence penalties are applied exactly, by a
+logits processor with OpenAI's / vLLM's definition (`generate` has only the multiplicative
+`repetition_penalty`, a different knob).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from data_gen.backends.base import ChatBackend, ChatFailure, Message, SamplingParams
+
+
+def penalty_processor(prompt_len: int, frequency: float, presence: float):
+  """A logits processor subtracting `frequency * count + presence * (count > 0)` from each
+  token's logit, counting the tokens generated after the first `prompt_len` (left-padded batches
+  share that length). It runs before temperature and top-p, as in vLLM."""
+  import torch
+  import transformers
+
+  class PenaltyProcessor(transformers.LogitsProcessor):
+    def __call__(self, input_ids, scores):
+      generated = input_ids[:, prompt_len:]
+      if generated.shape[1] == 0:
+        return scores
+      counts = torch.zeros_like(scores).scatter_add_(
+          1, generated, torch.ones(generated.shape, dtype=scores.dtype, device=scores.device))
+      return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+  return PenaltyProcessor()
 
 
 def plain_chat_format(messages: Sequence[Message]) -> str:
@@ -20,6 +43,7 @@ def plain_chat_format(messages: Sequence[Message]) -> str:
 
 class TransformersBackend(ChatBackend):
   name = "transformers"
+  raw_completion = True
 
   def __init__(self, model: str | Any, tokenizer: Any = None, device: str | None = None,
                dtype: str = "auto", batch_size: int = 8):
@@ -58,10 +82,19 @@ class TransformersBackend(ChatBackend):
   def chat(self, conversations: Sequence[Sequence[Message]], sampling: SamplingParams,
            json_schema: dict | None = None) -> list[str | ChatFailure]:
     del json_schema  # not enforced here
-    torch = self.torch
     prompts = [self.format_prompt(c) for c in conversations]
     # A chat template already starts with BOS; do not add a second one.
-    add_special = not getattr(self.tokenizer, "chat_template", None)
+    return self._generate(prompts, sampling,
+                          add_special=not getattr(self.tokenizer, "chat_template", None))
+
+  def complete(self, prompts: Sequence[str], sampling: SamplingParams, *,
+               keep_truncated: bool = False) -> list[str | ChatFailure]:
+    del keep_truncated  # this backend returns a cut-off answer as its text on either path
+    return self._generate(list(prompts), sampling, add_special=True)
+
+  def _generate(self, prompts: list[str], sampling: SamplingParams,
+                add_special: bool) -> list[str | ChatFailure]:
+    torch = self.torch
     self.tokenizer.padding_side = "left"
     torch.manual_seed(sampling.seed)
     results: list[str | ChatFailure] = []
@@ -75,6 +108,10 @@ class TransformersBackend(ChatBackend):
         gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
       else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None)
+      if sampling.penalties():
+        import transformers
+        gen_kwargs["logits_processor"] = transformers.LogitsProcessorList([penalty_processor(
+            enc["input_ids"].shape[1], sampling.frequency_penalty, sampling.presence_penalty)])
       try:
         with torch.no_grad():
           out = self.lm.generate(**enc, **gen_kwargs)

@@ -1,17 +1,22 @@
 """`openai` backend: any OpenAI-compatible chat endpoint (e.g. `vllm serve`), over plain HTTP.
 
+Chat requests go to `/chat/completions`; raw prompts (`submit_completion` / `complete`: no chat
+template) go to `/completions` with `prompt` and are read from `choices[0].text`, through the
+same stream, retries and failure handling.
+
 Continuous submission: every request is its own future on a pool of `max_concurrency` worker
 threads, so up to that many requests are in flight at all times (callers submit the next
 request as soon as one finishes, never waiting for a whole batch). Timeouts, connection errors,
 HTTP 429 and 5xx are retried: the retry is put back into the same stream after a delay (the
 server's `Retry-After` when it sends one, else exponential backoff with jitter), and its worker
 slot is freed meanwhile. Other 4xx fail at once. An answer cut off by the token limit
-(`finish_reason="length"`) is a ChatFailure of kind "length". A failed request becomes a
-`ChatFailure` result, never an exception.
+(`finish_reason="length"`) is a ChatFailure of kind "length" (its text, for a raw request with
+`keep_truncated`). A failed request becomes a `ChatFailure` result, never an exception.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import email.utils
 import logging
 import os
@@ -45,6 +50,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
       return None
     seconds = when.timestamp() - (time.time() if now is None else now)
   return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+  """Where a request is posted and how its answer is read."""
+  path: str = "chat/completions"  # or "completions": a raw prompt, no chat template
+  keep_truncated: bool = False  # an answer cut off at max_tokens is its text, not a failure
+
+  def content(self, choice: dict):
+    return choice["text"] if self.path == "completions" else choice["message"]["content"]
+
+
+CHAT = Endpoint()
 
 
 class InFlightMeter:
@@ -91,6 +109,7 @@ class InFlightMeter:
 
 class OpenAIBackend(StreamingChatBackend):
   name = "openai"
+  raw_completion = True
 
   def __init__(self, base_url: str, model: str, api_key: str | None = None,
                max_concurrency: int = 256, request_timeout_s: float = 600.0,
@@ -143,6 +162,7 @@ class OpenAIBackend(StreamingChatBackend):
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
         "seed": sampling.seed,
+        **sampling.penalties(),
     }
     if json_schema is not None and self.structured_output:
       body["response_format"] = {
@@ -150,6 +170,11 @@ class OpenAIBackend(StreamingChatBackend):
           "json_schema": {"name": "answer", "schema": json_schema, "strict": True},
       }
     return body
+
+  def build_completion_request(self, prompt: str, sampling: SamplingParams) -> dict:
+    return {"model": self.model, "prompt": prompt, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed,
+            **sampling.penalties()}
 
   def _backoff_delay(self, attempt: int) -> float:
     delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
@@ -159,16 +184,24 @@ class OpenAIBackend(StreamingChatBackend):
   def submit(self, messages: Sequence[Message], sampling: SamplingParams,
              json_schema: dict | None = None) -> concurrent.futures.Future:
     outer: concurrent.futures.Future = concurrent.futures.Future()
-    self._dispatch(self.build_request(messages, sampling, json_schema), 0, outer, False)
+    self._dispatch(self.build_request(messages, sampling, json_schema), 0, outer, False, CHAT)
     return outer
 
-  def _dispatch(self, body: dict, attempt: int, outer, plain_retry: bool) -> None:
+  def submit_completion(self, prompt: str, sampling: SamplingParams, *,
+                        keep_truncated: bool = False) -> concurrent.futures.Future:
+    outer: concurrent.futures.Future = concurrent.futures.Future()
+    self._dispatch(self.build_completion_request(prompt, sampling), 0, outer, False,
+                   Endpoint("completions", keep_truncated))
+    return outer
+
+  def _dispatch(self, body: dict, attempt: int, outer, plain_retry: bool,
+                endpoint: Endpoint) -> None:
     try:
-      self._pool.submit(self._attempt, body, attempt, outer, plain_retry)
+      self._pool.submit(self._attempt, body, attempt, outer, plain_retry, endpoint)
     except RuntimeError:  # the pool is shut down
       outer.set_result(ChatFailure("backend closed before the request was sent"))
 
-  def _requeue(self, delay_s: float, body: dict, attempt: int, outer) -> None:
+  def _requeue(self, delay_s: float, body: dict, attempt: int, outer, endpoint: Endpoint) -> None:
     """Puts a retry back into the stream after `delay_s`, without holding a worker slot."""
     with self._lock:
       self.num_retries += 1
@@ -179,17 +212,18 @@ class OpenAIBackend(StreamingChatBackend):
       def fire():
         with self._lock:
           self._timers.pop(timer, None)
-        self._dispatch(body, attempt, outer, False)
+        self._dispatch(body, attempt, outer, False, endpoint)
 
       timer = threading.Timer(delay_s, fire)
       timer.daemon = True
       self._timers[timer] = outer
     timer.start()
 
-  def _attempt(self, body: dict, attempt: int, outer, plain_retry: bool) -> None:
+  def _attempt(self, body: dict, attempt: int, outer, plain_retry: bool,
+               endpoint: Endpoint) -> None:
     self.meter.enter()
     try:
-      result, retry_delay = self._post_once(body, attempt)
+      result, retry_delay = self._post_once(body, attempt, endpoint)
     except Exception as e:  # never leave a future unresolved
       result, retry_delay = ChatFailure(f"unexpected client error: {e!r}"), None
     finally:
@@ -197,10 +231,10 @@ class OpenAIBackend(StreamingChatBackend):
     if result == "plain":
       # The endpoint rejected response_format: resend once without it.
       plain = {k: v for k, v in body.items() if k != "response_format"}
-      self._dispatch(plain, attempt, outer, True)
+      self._dispatch(plain, attempt, outer, True, endpoint)
       return
     if retry_delay is not None:
-      self._requeue(retry_delay, body, attempt + 1, outer)
+      self._requeue(retry_delay, body, attempt + 1, outer, endpoint)
       return
     if plain_retry and not isinstance(result, ChatFailure) and self.structured_output:
       log.warning("%s rejected response_format json_schema; continuing without structured "
@@ -208,9 +242,9 @@ class OpenAIBackend(StreamingChatBackend):
       self.structured_output = False
     outer.set_result(result)
 
-  def _post_once(self, body: dict, attempt: int):
+  def _post_once(self, body: dict, attempt: int, endpoint: Endpoint = CHAT):
     """(result, None), ("plain", None) or (None, seconds until the retry)."""
-    url = f"{self.base_url}/chat/completions"
+    url = f"{self.base_url}/{endpoint.path}"
     headers = {"Authorization": f"Bearer {self.api_key}"}
     can_retry = attempt < self.max_retries
 
@@ -238,13 +272,13 @@ class OpenAIBackend(StreamingChatBackend):
       return ChatFailure(f"HTTP {status} (not retried): {response.text[:300]}"), None
     try:
       choice = response.json()["choices"][0]
-      content = choice["message"]["content"]
+      content = endpoint.content(choice)
     except (ValueError, KeyError, IndexError, TypeError) as e:
       return ChatFailure(f"malformed response ({type(e).__name__}: {e}): "
                          f"{response.text[:300]}"), None
     if not isinstance(content, str):
       return ChatFailure(f"response content is {type(content).__name__}, not text"), None
-    if choice.get("finish_reason") == "length":
+    if choice.get("finish_reason") == "length" and not endpoint.keep_truncated:
       return ChatFailure(f"answer cut off at max_tokens={body.get('max_tokens')} "
                          "(finish_reason=length)", kind="length"), None
     return content, None

@@ -12,6 +12,9 @@ ChatFailure of kind "prompt_too_long" and never sent, so one over-long prompt ca
 force a rerun of) the whole batch. An answer that stopped at the token limit
 (`finish_reason="length"`) is a ChatFailure of kind "length", not bad JSON.
 
+`complete` sends raw prompt strings through `llm.generate` (no chat template), with the same
+length check (the string tokenized as `generate` tokenizes it) and failure handling.
+
 vLLM is imported only when this backend is built; the module can be injected (`vllm_module`)
 so that request building is tested without vLLM or a GPU.
 """
@@ -38,6 +41,7 @@ def import_vllm():
 
 class VLLMBackend(ChatBackend):
   name = "vllm"
+  raw_completion = True
 
   def __init__(self, model: str, tensor_parallel_size: int = 1, max_model_len: int | None = None,
                gpu_memory_utilization: float = 0.9, dtype: str = "auto", seed: int = 0,
@@ -70,7 +74,9 @@ class VLLMBackend(ChatBackend):
   def too_long(self, conversation: Sequence[Message], max_tokens: int) -> ChatFailure | None:
     if self.max_model_len is None:
       return None
-    n = self.prompt_tokens(conversation)
+    return self._over_limit(self.prompt_tokens(conversation), max_tokens)
+
+  def _over_limit(self, n: int, max_tokens: int) -> ChatFailure | None:
     if n + max_tokens > self.max_model_len:
       return ChatFailure(f"prompt has {n} tokens; with max_tokens={max_tokens} it exceeds "
                          f"max_model_len={self.max_model_len}", kind="prompt_too_long")
@@ -92,15 +98,19 @@ class VLLMBackend(ChatBackend):
   def build_sampling_params(self, sampling: SamplingParams, json_schema: dict | None):
     return self.vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                     max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                    **self._structured_kwargs(json_schema))
+                                    **sampling.penalties(), **self._structured_kwargs(json_schema))
 
-  def _generate(self, conversations, params) -> list[str | ChatFailure]:
-    outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=True)
+  def _generate(self, conversations, params, raw: bool = False,
+                keep_truncated: bool = False) -> list[str | ChatFailure]:
+    if raw:  # `conversations` are prompt strings
+      outputs = self.llm.generate(list(conversations), params, use_tqdm=True)
+    else:
+      outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=True)
     results: list[str | ChatFailure] = []
     for out in outputs:
       if not out.outputs:
         results.append(ChatFailure("vLLM returned no completion"))
-      elif getattr(out.outputs[0], "finish_reason", None) == "length":
+      elif getattr(out.outputs[0], "finish_reason", None) == "length" and not keep_truncated:
         results.append(ChatFailure(f"answer cut off at max_tokens={getattr(params, 'max_tokens', '?')} "
                                    "(finish_reason=length)", kind="length"))
       else:
@@ -121,16 +131,39 @@ class VLLMBackend(ChatBackend):
         results[i] = answer
     return results
 
-  def _generate_isolated(self, conversations, params) -> list[str | ChatFailure]:
-    """One llm.chat call; if vLLM rejects the call as a whole (a request it cannot take that
-    the length check did not catch), bisect, so k bad requests cost O(k log n) calls."""
+  def _generate_isolated(self, conversations, params, **kw) -> list[str | ChatFailure]:
+    """One llm.chat call (llm.generate with `raw`); if vLLM rejects the call as a whole (a
+    request it cannot take that the length check did not catch), bisect, so k bad requests cost
+    O(k log n) calls."""
     try:
-      return self._generate(conversations, params)
+      return self._generate(conversations, params, **kw)
     except (ValueError, RuntimeError) as e:
       if len(conversations) == 1:
         return [ChatFailure(f"vLLM error: {e}")]
       log.warning("vLLM call over %d conversations failed (%s); splitting it", len(conversations),
                   e)
       half = len(conversations) // 2
-      return (self._generate_isolated(conversations[:half], params) +
-              self._generate_isolated(conversations[half:], params))
+      return (self._generate_isolated(conversations[:half], params, **kw) +
+              self._generate_isolated(conversations[half:], params, **kw))
+
+  # --- raw prompts (no chat template) -----------------------------------------------------------
+  def raw_prompt_tokens(self, prompt: str) -> int:
+    """Prompt length in tokens as vLLM's generate() tokenizes a string: the tokenizer's own
+    special tokens (e.g. BOS), no chat template."""
+    return len(self.llm.get_tokenizer().encode(prompt))
+
+  def complete(self, prompts: Sequence[str], sampling: SamplingParams, *,
+               keep_truncated: bool = False) -> list[str | ChatFailure]:
+    if not prompts:
+      return []
+    results: list[str | ChatFailure | None] = [
+        None if self.max_model_len is None
+        else self._over_limit(self.raw_prompt_tokens(p), sampling.max_tokens) for p in prompts]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+      answers = self._generate_isolated([prompts[i] for i in todo],
+                                        self.build_sampling_params(sampling, None), raw=True,
+                                        keep_truncated=keep_truncated)
+      for i, answer in zip(todo, answers):
+        results[i] = answer
+    return results

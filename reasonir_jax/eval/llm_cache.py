@@ -2,9 +2,13 @@
 
 One JSON lines file per stage and task; a row is appended (and flushed) as soon as its answer
 arrives, so a killed run loses at most the requests in flight and a rerun asks only for what is
-missing. The key covers the model, the protocol, the sampling parameters and the whole request
-(whose text holds the prompt, the query and, for reranking, the document). Failed requests are
-not stored: a rerun tries them again. A torn last line (a kill mid-write) is skipped.
+missing. The key covers the model, the protocol, the sampling parameters (`to_dict`: every
+parameter, penalties only when on), the whole request (whose text holds the prompt, the query
+and, for reranking, the document) and, for a raw prompt, how it was sent (no chat template;
+whether a cut-off answer is kept), so a chat answer is never reused for a raw request. Chat keys
+are what they were before raw requests and penalties existed: earlier cache files stay valid.
+Failed requests are not stored: a rerun tries them again. A torn last line (a kill mid-write) is
+skipped.
 """
 from __future__ import annotations
 
@@ -32,8 +36,13 @@ def open_cache(out_dir: str, task: str) -> AnswerCache:
   return AnswerCache(path)
 
 
-def request_key(model: str, protocol: str, messages, sampling) -> str:
-  payload = json.dumps([model, protocol, messages, sampling.to_dict()], sort_keys=True, ensure_ascii=False)
+def request_key(model: str, protocol: str, messages, sampling, *, raw: bool = False,
+                keep_truncated: bool = False) -> str:
+  """`messages`: a chat request's message list, or with `raw` the prompt string."""
+  fields = [model, protocol, messages, sampling.to_dict()]
+  if raw:  # a fifth field only for raw requests keeps the chat keys of earlier caches
+    fields.append({"endpoint": "completions", "keep_truncated": keep_truncated})
+  payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -76,13 +85,14 @@ def _ends_with_newline(path: str) -> bool:
 
 
 def cached_generate(backend, cache: AnswerCache | None, requests: Sequence, sampling, *, protocol: str,
-                    batch_size: int = 64) -> tuple[list, int]:
-  """Answers (text or ChatFailure) for `requests` (message lists), in order; returns them and the
-  number of requests sent. Answers already in `cache` are reused; each new answer is appended as
-  it arrives (a streaming backend's futures as they finish; others per batch of `batch_size`)."""
+                    batch_size: int = 64, raw: bool = False, keep_truncated: bool = False) -> tuple[list, int]:
+  """Answers (text or ChatFailure) for `requests` (message lists; with `raw`, prompt strings sent
+  with no chat template through `backend.complete`), in order; returns them and the number of
+  requests sent. Answers already in `cache` are reused; each new answer is appended as it arrives
+  (a streaming backend's futures as they finish; others per batch of `batch_size`)."""
   from data_gen.backends import ChatFailure
   model = getattr(backend, "model", "")
-  keys = [request_key(model, protocol, r, sampling) for r in requests]
+  keys = [request_key(model, protocol, r, sampling, raw=raw, keep_truncated=keep_truncated) for r in requests]
   answers: list = [cache.answers.get(k) if cache is not None else None for k in keys]
   todo = [i for i, a in enumerate(answers) if a is None]
   if cache is not None and len(todo) < len(requests):
@@ -93,13 +103,16 @@ def cached_generate(backend, cache: AnswerCache | None, requests: Sequence, samp
     if cache is not None and not isinstance(answer, ChatFailure):
       cache.put(keys[i], answer)
 
-  if hasattr(backend, "submit"):
-    futures = {backend.submit(requests[i], sampling): i for i in todo}
+  kw = {"keep_truncated": keep_truncated} if raw else {}
+  submit = getattr(backend, "submit_completion" if raw else "submit", None)
+  generate = backend.complete if raw else backend.chat
+  if submit is not None:
+    futures = {submit(requests[i], sampling, **kw): i for i in todo}
     for f in concurrent.futures.as_completed(futures):
       record(futures[f], f.result())
   else:
     for start in range(0, len(todo), batch_size):
       chunk = todo[start:start + batch_size]
-      for i, answer in zip(chunk, backend.chat([requests[i] for i in chunk], sampling)):
+      for i, answer in zip(chunk, generate([requests[i] for i in chunk], sampling, **kw)):
         record(i, answer)
   return answers, len(todo)

@@ -85,8 +85,11 @@ def rewrite_messages(query: str, max_tokens: int) -> list[dict]:
 
 # --- ReasonIR-Rerank [R-rr] [R-sh] ----------------------------------------------------
 # Qwen2.5-32B-Instruct through vLLM's generate() on the raw prompt (no chat template), bf16,
-# max_model_len 16384; temperature 0.6, top_p 0.9, at most 32 new tokens. Top 100 of the
-# retriever per query (--input_k 100). One prompt per task family: aops, theoremqa_questions,
+# max_model_len 16384; temperature 0.6, top_p 0.9, at most 32 new tokens. The answer text is read
+# whatever its finish reason, so an answer cut off at the 32 tokens is parsed like any other. We
+# send the raw prompt the same way, through the backend's `complete` (a /v1/completions request,
+# vLLM's generate(), or transformers' generate() on the prompt's tokens), keeping cut-off answers.
+# Top 100 of the retriever per query (--input_k 100). One prompt per task family: aops, theoremqa_questions,
 # theoremqa_theorems (same text as theoremqa_questions), leetcode, pony, and a general one for
 # the rest. Each names the query first and the document second, and ends with the answer format
 # "Relevance score: X." with X from 0 to 5 and nothing else in the answer. The prompts below say
@@ -101,6 +104,7 @@ RERANK_SEED = 42  # [R-rr] torch.manual_seed(42); vLLM's sampling itself is unse
 RERANK_TOP_K = 100
 RERANK_ALPHA = 0.5
 RERANK_CHAT = False  # raw prompt, no chat template
+RERANK_KEEP_TRUNCATED = True  # an answer cut off at max_tokens is parsed, not a failure
 _RERANK_FORMAT = ("Reply in the form 'Relevance score: X.' where X is a whole number from 0 to 5: "
                   "0 means the document is of no use, 5 means it is highly relevant and fully "
                   "addresses the query. Write nothing else.\n")
@@ -241,9 +245,10 @@ GPQA_INSTRUCTION = ("Answer the multiple-choice question below. Work through it 
                     "Give your final choice as \\boxed{YOUR_CHOICE}.\n\n"
                     "Question:\n{question}\n\n")
 GPQA_LETTERS = "ABCD"
-# [G-cfg] temperature 0.7, top_p 0.8; [G] max_tokens 8000 on each request. (The public request also
-# passes the yaml's repetition_penalty 1.0 as frequency_penalty; our backends have no such knob.)
-GPQA_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "max_tokens": 8000}
+# [G-cfg] temperature 0.7, top_p 0.8; [G] max_tokens 8000 on each request, and frequency_penalty set
+# to the yaml's repetition_penalty, 1.0: with OpenAI's definition that is not "off" (that would be
+# 0) but a penalty of 1 per earlier occurrence of a token in the answer. No presence_penalty.
+GPQA_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "max_tokens": 8000, "frequency_penalty": 1.0}
 
 
 def gpqa_question_text(question: str, options) -> str:

@@ -5,9 +5,10 @@ LLM closed-book and with the top-k passages of a datastore retrieved by our enco
         --model RETRIEVER --backend openai --backend-model M --base-url U [--k 3] [--out OUT]
 
 `--protocol reference` (the default) follows the public ReasonIR RAG code (eval/protocol.py): its
-prompt layout and order, sampling (MMLU greedy, GPQA temperature 0.7 / top-p 0.8), answer
-extraction (MMLU: first "answer is (X)", then "Answer: X", then the last lone letter, else a seeded
-random guess; GPQA: the last \\boxed{...}) and scoring; k is 3 for MMLU and 5 for GPQA.
+prompt layout and order, sampling (MMLU greedy, GPQA temperature 0.7 / top-p 0.8 and a frequency
+penalty of 1.0), answer extraction (MMLU: first "answer is (X)", then "Answer: X", then the last
+lone letter, else a seeded random guess; GPQA: the last \\boxed{...}) and scoring; k is 3 for MMLU
+and 5 for GPQA.
 `--protocol ours` keeps our earlier prompt and parser.
 
 `--data` is JSON lines: `question`, `choices` (list; or `options`), `answer` (letter or 0-based

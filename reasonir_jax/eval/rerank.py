@@ -5,11 +5,13 @@ breaks the many ties of the 0..5 scale). Two protocols (`--protocol`):
 - reference (default): the public reranker (eval/protocol.py, ReasonIR-Rerank section): one prompt
   per task family (pony has its own), temperature 0.6, top_p 0.9, 32 new tokens, the number in the
   two characters after the last "Relevance score:" divided by 5, no marker 0, a parse failure (or
-  failed request) -1 on the normalised scale. The public code sends the raw prompt without a chat
-  template; our backends are chat backends, so the prompt goes as one user message (a warning
-  says so).
-- ours: our earlier prompts (think briefly, then "Relevance score: X."), temperature 0,
-  1,024 tokens, a failure -1 before dividing by 5.
+  failed request) -1 on the normalised scale. As in the public code, the raw prompt is sent with
+  no chat template (the backend's `complete`: /v1/completions for `openai`, `generate()` for
+  `vllm` and `transformers`) and an answer cut off at the 32 tokens is parsed, not counted as a
+  failure. A backend without that path (`vllm-async`) gets the prompt as one user message, with a
+  warning.
+- ours: our earlier prompts (think briefly, then "Relevance score: X."), as one user message
+  through the chat template, temperature 0, 1,024 tokens, a failure -1 before dividing by 5.
 
     python -m reasonir_jax.eval.rerank --run-dir OUT --data BRIGHT_DIR --backend openai \\
         --backend-model Qwen/Qwen2.5-32B-Instruct --base-url http://localhost:8000/v1 [--top-k 100]
@@ -133,10 +135,12 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
   sampling = sampling_for(protocol_name, seed, max_tokens)
   if max_doc_chars is None:
     max_doc_chars = 0 if protocol_name == "reference" else 12000
-  if protocol_name == "reference" and not protocol.RERANK_CHAT:
+  raw = protocol_name == "reference" and not protocol.RERANK_CHAT
+  if raw and not getattr(backend, "raw_completion", False):
     log.warning("rerank %s: the reference sends the raw prompt without a chat template; the %s backend "
-                "takes chat messages, so the prompt goes as one user message", task,
+                "has no raw-completion path, so the prompt goes as one user message", task,
                 getattr(backend, "name", "LLM"))
+    raw = False
   qids = [q for q in run if q in queries]
   missing = [q for q in run if q not in queries]
   if missing:
@@ -154,10 +158,10 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
         if doc not in documents:
           raise KeyError(f"rerank {task}: run document {doc!r} is not in the corpus")
         pairs.append((qid, doc))
-    conversations = [[{"role": "user", "content": prompt_for(task, queries[q], documents[d], max_doc_chars,
-                                                             protocol_name)}] for q, d in pairs]
-    answers, n_sent = llm_cache.cached_generate(backend, cache, conversations, sampling,
-                                                protocol=f"rerank-{protocol_name}")
+    prompts = [prompt_for(task, queries[q], documents[d], max_doc_chars, protocol_name) for q, d in pairs]
+    requests = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
+    answers, n_sent = llm_cache.cached_generate(backend, cache, requests, sampling, protocol=f"rerank-{protocol_name}",
+                                                raw=raw, keep_truncated=raw and protocol.RERANK_KEEP_TRUNCATED)
     sent += n_sent
     for (qid, doc), answer in zip(pairs, answers):
       score = normalised_score(answer, protocol_name)

@@ -25,6 +25,22 @@ def tiny_llama_dir(tmp_path_factory, tokenizer_dir):
   return str(out)
 
 
+def _spy_on_generate(backend) -> dict:
+  """Records the keyword arguments and the output of the backend's every `generate` call (the
+  latest call's win)."""
+  seen = {}
+  real_generate = backend.lm.generate
+
+  def spy(**kwargs):
+    seen.clear()
+    seen.update(kwargs)
+    seen["out"] = real_generate(**kwargs)
+    return seen["out"]
+
+  backend.lm.generate = spy
+  return seen
+
+
 def test_transformers_backend_generates_with_a_tiny_random_llama(tiny_llama_dir):
   backend = make_backend("transformers", model=tiny_llama_dir, device="cpu", batch_size=2)
   assert not backend.tokenizer.chat_template  # exercises the plain fallback format
@@ -43,15 +59,7 @@ def test_transformers_backend_generates_with_a_tiny_random_llama(tiny_llama_dir)
   assert sampled == backend.chat(convs[:1], SamplingParams(temperature=1.0, top_p=0.9,
                                                            max_tokens=6, seed=3))
   # The sampling parameters reach `generate`, and only the new tokens are decoded.
-  seen = {}
-  real_generate = backend.lm.generate
-
-  def spy(**kwargs):
-    seen.update(kwargs)
-    seen["out"] = real_generate(**kwargs)
-    return seen["out"]
-
-  backend.lm.generate = spy
+  seen = _spy_on_generate(backend)
   [text] = backend.chat(convs[1:2], greedy)
   assert seen["max_new_tokens"] == 6 and seen["do_sample"] is False
   prompt_len = seen["input_ids"].shape[1]
@@ -80,6 +88,53 @@ def test_transformers_backend_in_a_pipeline_rejects_non_json(tiny_llama_dir, tmp
   assert len(reject["attempts"]) == 2 and reject["attempts"][0]["answer"] is not None
 
 
+def test_transformers_raw_completion_uses_no_template(tiny_llama_dir):
+  backend = make_backend("transformers", model=tiny_llama_dir, device="cpu", batch_size=2)
+  assert backend.raw_completion
+  backend.tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+  prompts = ["Query: a binary search.\nRelevance score:", "x"]
+  seen = _spy_on_generate(backend)
+  greedy = SamplingParams(temperature=0.0, max_tokens=5)
+  [text] = backend.complete(prompts[:1], greedy)
+  # The prompt's own tokens (the tokenizer's BOS included), no template and no "Assistant:".
+  assert seen["input_ids"][0].tolist() == backend.tokenizer(prompts[0])["input_ids"]
+  assert "logits_processor" not in seen  # no penalty asked for
+  prompt_len = seen["input_ids"].shape[1]
+  assert text == backend.tokenizer.decode(seen["out"][0, prompt_len:], skip_special_tokens=True)
+  out = backend.complete(prompts, greedy)
+  assert out[0] == text and len(out) == 2  # left padding leaves each answer as it was alone
+
+
+def test_penalty_processor_counts_generated_tokens_only():
+  import torch
+  from data_gen.backends.hf_local import penalty_processor
+  ids = torch.tensor([[5, 5, 7, 9, 9, 9]])  # a 2-token prompt, then 7 once and 9 three times
+  scores = torch.zeros(1, 10)
+  out = penalty_processor(2, frequency=1.0, presence=0.5)(ids, scores)
+  expected = torch.zeros(1, 10)
+  expected[0, 7], expected[0, 9] = -1.5, -3.5  # 5 was in the prompt only: not penalised
+  assert torch.equal(out, expected)
+  assert torch.equal(penalty_processor(6, 1.0, 0.5)(ids, scores), scores)  # nothing generated
+
+
+def test_transformers_frequency_penalty_reaches_generate(tiny_llama_dir):
+  backend = make_backend("transformers", model=tiny_llama_dir, device="cpu")
+  seen = _spy_on_generate(backend)
+  prompt = ["The mitochondria is the powerhouse of the cell."]
+
+  def generated(penalty):
+    backend.complete(prompt, SamplingParams(temperature=0.0, max_tokens=12,
+                                            frequency_penalty=penalty))
+    assert len(seen["logits_processor"]) == 1
+    tokens = seen["out"][0, seen["input_ids"].shape[1]:].tolist()
+    return tokens[:tokens.index(1)] if 1 in tokens else tokens  # up to EOS (id 1)
+
+  tokens = generated(1e4)
+  assert len(set(tokens)) == len(tokens) > 1  # a huge penalty: no generated token repeats
+  tokens = generated(-1e4)
+  assert tokens == [tokens[0]] * 12  # a huge negative one: the first token, over and over
+
+
 def test_plain_chat_format():
   text = plain_chat_format([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
   assert text == "System: S\n\nUser: U\n\nAssistant:"
@@ -98,9 +153,12 @@ class _WordTokenizer:
     assert tokenize and add_generation_prompt
     return list(range(4 + sum(len(m["content"].split()) for m in messages)))
 
+  def encode(self, text):  # a raw prompt: one BOS, no template
+    return list(range(1 + len(text.split())))
+
 
 def _fake_vllm(kind: str, fail_on: str | None = None, engine_max_len: int = 100):
-  calls = {"llm_init": None, "chat": []}
+  calls = {"llm_init": None, "chat": [], "generate": []}
 
   class LLM:
     def __init__(self, **kwargs):
@@ -119,6 +177,12 @@ def _fake_vllm(kind: str, fail_on: str | None = None, engine_max_len: int = 100)
           text=f"answer to {m[-1]['content']}",
           finish_reason="length" if "ramble" in m[-1]["content"] else "stop")])
           for m in messages]
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+      calls["generate"].append((prompts, sampling_params))
+      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+          text=f"continues {p}", finish_reason="length" if "ramble" in p else "stop")])
+          for p in prompts]
 
   sp = types.SimpleNamespace()
   if kind == "new":
@@ -182,6 +246,31 @@ def test_vllm_call_failure_is_bisected_not_rerun_one_by_one():
   assert isinstance(out[100], ChatFailure) and out[100].kind == "backend"
   assert out[:100] == [f"answer to q{i}" for i in range(100)]
   assert len(calls["chat"]) <= 2 * 9 + 1  # O(log n) calls, not 257
+
+
+def test_vllm_raw_prompts_go_to_generate_with_the_same_checks():
+  module, calls = _fake_vllm("new", engine_max_len=30)
+  backend = make_backend("vllm", model="m", vllm_module=module)
+  assert backend.raw_completion
+  long_text = " ".join(["word"] * 20)
+  prompts = ["Query: q\nRelevance score:", long_text, "ramble on"]
+  sampling = SamplingParams(temperature=0.6, top_p=0.9, max_tokens=10, seed=42,
+                            frequency_penalty=1.0)
+  out = backend.complete(prompts, sampling)
+  assert out[0] == "continues Query: q\nRelevance score:"
+  # 1 BOS + 20 words + 10 new tokens > 30, counted on the raw string (no 4 template tokens).
+  assert isinstance(out[1], ChatFailure) and out[1].kind == "prompt_too_long"
+  assert "21 tokens" in out[1].reason
+  assert isinstance(out[2], ChatFailure) and out[2].kind == "length"
+  assert calls["chat"] == []  # never through llm.chat (the chat template)
+  [(sent, params)] = calls["generate"]
+  assert sent == [prompts[0], prompts[2]]  # the exact strings, in one call
+  assert params.kwargs == {"temperature": 0.6, "top_p": 0.9, "max_tokens": 10, "seed": 42,
+                           "frequency_penalty": 1.0}
+  kept = backend.complete(["ramble on"], SamplingParams(max_tokens=10), keep_truncated=True)
+  assert kept == ["continues ramble on"]
+  # 20 words fit once the budget is small: the check uses the raw token count.
+  assert backend.complete([long_text], SamplingParams(max_tokens=9)) == [f"continues {long_text}"]
 
 
 def test_vllm_missing_gives_install_hint():

@@ -132,3 +132,59 @@ def test_continuous_submission_keeps_requests_in_flight_and_requeues_retries():
   assert out == [f"a:q{i}" for i in range(16)]
   assert stats["peak_in_flight"] == 16 and backend.num_retries == 1
   assert stats["elapsed_s"] < 1.5  # all 16 at once (+ one retry), not 16 x 0.3 s
+
+
+# --- raw prompts: /v1/completions, no chat template ------------------------------------------
+def test_raw_completion_posts_the_prompt_to_completions_and_reads_text():
+  from data_gen.testing import request_text
+  prompt = "Query: why?\nDocument: because.\nRelevance score:"
+  with ScriptedChatServer(lambda req: "raw:" + request_text(req)[-6:]) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m0")
+    assert backend.raw_completion
+    out = backend.complete([prompt, "two"], SamplingParams(temperature=0.6, top_p=0.9,
+                                                           max_tokens=32, seed=42))
+    chat = backend.chat([_conv("c")], SamplingParams())
+    backend.close()
+  assert out == ["raw:score:", "raw:two"] and chat == ["raw:c"]
+  assert sorted(server.paths) == ["/v1/chat/completions", "/v1/completions", "/v1/completions"]
+  [req] = [r for r in server.requests if r.get("prompt") == prompt]
+  # The exact string goes out, with no chat messages and no template around it.
+  assert req == {"model": "m0", "prompt": prompt, "temperature": 0.6, "top_p": 0.9,
+                 "max_tokens": 32, "seed": 42}
+
+
+def test_raw_completion_retries_and_length_handling_as_chat():
+  answers = [("status", 503, {"Retry-After": "0.3"}), ("length", "Relevance score: 4 becau")]
+  with ScriptedChatServer(sequence_responder(answers)) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m", backoff_s=0.001)
+    import time
+    start = time.monotonic()
+    (cut,) = backend.complete(["p"], SamplingParams(max_tokens=5))
+    assert time.monotonic() - start >= 0.25  # Retry-After honoured on this endpoint too
+    assert backend.num_retries == 1 and server.paths == ["/v1/completions"] * 2
+    assert isinstance(cut, ChatFailure) and cut.kind == "length" and "max_tokens=5" in cut.reason
+    # Asked to keep cut-off answers (the public reranker parses them), the text comes back.
+    kept = backend.submit_completion("p", SamplingParams(max_tokens=5), keep_truncated=True)
+    assert kept.result(timeout=10) == "Relevance score: 4 becau"
+    backend.close()
+
+
+def test_penalties_are_sent_only_when_on():
+  with ScriptedChatServer(lambda req: "a") as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m")
+    backend.chat([_conv("x")], SamplingParams(frequency_penalty=1.0))
+    backend.complete(["y"], SamplingParams(frequency_penalty=0.5, presence_penalty=0.25))
+    backend.chat([_conv("z")], SamplingParams())
+    backend.close()
+  x, y, z = server.requests  # one at a time: each call waits for its answer
+  assert x["frequency_penalty"] == 1.0 and "presence_penalty" not in x
+  assert (y["frequency_penalty"], y["presence_penalty"]) == (0.5, 0.25)
+  assert "frequency_penalty" not in z and "presence_penalty" not in z
+
+
+def test_sampling_to_dict_leaves_out_penalties_that_are_off():
+  # Earlier runs' settings (checked on resume) and cache keys hold exactly these four fields.
+  assert SamplingParams(max_tokens=9).to_dict() == {"temperature": 0.0, "top_p": 1.0,
+                                                    "max_tokens": 9, "seed": 0}
+  assert SamplingParams(frequency_penalty=1.0).to_dict()["frequency_penalty"] == 1.0
+  assert SamplingParams(presence_penalty=0.5).penalties() == {"presence_penalty": 0.5}

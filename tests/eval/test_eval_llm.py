@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from data_gen.backends import ChatFailure, make_backend
-from data_gen.testing import ScriptedChatServer, last_user_message
+from data_gen.backends import ChatFailure, SamplingParams, make_backend
+from data_gen.testing import ScriptedChatServer, last_user_message, request_text
 from reasonir_jax.eval import bright, llm_cache, metrics, protocol, rag, rerank, rewrite
 
 
@@ -89,9 +89,10 @@ def test_interpolation():
 
 
 def _scripted_judge(answers: dict):
-  """A responder answering by the first document snippet found in the prompt, else score 1."""
+  """A responder answering by the first document snippet found in the prompt (raw or chat), else
+  score 1."""
   def judge(request):
-    text = last_user_message(request)
+    text = request_text(request)
     return next((a for snippet, a in answers.items() if snippet in text), "Relevance score: 1.")
   return judge
 
@@ -127,6 +128,7 @@ def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
   assert results["biology"]["ndcg@10"] > results["biology"]["before"]["ndcg@10"]
   assert len(requests) == 3 + 3 + 2 + 2
   assert all(r["seed"] == 7 and r["temperature"] == 0.0 for r in requests)
+  assert all("prompt" not in r and len(r["messages"]) == 1 for r in requests)  # ours: chat
   leet = [r for r in requests if "Binary search halves" in last_user_message(r)]
   assert "coding problem" in last_user_message(leet[0])
   judgments = [json.loads(l) for l in open(os.path.join(out, "rerank", "biology.judgments.jsonl"))]
@@ -137,7 +139,9 @@ def test_rerank_dir_against_scripted_server(bright_dir, tmp_path):
 _reference_judge = _scripted_judge({"Mitochondria produce ATP": "Relevance score: 5.",
                                     "Photosynthesis in plants": "Relevance score: 4",
                                     "DNA replication": "no marker at all",
-                                    "Enzymes": "Relevance score: **2**"})  # unparseable: -1
+                                    "Enzymes": "Relevance score: **2**",  # unparseable: -1
+                                    # cut off at max_tokens: parsed like any answer
+                                    "Neurons transmit": ("length", "Relevance score: 3 because the")})
 
 
 def _base_runs(out):
@@ -158,14 +162,20 @@ def test_reference_rerank_against_scripted_server(bright_dir, tmp_path):
     rerank.rerank_dir(backend, out, bright_dir, ["biology", "leetcode"])  # all answers cached
     backend.close()
     assert len(server.requests) == len(first) == 4 + 3 + 5 + 2
+    assert set(server.paths) == {"/v1/completions"}  # raw prompts, no chat template
   assert all(r["temperature"] == 0.6 and r["top_p"] == 0.9 and r["max_tokens"] == 32 for r in first)
-  assert all(len(r["messages"]) == 1 for r in first)  # one user message, no system line
+  assert all("messages" not in r for r in first)
+  # The exact prompt string of the public layout, nothing around it.
+  query = "Why do cells need mitochondria to make ATP energy?"
+  doc = "Mitochondria produce ATP through cellular respiration in the cell."
+  assert protocol.rerank_prompt("biology", query, doc) in [r["prompt"] for r in first]
   new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
+  assert new["b0"]["bio_neuron"] == pytest.approx(0.5 * 0.6 + 0.5 * 0.9)  # the cut-off answer
   assert new["b0"]["bio_mito"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5)
   assert new["b1"]["bio_photo"] == pytest.approx(0.5 * 0.8 + 0.5 * 0.6)
   assert new["b0"]["bio_dna"] == pytest.approx(0.5 * 0.0 + 0.5 * 0.4)
   assert new["b1"]["bio_enzyme"] == pytest.approx(0.5 * -1.0 + 0.5 * 0.7)  # -1 after the division
-  leet = [last_user_message(r) for r in first if "Binary search halves" in last_user_message(r)]
+  leet = [r["prompt"] for r in first if "Binary search halves" in r["prompt"]]
   assert "data structures" in leet[0]
   public = json.load(open(os.path.join(out, "rerank", "biology", "results.json")))
   assert {"NDCG@10", "MAP@100", "Recall@100", "P@5", "MRR"} <= set(public)
@@ -209,13 +219,61 @@ def test_rerank_resumes_after_kill(bright_dir, tmp_path):
     backend.close()
     resumed = server.requests[killed_requests:]
   sampling = rerank.sampling_for("reference", protocol.RERANK_SEED, None)
-  keys = [llm_cache.request_key("m", "rerank-reference", r["messages"], sampling) for r in resumed]
+  keys = [llm_cache.request_key("m", "rerank-reference", r["prompt"], sampling, raw=True, keep_truncated=True)
+          for r in resumed]
   assert not set(keys) & cached  # no call made again
   assert len(resumed) == 12 - len(cached)
   # The result equals an uninterrupted run's.
   new = metrics.read_trec_run(os.path.join(out, "rerank", "biology.run"))
   assert new["b2"]["bio_mito"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.01)
   assert len(new["b2"]) == 5
+
+
+def test_reference_rerank_without_a_raw_path_falls_back_to_chat(bright_dir, tmp_path, caplog):
+  out = str(tmp_path)
+  _base_runs(out)
+  with ScriptedChatServer(_reference_judge) as server:
+    backend = _backend(server)
+    backend.raw_completion = False  # as a backend that has only chat (e.g. vllm-async)
+    with caplog.at_level("WARNING"):
+      rerank.rerank_dir(backend, out, bright_dir, ["biology"])
+    backend.close()
+  assert set(server.paths) == {"/v1/chat/completions"}
+  assert all(len(r["messages"]) == 1 for r in server.requests)
+  assert "no raw-completion path" in caplog.text
+
+
+def test_cache_keys_tell_raw_from_chat_and_keep_old_keys():
+  import hashlib
+  prompt, sampling = "Query: q\nDocument: d", SamplingParams(temperature=0.6, top_p=0.9, max_tokens=32, seed=42)
+  chat = [{"role": "user", "content": prompt}]
+  # The key as it was computed before raw requests and penalties existed: earlier caches stay valid.
+  old = hashlib.sha256(json.dumps(["m", "rerank-reference", chat, {"temperature": 0.6, "top_p": 0.9,
+                                   "max_tokens": 32, "seed": 42}], sort_keys=True).encode()).hexdigest()
+  assert llm_cache.request_key("m", "rerank-reference", chat, sampling) == old
+  keys = {llm_cache.request_key("m", "rerank-reference", chat, sampling),
+          llm_cache.request_key("m", "rerank-reference", prompt, sampling),  # a bare string, no raw flag
+          llm_cache.request_key("m", "rerank-reference", prompt, sampling, raw=True),
+          llm_cache.request_key("m", "rerank-reference", prompt, sampling, raw=True, keep_truncated=True),
+          llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, frequency_penalty=1.0)),
+          llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, presence_penalty=1.0))}
+  assert len(keys) == 6
+
+
+def test_cached_chat_answer_is_not_reused_for_a_raw_request(tmp_path):
+  cache = llm_cache.AnswerCache(str(tmp_path / "c.jsonl"))
+  sampling = SamplingParams(max_tokens=8)
+  with ScriptedChatServer(lambda r: ("raw " if "prompt" in r else "chat ") + request_text(r)) as server:
+    backend = _backend(server)
+    chat, _ = llm_cache.cached_generate(backend, cache, [[{"role": "user", "content": "p"}]], sampling, protocol="x")
+    raw, sent = llm_cache.cached_generate(backend, cache, ["p"], sampling, protocol="x", raw=True)
+    again, sent_again = llm_cache.cached_generate(backend, cache, ["p"], sampling, protocol="x", raw=True)
+    backend.close()
+  cache.close()
+  assert (chat, raw, again) == (["chat p"], ["raw p"], ["raw p"])
+  assert (sent, sent_again) == (1, 0) and server.paths == ["/v1/chat/completions", "/v1/completions"]
 
 
 # ---------------------------------------------------------------- rewrite
@@ -349,6 +407,23 @@ def test_rag_retrieval_and_answers(tmp_path, bow_encoder):
     assert all(r["temperature"] == 0.0 for r in server.requests)
   assert closed == 0.0 and with_rag == 1.0
   assert [r["prediction"] for r in rows] == ["B", "A"]
+
+
+def test_reference_gpqa_requests_carry_the_frequency_penalty(tmp_path):
+  qs = rag.load_questions(_questions(tmp_path), "gpqa")
+  with ScriptedChatServer(lambda r: "so \\boxed{B}") as server:
+    backend = _backend(server)
+    acc, _ = rag.answer_questions(backend, "gpqa", qs, [["p one"], ["p two"]])
+    rag.answer_questions(backend, "mmlu", qs, None)
+    ours = len(server.requests)
+    rag.answer_questions(backend, "gpqa", qs, None, protocol_name="ours")
+    backend.close()
+  gpqa, mmlu, ours = server.requests[:2], server.requests[2:4], server.requests[ours:]
+  assert acc == 0.5 and set(server.paths) == {"/v1/chat/completions"}
+  # [G]: frequency_penalty = the yaml's repetition_penalty 1.0, no presence penalty.
+  assert all(r["frequency_penalty"] == 1.0 and "presence_penalty" not in r for r in gpqa)
+  assert all((r["temperature"], r["top_p"], r["max_tokens"]) == (0.7, 0.8, 8000) for r in gpqa)
+  assert all("frequency_penalty" not in r for r in mmlu + ours)
 
 
 def test_rag_cli_with_tiny_model(tmp_path, tiny_model_dir):
