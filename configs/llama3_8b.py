@@ -5,8 +5,11 @@ from reasonir_jax.config_base import base_config
 def get_config():
   c = base_config()
   c.mesh.shape = (1, -1, 1)  # FSDP over every chip.
-  # Without GradCache the full 2048-query batch fits from v5p-256 up; on smaller slices set
-  # --config.train.grad_cache_chunk (e.g. 64 on v5p-128): see docs/scaling.md.
+  # Layer inputs wait in host memory for the backward pass (64 GiB per chip on v5p-128: about
+  # 1.3 GiB/s each way over a 48 s step at 40% MFU). That lets the full 2048-query batch run
+  # without GradCache from v5p-128 up (remat `full` needs v5p-256); docs/scaling.md.
+  c.model.remat_policy = "offload"
+  # GradCache (--config.train.grad_cache_chunk, e.g. 32 on v5p-64) for smaller slices.
   c.train.grad_cache_chunk = 0
   # Never train the 8B model on the shipped sample by accident: --config.data.sources and a
   # tokenizer (--config.init_from or --config.data.tokenizer) are required.

@@ -26,8 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                  help="inputs per batch (one backend call per step; the resume granularity)")
   p.add_argument("--output-shards", type=int, default=1, help="TFRecord files per shard")
   p.add_argument("--batches-in-flight", type=int, default=2,
-                 help="batches processed at once on a streaming (openai) backend, so one "
-                 "batch's slow tail overlaps the next batch")
+                 help="batches processed at once on a streaming (openai, vllm-async) backend, "
+                 "so one batch's slow tail overlaps the next batch")
   p.add_argument("--engine", choices=["local", "ray"], default="local",
                  help="local: this machine runs its --shard-index; ray: Ray Data spreads the "
                  "work over a Ray cluster (pip install 'reasonir-jax[cluster]')")
@@ -165,7 +165,7 @@ def run_coverage(args) -> dict:
 def make_generation(args):
   from data_gen.runner import Generation
   # The vLLM engine seed follows --seed (each request carries its own seed as well).
-  extra = {"seed": args.seed} if args.backend == "vllm" else {}
+  extra = {"seed": args.seed} if args.backend in ("vllm", "vllm-async") else {}
   backend = llm.make_backend_from_args(args, **extra)
   max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS[args.pipeline]
   sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
@@ -220,6 +220,39 @@ def pipeline_from_args(args):
                            max_overlap=args.max_overlap, prompt_style=args.prompt_style)
 
 
+# The flags that decide which documents hq keeps (a rerun must not change them).
+_FILTER_FLAGS = ("input", "min_doc_words", "max_doc_words", "near_dup_threshold",
+                 "quality_model", "quality_max_length", "quality_scorer", "min_quality", "top_n")
+
+
+def filter_for_ray(args, name: str) -> str:
+  """hq on Ray without --no-filter: the seed filters see the whole input (near-duplicates,
+  --top-n), so they run here on the driver, once, as `filter` would; Ray gets the kept
+  documents. A rerun with the same filter flags reuses them (no second quality-model pass)."""
+  import json
+  import os
+  from data_gen.stage import write_text_atomic
+  work = os.path.join(args.output_dir, "_ray", name)
+  path, settings_path = os.path.join(work, "filtered.jsonl"), os.path.join(work, "filter.json")
+  settings = {k: getattr(args, k) for k in _FILTER_FLAGS}
+  if os.path.exists(settings_path):
+    with open(settings_path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old["settings"] != settings:
+      changed = sorted(k for k in settings if old["settings"].get(k) != settings[k])
+      raise ValueError(f"{work} was filtered with other flags ({', '.join(changed)}); use the "
+                       "same flags, or another --output-dir or --name")
+    if os.path.exists(path):
+      return path
+  os.makedirs(work, exist_ok=True)
+  docs, report = filtered_documents(args)
+  write_text_atomic(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+  write_text_atomic(settings_path, json.dumps({"settings": settings, "report": report},
+                                              indent=2, sort_keys=True))
+  print(f"filter (driver): {report} -> {path}")
+  return path
+
+
 def run_ray(args) -> dict:
   """`--engine ray`: the pipeline on Ray Data; each worker builds it from the flags."""
   import functools
@@ -228,17 +261,17 @@ def run_ray(args) -> dict:
   if args.pipeline == "mine":
     raise ValueError("--engine ray runs the LLM pipelines (hq, vl, negatives); mine is CPU-only, "
                      "use --engine local")
-  if args.pipeline == "hq" and not args.no_filter:
-    raise ValueError("--engine ray needs hq --no-filter: run `python -m data_gen filter` once "
-                     "(the filters see the whole input), then give its output as --input")
   if args.num_shards != 1:
     raise ValueError("--engine ray balances the work itself: leave --num-shards at 1")
+  name = args.name or args.pipeline
+  input_paths = inputs.expand_inputs(args.input)
+  if args.pipeline == "hq" and not args.no_filter:
+    input_paths = [filter_for_ray(args, name)]
   ray = _import_ray()
   if not ray.is_initialized():
     ray.init(address=args.ray_address)
-  return run_on_ray(functools.partial(pipeline_from_args, args),
-                    inputs.expand_inputs(args.input), args.output_dir,
-                    name=args.name or args.pipeline,
+  return run_on_ray(functools.partial(pipeline_from_args, args), input_paths, args.output_dir,
+                    name=name,
                     kind="rows" if args.pipeline == "negatives" else "documents",
                     batch_size=args.batch_size, output_shards=args.output_shards)
 

@@ -10,7 +10,9 @@ a worker killed after the rename but before Ray saw the task finish is rerun too
 second part with the same inputs. The merge keeps the first outcome per input id (parts in name
 order), so every input lands in the output exactly once. A rerun of the same command skips the
 inputs already in a part (resume). The merge then writes the usual TFRecords, rejects and
-manifest (`NAME-shard00000of00001.*`) and a ledger, so `python -m data_gen coverage` works.
+manifest (`NAME-shard00000of00001.*`) and a ledger, so `python -m data_gen coverage` works. It
+streams: one pass over the parts, rows straight into the TFRecord writer, so the driver holds
+the ids it has seen, never the rows (bench/datagen_ray_merge.py measures its peak RSS).
 
 Each worker builds its own pipeline (and LLM backend) from `make_pipeline`, a picklable
 zero-argument callable, once per worker process.
@@ -143,32 +145,63 @@ def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], ou
                   output_shards, write_rows)
 
 
+class _AtomicLines:
+  """A JSON-lines file written record by record to a temporary name, renamed on success."""
+
+  def __init__(self, path: str):
+    self.path, self.tmp = path, f"{path}.tmp-{os.getpid()}"
+
+  def __enter__(self):
+    self.f = open(self.tmp, "w", encoding="utf-8")
+    return self
+
+  def write(self, record: dict) -> None:
+    self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+  def __exit__(self, exc_type, *_):
+    self.f.flush()
+    os.fsync(self.f.fileno())
+    self.f.close()
+    if exc_type is None:
+      os.replace(self.tmp, self.path)
+    else:
+      os.remove(self.tmp)
+
+
 def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, started,
            output_shards, write_rows) -> dict:
-  outcomes: dict[str, dict] = {}
-  duplicates = 0
-  for input_id, rec in _read_parts(parts_dir):
-    if input_id in outcomes:
-      duplicates += 1  # a rerun task committed the same input again: keep the first
-      continue
-    outcomes[input_id] = rec
-  ids = sorted(outcomes)
-  rows = [TrainingRow(**r) for i in ids for r in outcomes[i]["rows"]]
-  paths = write_rows(rows, output_dir, base, output_shards)
-  rejects = [{"input_id": i, **outcomes[i]["reject"]} for i in ids if outcomes[i]["reject"]]
+  """One streaming pass over the parts (name order): the first outcome per input id wins; its
+  rows go straight to the TFRecord writer and its reject and ledger entry to their files, so
+  the driver holds one part's record at a time plus the set of ids seen, never the rows."""
+  kept: set[str] = set()
+  counts = {"duplicates": 0, "rows": 0, "rejected": 0}
   rejects_path = os.path.join(output_dir, f"{base}.rejects.jsonl")
-  write_text_atomic(rejects_path,
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-  write_text_atomic(os.path.join(stage_dir, "ledger.jsonl"), "".join(
-      json.dumps({"id": i, "batch": "ray", "status": "rejected" if outcomes[i]["reject"]
-                  else "ok", "rows": len(outcomes[i]["rows"]), "steps": outcomes[i]["steps"]})
-      + "\n" for i in ids))
+  with _AtomicLines(rejects_path) as rejects, \
+       _AtomicLines(os.path.join(stage_dir, "ledger.jsonl")) as ledger:
+
+    def rows():
+      for input_id, rec in _read_parts(parts_dir):
+        if input_id in kept:
+          counts["duplicates"] += 1  # a rerun task committed this input again: keep the first
+          continue
+        kept.add(input_id)
+        if rec["reject"]:
+          counts["rejected"] += 1
+          rejects.write({"input_id": input_id, **rec["reject"]})
+        ledger.write({"id": input_id, "batch": "ray",
+                      "status": "rejected" if rec["reject"] else "ok",
+                      "rows": len(rec["rows"]), "steps": rec["steps"]})
+        counts["rows"] += len(rec["rows"])
+        for r in rec["rows"]:
+          yield TrainingRow(**r)
+
+    paths = write_rows(rows(), output_dir, base, output_shards)
   manifest = {
       "pipeline": name, "name": name, "engine": "ray", "shard_index": 0, "num_shards": 1,
-      "inputs": len(ids), "inputs_seen_this_run": seen, "processed_this_run": processed,
-      "inputs_accepted": sum(outcomes[i]["reject"] is None for i in ids),
-      "inputs_rejected": len(rejects), "rows": len(rows),
-      "duplicate_commits_dropped": duplicates,
+      "inputs": len(kept), "inputs_seen_this_run": seen, "processed_this_run": processed,
+      "inputs_accepted": len(kept) - counts["rejected"],
+      "inputs_rejected": counts["rejected"], "rows": counts["rows"],
+      "duplicate_commits_dropped": counts["duplicates"],
       "files": [os.path.basename(p) for p in paths],
       "rejects_file": os.path.basename(rejects_path),
       "stage_dir": os.path.relpath(stage_dir, output_dir),

@@ -8,7 +8,8 @@ Builds the trainer of `reasonir_jax.training.step` with the config's mesh, shard
 policy and GradCache setting on the compile-only devices of the named TPU topology (libtpu from
 the `tpu` extra; no TPU needed), lowers the train step on abstract inputs, compiles it and prints
 per-chip memory (parameters, optimizer state, activations/temporaries, total) against the chip's
-HBM, with the analytic FLOPs and tokens per step. The last line printed is one JSON object; it
+HBM, and the host memory the program holds (remat `offload`) against the host's RAM per chip
+where known (tpu_topologies), with the analytic FLOPs and tokens per step. The last line printed is one JSON object; it
 records the attention backend compiled (`config.model.attention`, `auto` = splash on TPU), the
 git commit and the jax/jaxlib/libtpu versions. `--all_buckets` compiles every (query, passage)
 bucket shape of `config.data.bucket_lengths` the run can meet and reports the worst one.
@@ -221,17 +222,24 @@ def _fmt(nbytes: float) -> str:
   return f"{nbytes / 1024**2:8.2f} MiB"
 
 
-def _hint(config, slice_: tpu_topologies.Slice, mesh_shape: dict) -> str:
+def _hint(config, slice_: tpu_topologies.Slice, mesh_shape: dict,
+          memory: dict | None = None) -> str:
   """What to change when the step does not fit: remat, GradCache chunk, a bigger slice."""
   bigger = [s for s in tpu_topologies.SLICES.values()
             if s.chip is slice_.chip and s.chips > slice_.chips]
   next_slice = min(bigger, key=lambda s: s.chips).name if bigger else None
   batch_ways = max(math.prod(mesh_shape.get(a, 1) for a in ("data", "fsdp")), 1)
   chunk = int(config.train.grad_cache_chunk)
+  policy = config.model.remat_policy
   lines = ["does not fit. Try one of:"]
-  if config.model.remat_policy != "full":
-    lines.append(f"  more remat:   --config.model.remat_policy=full "
-                 f"(now {config.model.remat_policy!r})")
+  if memory is not None and not host_fits(memory, slice_):
+    lines.append(f"  host memory is short: --config.model.remat_policy=full keeps the layer "
+                 f"inputs in HBM (now {policy!r})")
+  elif policy == "full":
+    lines.append("  offload:      --config.model.remat_policy=offload (layer inputs in host "
+                 "memory; now 'full')")
+  elif policy != "offload":
+    lines.append(f"  more remat:   --config.model.remat_policy=full (now {policy!r})")
   if chunk == 0:
     lines.append(f"  GradCache:    --config.train.grad_cache_chunk={batch_ways} (or a larger "
                  f"multiple of the {batch_ways} batch shards that divides the batch)")
@@ -321,7 +329,8 @@ def run_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
       "kernel_calls": kernel_calls,
       "per_chip_bytes": int(memory["total"]),
       "hbm_bytes": int(hbm),
-      "fits": bool(memory["total"] <= hbm),
+      "host_bytes_per_chip": slice_.chip.host_bytes_per_chip,
+      "fits": bool(memory["total"] <= hbm) and host_fits(memory, slice_),
       "flops_per_step": float(step_flops),
       "hardware_flops_per_step": float(hardware_flops),
       "tokens_per_step": int(tokens),
@@ -348,6 +357,13 @@ def worst_bucket_report(config, slice_: tpu_topologies.Slice, num_slices: int = 
   return worst
 
 
+def host_fits(memory: dict, slice_: tpu_topologies.Slice) -> bool:
+  """Whether the host memory the program holds per chip (remat `offload`) fits the host's RAM
+  share of one chip; True where that RAM is not known (tpu_topologies)."""
+  limit = slice_.chip.host_bytes_per_chip
+  return limit is None or memory.get("host_temp", 0) <= limit
+
+
 def print_report(report: dict, config, slice_: tpu_topologies.Slice) -> None:
   mem = report["memory"]
   rows = [("parameters", mem.get("params")), ("optimizer state", mem.get("opt_state")),
@@ -362,6 +378,11 @@ def print_report(report: dict, config, slice_: tpu_topologies.Slice) -> None:
     print(f"  {name:<26}{_fmt(value) if value is not None else '         n/a'}")
   print(f"  {'total':<26}{_fmt(report['per_chip_bytes'])}   of {_fmt(report['hbm_bytes'])} HBM "
         f"({100.0 * report['per_chip_bytes'] / report['hbm_bytes']:.0f}%)")
+  if mem.get("host_temp"):
+    limit = report.get("host_bytes_per_chip")
+    print(f"  {'host memory':<26}{_fmt(mem['host_temp'])}   of "
+          + (f"{_fmt(limit)} host RAM per chip ({100.0 * mem['host_temp'] / limit:.0f}%)"
+             if limit else "an unknown host RAM per chip (not checked)"))
   per_chip_flops = report["flops_per_step"] / report["chips"]
   print(f"Model FLOPs per step: {report['flops_per_step']:.4g} "
         f"({per_chip_flops:.4g} per chip; at peak bf16 "
@@ -371,7 +392,7 @@ def print_report(report: dict, config, slice_: tpu_topologies.Slice) -> None:
         f"lengths q={report['query_len']} p={report['passage_len']}"
         + (f" (the worst of {len(report['buckets'])} bucket shapes)" if "buckets" in report else ""))
   if not report["fits"]:
-    print(_hint(config, slice_, report["mesh"]))
+    print(_hint(config, slice_, report["mesh"], report["memory"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,11 +70,22 @@ def _sort_key(report: dict):
   return (order, topo, _chunk(report), _extra(report))
 
 
+def _host(report: dict) -> str:
+  """Host memory held per chip (remat `offload`), against the host RAM per chip where known."""
+  used = report["memory"].get("host_temp", 0)
+  if not used:
+    return "-"
+  limit = report.get("host_bytes_per_chip")
+  if not limit:
+    return f"{used / 2**30:.1f} GiB"
+  return f"{used / 2**30:.1f} of {limit / 2**30:.0f} GiB"
+
+
 def markdown_table(reports: Sequence[dict]) -> str:
   lines = ["| slice | chips | mesh (data, fsdp, tensor) | GradCache chunk | attention | "
-           "params + Adam | activations / temporaries | total per chip | HBM per chip | fits | "
-           "compile | commit | jax / libtpu |",
-           "|" + "---|" * 13]
+           "params + Adam | activations / temporaries | total per chip | HBM per chip | "
+           "host memory per chip | fits | compile | commit | jax / libtpu |",
+           "|" + "---|" * 14]
   for r in sorted(reports, key=_sort_key):
     mem = r["memory"]
     mesh = ", ".join(str(r["mesh"].get(a, 1)) for a in ("data", "fsdp", "tensor"))
@@ -87,7 +98,7 @@ def markdown_table(reports: Sequence[dict]) -> str:
         f"{chunk or 'off'} | {r.get('attention', 'xla')} | {state:.2f} GiB | "
         f"{mem.get('activations_temp', 0) / 2**30:.1f} GiB | "
         f"{r['per_chip_bytes'] / 2**30:.1f} GiB{estimate} | {r['hbm_bytes'] / 2**30:.0f} GiB | "
-        f"{'**yes**' if r['fits'] else 'no'} | {r['compile_seconds']:.0f} s | "
+        f"{_host(r)} | {'**yes**' if r['fits'] else 'no'} | {r['compile_seconds']:.0f} s | "
         f"{r.get('git_commit', '?')} | {r.get('jax', '?')} / {r.get('libtpu', '?')} |")
   return "\n".join(lines)
 

@@ -26,11 +26,15 @@ class ChipKind:
   chips_per_host: int
   gcloud_prefix: str       # accelerator-type prefix gcloud expects
   runtime_version: str     # default TPU VM software version for `gcloud ... create`
+  # Host RAM per chip, where the Cloud TPU docs give the VM's memory (v5p: 448 GB per 4-chip
+  # VM); None: not checked. Remat `offload` keeps layer inputs there.
+  host_bytes_per_chip: int | None = None
 
 
 CHIPS = {
     "v4": ChipKind("v4", 32 * GIB, 275e12, 2, "megacore", 4, "v4", "tpu-ubuntu2204-base"),
-    "v5p": ChipKind("v5", 95 * GIB, 459e12, 2, "megacore", 4, "v5p", "v2-alpha-tpuv5"),
+    "v5p": ChipKind("v5", 95 * GIB, 459e12, 2, "megacore", 4, "v5p", "v2-alpha-tpuv5",
+                    448 * 10**9 // 4),
     "v5e": ChipKind("v5e", 16 * GIB, 197e12, 1, "default", 4, "v5litepod", "v2-alpha-tpuv5-lite"),
     "v6e": ChipKind("v6e", 32 * GIB, 918e12, 1, "default", 4, "v6e", "v2-alpha-tpuv6e"),
 }

@@ -39,6 +39,17 @@ def import_vllm():
   return vllm
 
 
+def engine_kwargs(model, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype,
+                  seed, extra: dict) -> dict:
+  """The engine arguments both vLLM backends pass (`LLM(...)`, `AsyncEngineArgs(...)`); a
+  max_model_len of None leaves vLLM's own (the model's) default."""
+  kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization, seed=seed, **extra)
+  if max_model_len is not None:
+    kwargs["max_model_len"] = max_model_len
+  return kwargs
+
+
 class VLLMBackend(ChatBackend):
   name = "vllm"
   raw_completion = True
@@ -49,11 +60,8 @@ class VLLMBackend(ChatBackend):
     self.vllm = vllm_module if vllm_module is not None else import_vllm()
     self.model = model
     self.structured_output = structured_output
-    kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, **llm_kwargs)
-    if max_model_len is not None:
-      kwargs["max_model_len"] = max_model_len
-    self.llm = self.vllm.LLM(**kwargs)
+    self.llm = self.vllm.LLM(**engine_kwargs(model, tensor_parallel_size, max_model_len,
+                                             gpu_memory_utilization, dtype, seed, llm_kwargs))
     self.max_model_len = max_model_len or self._engine_max_model_len()
     if self.max_model_len is None:
       log.warning("vllm: max_model_len unknown; prompts are not length-checked before sending")

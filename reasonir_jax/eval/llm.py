@@ -1,11 +1,12 @@
 """The one set of LLM-backend flags, shared by data_gen and the evaluation (rewriting, reranking,
-RAG): choose a data_gen backend (`openai`, `transformers`, `vllm`) and its settings.
+RAG): choose a data_gen backend (`openai`, `transformers`, `vllm`, `vllm-async`) and its
+settings.
 
 Flags (with `prefix="rerank"`, each becomes `--rerank-...`, e.g. `--rerank-backend-model`):
   --backend KIND  --backend-model MODEL  --base-url URL  --api-key KEY
   openai:       --max-concurrency N  --request-timeout S  --max-retries N  --retry-backoff S
-  vllm:         --tensor-parallel-size N  --max-model-len N  --gpu-memory-utilization F
-  vllm/transformers: --backend-dtype D;  transformers: --backend-device D
+  vllm, vllm-async: --tensor-parallel-size N  --max-model-len N  --gpu-memory-utilization F
+  vllm(-async)/transformers: --backend-dtype D;  transformers: --backend-device D
   any:          --no-structured-output  --backend-arg KEY=VALUE (repeatable, raw constructor args)
 A flag left out keeps the backend's own default. Old spellings still work for one release, with
 a warning: `--PREFIX-model` (now `--PREFIX-backend-model`) and, on data_gen's command line,
@@ -17,7 +18,8 @@ import argparse
 import ast
 import sys
 
-BACKEND_KINDS = ("openai", "transformers", "vllm")
+BACKEND_KINDS = ("openai", "transformers", "vllm", "vllm-async")
+_VLLM = ("vllm", "vllm-async")
 
 # (flag without prefix, dest suffix, type, backend kwarg, kinds it applies to, help)
 _SETTINGS = (
@@ -31,13 +33,13 @@ _SETTINGS = (
      "extra tries on timeouts, connection errors, 429 and 5xx"),
     ("retry-backoff", "retry_backoff", float, "backoff_s", ("openai",),
      "first backoff in seconds (doubles per retry, capped at 60; a Retry-After header wins)"),
-    ("tensor-parallel-size", "tensor_parallel_size", int, "tensor_parallel_size", ("vllm",),
+    ("tensor-parallel-size", "tensor_parallel_size", int, "tensor_parallel_size", _VLLM,
      "GPUs per model"),
-    ("max-model-len", "max_model_len", int, "max_model_len", ("vllm",),
+    ("max-model-len", "max_model_len", int, "max_model_len", _VLLM,
      "context length; longer prompts are rejected before sending"),
     ("gpu-memory-utilization", "gpu_memory_utilization", float, "gpu_memory_utilization",
-     ("vllm",), "fraction of GPU memory vLLM may take"),
-    ("backend-dtype", "backend_dtype", str, "dtype", ("vllm", "transformers"), "weight dtype"),
+     _VLLM, "fraction of GPU memory vLLM may take"),
+    ("backend-dtype", "backend_dtype", str, "dtype", (*_VLLM, "transformers"), "weight dtype"),
     ("backend-device", "backend_device", str, "device", ("transformers",),
      "cpu, cuda, ... (default: auto)"),
 )
@@ -133,7 +135,7 @@ def backend_kwargs(args: argparse.Namespace, prefix: str = "") -> dict | None:
     value = getattr(args, f"{d}{dest}", None)
     if value is not None and kind in kinds:
       kwargs[kwarg] = value
-  if getattr(args, f"{d}no_structured_output", False) and kind in ("openai", "vllm"):
+  if getattr(args, f"{d}no_structured_output", False) and kind in ("openai", *_VLLM):
     kwargs["structured_output"] = False
   for item in getattr(args, f"{d}backend_arg"):
     if "=" not in item:

@@ -7,9 +7,9 @@ breaks the many ties of the 0..5 scale). Two protocols (`--protocol`):
   two characters after the last "Relevance score:" divided by 5, no marker 0, a parse failure (or
   failed request) -1 on the normalised scale. As in the public code, the raw prompt is sent with
   no chat template (the backend's `complete`: /v1/completions for `openai`, `generate()` for
-  `vllm` and `transformers`) and an answer cut off at the 32 tokens is parsed, not counted as a
-  failure. A backend without that path (`vllm-async`) gets the prompt as one user message, with a
-  warning.
+  `vllm` and `transformers`, a raw engine request for `vllm-async`) and an answer cut off at
+  the 32 tokens is parsed, not counted as a failure. A backend without that path gets the
+  prompt as one user message, with a warning.
 - ours: our earlier prompts (think briefly, then "Relevance score: X."), as one user message
   through the chat template, temperature 0, 1,024 tokens, a failure -1 before dividing by 5.
 

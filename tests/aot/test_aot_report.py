@@ -61,6 +61,26 @@ def test_parse_oom_reads_both_compiler_messages():
   assert aot.parse_oom("INTERNAL: something else") is None
 
 
+def test_host_memory_counts_towards_fit_and_the_hint_names_the_remat_that_helps():
+  import ml_collections
+  from reasonir_jax import tpu_topologies
+  v5p, v6e = tpu_topologies.get_slice("v5p-64"), tpu_topologies.get_slice("v6e-256")
+  limit = v5p.chip.host_bytes_per_chip
+  assert limit == 112 * 10**9  # 448 GB per 4-chip v5p VM
+  assert aot.host_fits({"host_temp": limit}, v5p)
+  assert not aot.host_fits({"host_temp": limit + 1}, v5p)
+  assert aot.host_fits({"host_temp": 10**15}, v6e)  # host RAM not known: not checked
+  cfg = ml_collections.ConfigDict({"model": {"remat_policy": "offload"},
+                                   "train": {"grad_cache_chunk": 0}})
+  hint = aot._hint(cfg, v5p, {"fsdp": 32}, {"host_temp": 128 * 2**30})
+  assert "host memory is short" in hint and "remat_policy=full" in hint
+  assert "grad_cache_chunk=32" in hint and "--topology=v5p-128" in hint
+  cfg.model.remat_policy = "full"
+  assert "remat_policy=offload" in aot._hint(cfg, v5p, {"fsdp": 32}, {})
+  cfg.model.remat_policy = "offload"
+  assert "remat_policy" not in aot._hint(cfg, v5p, {"fsdp": 32}, {"host_temp": 1})
+
+
 def test_per_device_bytes_follow_the_sharding():
   import jax
   import jax.numpy as jnp

@@ -22,7 +22,8 @@ def test_rows_replace_the_same_row_and_the_table_shows_provenance(tmp_path, monk
   out = tmp_path / "t.jsonl"
   out.write_text(json.dumps(_report("v5p-128", 0, 120.0, False)) + "\n"
                  + json.dumps(_report("v5p-64", 32, 9.0, True)) + "\n")
-  new = _report("v5p-128", 0, 80.0, True)
+  new = _report("v5p-128", 0, 80.0, True, host_bytes_per_chip=112 * 10**9)
+  new["memory"]["host_temp"] = 48 * 2**30
   monkeypatch.setattr(aot_table, "run_row", lambda topology, chunk, overrides, config: new)
   assert aot_table.main([str(out), "--rows", "v5p-128:0"]) == 0
   reports = aot_table.read_reports(str(out))
@@ -32,7 +33,9 @@ def test_rows_replace_the_same_row_and_the_table_shows_provenance(tmp_path, monk
   assert table[0].startswith("| slice | chips |") and "commit" in table[0]
   # v5p-64 sorts before v5p-128; each row names its attention, commit and versions.
   assert table[2].startswith("| v5p-64 | 64 | 1, 64, 1 | 32 | splash |")
-  assert "| 80.0 GiB | 95 GiB | **yes** | 12 s | abc123 | 0.10.2 / 0.0.42.1 |" in table[3]
+  assert "| 80.0 GiB | 95 GiB | 48.0 of 104 GiB | **yes** | 12 s | abc123 | 0.10.2 / 0.0.42.1 |" \
+      in table[3]
+  assert "| 9.0 GiB | 95 GiB | - | **yes** |" in table[2]
 
 
 def test_old_reports_keep_their_chunk_from_the_overrides():

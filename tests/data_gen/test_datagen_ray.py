@@ -86,14 +86,64 @@ def test_ray_run_survives_a_killed_worker_exactly_once(local_ray, tmp_path):
 def test_cli_engine_ray(local_ray, tmp_path, capsys):
   from data_gen.cli import main
   inp = tmp_path / "docs.jsonl"
-  inp.write_text("".join(json.dumps({"id": f"d{i}", "text": f"TAG=d{i} seed"}) + "\n"
-                         for i in range(6)))
+  docs = [{"id": f"d{i}", "text": f"TAG=d{i} seed"} for i in range(6)]
+  docs += [{"id": "short", "text": "tiny"}, {"id": "d0-copy", "text": "TAG=d0 seed"}]
+  inp.write_text("".join(json.dumps(d) + "\n" for d in docs))
   out = tmp_path / "out"
   with ScriptedChatServer(_answer) as server:
     common = ["hq", "--engine", "ray", "--input", str(inp), "--output-dir", str(out),
               "--backend", "openai", "--base-url", server.base_url, "--backend-model", "m",
-              "--queries-per-doc", "1", "--min-query-words", "5", "--batch-size", "2"]
-    assert main(common) == 2 and "needs hq --no-filter" in capsys.readouterr().err
-    assert main(common + ["--no-filter"]) == 0
-  rows = list(read_rows(str(out / "hq-shard*.tfrecord")))
-  assert sorted(r.row_id for r in rows) == [f"hq/d{i}/0" for i in range(6)]
+              "--queries-per-doc", "1", "--min-query-words", "5", "--batch-size", "2",
+              "--near-dup-threshold", "0"]
+    # Without --no-filter the driver runs the seed filters once (length, exact duplicates).
+    assert main(common + ["--min-doc-words", "2"]) == 0
+    assert "filter (driver)" in capsys.readouterr().out
+    rows = list(read_rows(str(out / "hq-shard*.tfrecord")))
+    assert sorted(r.row_id for r in rows) == [f"hq/d{i}/0" for i in range(6)]
+    asked = len(server.requests)
+    assert main(common + ["--min-doc-words", "2"]) == 0  # resume: filtered input reused
+    assert len(server.requests) == asked and "filter (driver)" not in capsys.readouterr().out
+    assert main(common + ["--min-doc-words", "1"]) == 2  # other filter flags: refused
+    assert "filtered with other flags (min_doc_words)" in capsys.readouterr().err
+    assert main(common + ["--no-filter", "--name", "raw"]) == 0
+  raw = sorted(r.row_id for r in read_rows(str(out / "raw-shard*.tfrecord")))
+  assert len(raw) == 8 and "hq/short/0" in raw  # --no-filter: the input as is
+
+
+def test_merge_streams_rows_and_keeps_the_first_commit(tmp_path):
+  """The driver's merge hands the writer a stream, not a list, and drops a second commit."""
+  import types
+  from data_gen.ray_engine import _merge
+  from reasonir_jax.data.writer import write_rows
+  parts = tmp_path / "parts"
+  parts.mkdir()
+
+  def rec(i, reject=None, query="q"):
+    rows = [] if reject else [{"row_id": f"hq/d{i}/0", "source": "hq", "query": query,
+                               "positives": ["p"]}]
+    return json.dumps({"input_id": f"d{i}", "rows": rows, "reject": reject,
+                       "steps": {"queries": {"attempts": 1, "ok": not reject}}}) + "\n"
+
+  (parts / "part-a.jsonl").write_text(rec(0) + rec(1, {"step": "queries", "reason": "bad"}))
+  (parts / "part-b.jsonl").write_text(rec(2) + rec(0, query="second commit"))
+  seen = {}
+
+  def spy(rows, *args):
+    seen["lazy"] = isinstance(rows, types.GeneratorType)
+    return write_rows(rows, *args)
+
+  stage = tmp_path / "_stage" / "hq"
+  stage.mkdir(parents=True)
+  manifest = _merge(str(parts), str(stage), str(tmp_path), "hq-shard00000of00001", "hq", 3, 3,
+                    0.0, 1, spy)
+  assert seen["lazy"]
+  assert (manifest["inputs"], manifest["rows"], manifest["inputs_rejected"],
+          manifest["duplicate_commits_dropped"]) == (3, 2, 1, 1)
+  rows = {r.row_id: r.query for r in read_rows(str(tmp_path / "hq-shard*.tfrecord"))}
+  assert rows == {"hq/d0/0": "q", "hq/d2/0": "q"}  # the first commit of d0 wins
+  ledger = [json.loads(line) for line in (stage / "ledger.jsonl").read_text().splitlines()]
+  assert sorted((e["id"], e["status"]) for e in ledger) == [("d0", "ok"), ("d1", "rejected"),
+                                                           ("d2", "ok")]
+  [reject] = [json.loads(line) for line in (tmp_path / manifest["rejects_file"]).open()]
+  assert reject["input_id"] == "d1" and reject["reason"] == "bad"
+  assert not list(tmp_path.glob("*.tmp-*")) and not list(stage.glob("*.tmp-*"))
