@@ -193,9 +193,9 @@ def filtered_documents(args) -> tuple[list[dict], dict]:
 
 def run_filter(args) -> dict:
   import json
-  from data_gen.stage import write_text_atomic
+  from data_gen.stage import write_jsonl_atomic, write_text_atomic
   docs, report = filtered_documents(args)
-  write_text_atomic(args.output, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+  write_jsonl_atomic(args.output, docs)
   write_text_atomic(args.output + ".report.json", json.dumps(report, indent=2))
   print(f"filter: {report} -> {args.output}")
   return report
@@ -231,7 +231,7 @@ def filter_for_ray(args, name: str) -> str:
   documents. A rerun with the same filter flags reuses them (no second quality-model pass)."""
   import json
   import os
-  from data_gen.stage import write_text_atomic
+  from data_gen.stage import write_jsonl_atomic, write_text_atomic
   work = os.path.join(args.output_dir, "_ray", name)
   path, settings_path = os.path.join(work, "filtered.jsonl"), os.path.join(work, "filter.json")
   settings = {k: getattr(args, k) for k in _FILTER_FLAGS}
@@ -246,7 +246,7 @@ def filter_for_ray(args, name: str) -> str:
       return path
   os.makedirs(work, exist_ok=True)
   docs, report = filtered_documents(args)
-  write_text_atomic(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+  write_jsonl_atomic(path, docs)
   write_text_atomic(settings_path, json.dumps({"settings": settings, "report": report},
                                               indent=2, sort_keys=True))
   print(f"filter (driver): {report} -> {path}")

@@ -30,7 +30,7 @@ from typing import Callable
 
 from data_gen import safety
 from data_gen.runner import Pipeline, _process_checked, shard_name
-from data_gen.stage import write_text_atomic
+from data_gen.stage import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
 from reasonir_jax.data.schema import TrainingRow
 
 _WORKER_STATE: dict = {}  # per worker process: built pipelines and done-id sets
@@ -89,12 +89,7 @@ def _commit_part(parts_dir: str, outcomes) -> str:
   path = os.path.join(parts_dir, f"part-{digest}-{uuid.uuid4().hex[:8]}.jsonl")
   records = [{"input_id": o.input_id, "rows": [dataclasses.asdict(r) for r in o.rows],
               "reject": o.reject, "steps": o.steps} for o in outcomes]
-  tmp = os.path.join(parts_dir, f".tmp-{uuid.uuid4().hex}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)  # the commit
+  write_jsonl_atomic(path, records)  # the rename is the commit
   return path
 
 
@@ -145,29 +140,6 @@ def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], ou
                   output_shards, write_rows)
 
 
-class _AtomicLines:
-  """A JSON-lines file written record by record to a temporary name, renamed on success."""
-
-  def __init__(self, path: str):
-    self.path, self.tmp = path, f"{path}.tmp-{os.getpid()}"
-
-  def __enter__(self):
-    self.f = open(self.tmp, "w", encoding="utf-8")
-    return self
-
-  def write(self, record: dict) -> None:
-    self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-  def __exit__(self, exc_type, *_):
-    self.f.flush()
-    os.fsync(self.f.fileno())
-    self.f.close()
-    if exc_type is None:
-      os.replace(self.tmp, self.path)
-    else:
-      os.remove(self.tmp)
-
-
 def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, started,
            output_shards, write_rows) -> dict:
   """One streaming pass over the parts (name order): the first outcome per input id wins; its
@@ -176,8 +148,8 @@ def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, starte
   kept: set[str] = set()
   counts = {"duplicates": 0, "rows": 0, "rejected": 0}
   rejects_path = os.path.join(output_dir, f"{base}.rejects.jsonl")
-  with _AtomicLines(rejects_path) as rejects, \
-       _AtomicLines(os.path.join(stage_dir, "ledger.jsonl")) as ledger:
+  with atomic_writer(rejects_path) as rejects, \
+       atomic_writer(os.path.join(stage_dir, "ledger.jsonl")) as ledger:
 
     def rows():
       for input_id, rec in _read_parts(parts_dir):
@@ -187,10 +159,10 @@ def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, starte
         kept.add(input_id)
         if rec["reject"]:
           counts["rejected"] += 1
-          rejects.write({"input_id": input_id, **rec["reject"]})
-        ledger.write({"id": input_id, "batch": "ray",
-                      "status": "rejected" if rec["reject"] else "ok",
-                      "rows": len(rec["rows"]), "steps": rec["steps"]})
+          rejects.write(json_line({"input_id": input_id, **rec["reject"]}))
+        ledger.write(json_line({"id": input_id, "batch": "ray",
+                                "status": "rejected" if rec["reject"] else "ok",
+                                "rows": len(rec["rows"]), "steps": rec["steps"]}))
         counts["rows"] += len(rec["rows"])
         for r in rec["rows"]:
           yield TrainingRow(**r)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from data_gen.backends.base import ChatBackend, SamplingParams, StreamingChatBackend
 from data_gen.inputs import select_shard
 from data_gen import safety
-from data_gen.stage import Outcome, Stage, write_text_atomic
+from data_gen.stage import Outcome, Stage, write_jsonl_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def _run_locked(pipeline, items, output_dir, base, stage_dir, started, *, shard_
   paths = write_rows(rows, output_dir, base, output_shards)
   rejects = [r for r in stage.committed_rejects() if r["input_id"] in mine_ids]
   rejects_path = os.path.join(output_dir, f"{base}.rejects.jsonl")
-  write_text_atomic(rejects_path,
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+  write_jsonl_atomic(rejects_path, rejects)
   entries = [stage.ledger[i] for i in sorted(mine_ids)]
   manifest = {
       "pipeline": pipeline.name,

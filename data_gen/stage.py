@@ -10,11 +10,12 @@ So every input appears exactly once in the final output, none lost, none duplica
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import uuid
-from typing import Iterator
+from typing import IO, Iterable, Iterator
 
 from reasonir_jax.data.schema import TrainingRow
 
@@ -94,7 +95,7 @@ class Stage:
     if not records:
       return
     with open(path, "a", encoding="utf-8") as f:
-      f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+      f.write("".join(json_line(r) for r in records))
       f.flush()
       os.fsync(f.fileno())
 
@@ -147,10 +148,34 @@ class Stage:
     return counts
 
 
-def write_text_atomic(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[IO[str]]:
+  """A text file written under a temporary name, fsynced and renamed to `path` when the block
+  ends cleanly (removed if it raises): readers see the whole file or none of it."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   os.replace(tmp, path)
+
+
+def json_line(record: dict) -> str:
+  return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  with atomic_writer(path) as f:
+    f.write(text)
+
+
+def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
+  """JSON lines, streamed (records may be a generator), atomically as atomic_writer."""
+  with atomic_writer(path) as f:
+    for r in records:
+      f.write(json_line(r))
