@@ -155,15 +155,8 @@ class OpenAIBackend(StreamingChatBackend):
 
   def build_request(self, messages: Sequence[Message], sampling: SamplingParams,
                     json_schema: dict | None) -> dict:
-    body = {
-        "model": self.model,
-        "messages": [dict(m) for m in messages],
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens,
-        "seed": sampling.seed,
-        **sampling.penalties(),
-    }
+    body = {"model": self.model, "messages": [dict(m) for m in messages],
+            **self._sampling_fields(sampling)}
     if json_schema is not None and self.structured_output:
       body["response_format"] = {
           "type": "json_schema",
@@ -172,9 +165,13 @@ class OpenAIBackend(StreamingChatBackend):
     return body
 
   def build_completion_request(self, prompt: str, sampling: SamplingParams) -> dict:
-    return {"model": self.model, "prompt": prompt, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed,
-            **sampling.penalties()}
+    return {"model": self.model, "prompt": prompt, **self._sampling_fields(sampling)}
+
+  @staticmethod
+  def _sampling_fields(sampling: SamplingParams) -> dict:
+    """The sampling fields of both request kinds (penalties only when on)."""
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed, **sampling.penalties()}
 
   def _backoff_delay(self, attempt: int) -> float:
     delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))

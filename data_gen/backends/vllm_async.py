@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 from data_gen.backends.base import ChatFailure, Message, SamplingParams, StreamingChatBackend
 from data_gen.backends.openai_http import InFlightMeter
-from data_gen.backends.vllm_offline import VLLMBackend, import_vllm
+from data_gen.backends.vllm_offline import (VLLMBackend, chat_prompt_ids, completion_result,
+                                            import_vllm)
 from data_gen.backends.vllm_offline import engine_kwargs as vllm_engine_kwargs
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,7 @@ class AsyncVLLMBackend(StreamingChatBackend):
   def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
     """The prompt's token ids under the model's chat template (as vLLM's chat() builds it)."""
     with self._tokenizer_lock:
-      ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True,
-                                               add_generation_prompt=True)
-    if hasattr(ids, "keys"):  # a BatchEncoding (transformers >= 5 may return one)
-      ids = ids["input_ids"]
-    return list(ids)
+      return chat_prompt_ids(self.tokenizer, messages)
 
   def raw_prompt_ids(self, prompt: str) -> list[int]:
     """A raw prompt's token ids as vLLM's generate() tokenizes a string (no chat template)."""
@@ -131,8 +128,7 @@ class AsyncVLLMBackend(StreamingChatBackend):
     outer: concurrent.futures.Future = concurrent.futures.Future()
     try:
       ids = tokenize()
-      too_long = (None if self.max_model_len is None
-                  else self._over_limit(len(ids), sampling.max_tokens))
+      too_long = self._over_limit(len(ids), sampling.max_tokens)
       if too_long is not None:
         outer.set_result(too_long)  # never sent
         return outer
@@ -176,13 +172,7 @@ class AsyncVLLMBackend(StreamingChatBackend):
     finally:
       self.meter.exit()
       self._running.discard(asyncio.current_task())
-    if final is None or not final.outputs:
-      return ChatFailure("vLLM returned no completion")
-    completion = final.outputs[0]
-    if getattr(completion, "finish_reason", None) == "length" and not keep_truncated:
-      return ChatFailure(f"answer cut off at max_tokens={max_tokens} (finish_reason=length)",
-                         kind="length")
-    return completion.text
+    return completion_result(final, max_tokens, keep_truncated)
 
   def close(self) -> None:
     """Resolves requests still in flight with a ChatFailure, shuts the engine down and stops

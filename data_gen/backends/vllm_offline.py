@@ -50,6 +50,27 @@ def engine_kwargs(model, tensor_parallel_size, max_model_len, gpu_memory_utiliza
   return kwargs
 
 
+def chat_prompt_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
+  """The prompt's token ids under the model's chat template, as vLLM's chat() builds it."""
+  ids = tokenizer.apply_chat_template(list(conversation), tokenize=True,
+                                      add_generation_prompt=True)
+  if hasattr(ids, "keys"):  # a BatchEncoding (transformers >= 5 may return one)
+    ids = ids["input_ids"]
+  return list(ids)
+
+
+def completion_result(out, max_tokens, keep_truncated: bool = False) -> str | ChatFailure:
+  """One vLLM RequestOutput (or None) -> the answer text or its ChatFailure: none produced, or
+  cut off at max_tokens (kind "length", unless `keep_truncated`)."""
+  if out is None or not out.outputs:
+    return ChatFailure("vLLM returned no completion")
+  completion = out.outputs[0]
+  if getattr(completion, "finish_reason", None) == "length" and not keep_truncated:
+    return ChatFailure(f"answer cut off at max_tokens={max_tokens} (finish_reason=length)",
+                       kind="length")
+  return completion.text
+
+
 class VLLMBackend(ChatBackend):
   name = "vllm"
   raw_completion = True
@@ -73,19 +94,19 @@ class VLLMBackend(ChatBackend):
 
   def prompt_tokens(self, conversation: Sequence[Message]) -> int:
     """Prompt length in tokens, as vLLM's chat() would build it (the chat template)."""
-    ids = self.llm.get_tokenizer().apply_chat_template(list(conversation), tokenize=True,
-                                                       add_generation_prompt=True)
-    if hasattr(ids, "keys"):  # a BatchEncoding (transformers >= 5 may return one)
-      ids = ids["input_ids"]
-    return len(ids)
+    return len(chat_prompt_ids(self.llm.get_tokenizer(), conversation))
 
-  def too_long(self, conversation: Sequence[Message], max_tokens: int) -> ChatFailure | None:
+  def too_long(self, prompt: Sequence[Message] | str, max_tokens: int,
+               raw: bool = False) -> ChatFailure | None:
+    """The "prompt_too_long" failure of a conversation (a raw prompt string with `raw`), or None
+    when it fits or max_model_len is unknown (then nothing is tokenized)."""
     if self.max_model_len is None:
       return None
-    return self._over_limit(self.prompt_tokens(conversation), max_tokens)
+    n = self.raw_prompt_tokens(prompt) if raw else self.prompt_tokens(prompt)
+    return self._over_limit(n, max_tokens)
 
   def _over_limit(self, n: int, max_tokens: int) -> ChatFailure | None:
-    if n + max_tokens > self.max_model_len:
+    if self.max_model_len is not None and n + max_tokens > self.max_model_len:
       return ChatFailure(f"prompt has {n} tokens; with max_tokens={max_tokens} it exceeds "
                          f"max_model_len={self.max_model_len}", kind="prompt_too_long")
     return None
@@ -114,27 +135,24 @@ class VLLMBackend(ChatBackend):
       outputs = self.llm.generate(list(conversations), params, use_tqdm=True)
     else:
       outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=True)
-    results: list[str | ChatFailure] = []
-    for out in outputs:
-      if not out.outputs:
-        results.append(ChatFailure("vLLM returned no completion"))
-      elif getattr(out.outputs[0], "finish_reason", None) == "length" and not keep_truncated:
-        results.append(ChatFailure(f"answer cut off at max_tokens={getattr(params, 'max_tokens', '?')} "
-                                   "(finish_reason=length)", kind="length"))
-      else:
-        results.append(out.outputs[0].text)
-    return results
+    max_tokens = getattr(params, "max_tokens", "?")
+    return [completion_result(out, max_tokens, keep_truncated) for out in outputs]
 
   def chat(self, conversations: Sequence[Sequence[Message]], sampling: SamplingParams,
            json_schema: dict | None = None) -> list[str | ChatFailure]:
-    if not conversations:
-      return []
-    results: list[str | ChatFailure | None] = [self.too_long(c, sampling.max_tokens)
-                                               for c in conversations]
+    return self._checked_generate(conversations, sampling,
+                                  self.build_sampling_params(sampling, json_schema))
+
+  def _checked_generate(self, prompts, sampling: SamplingParams, params, raw: bool = False,
+                        keep_truncated: bool = False) -> list[str | ChatFailure]:
+    """Answers in order: a prompt that does not fit max_model_len gets its failure and is never
+    sent; the rest go to vLLM in one call (bisected on a failed call)."""
+    results: list[str | ChatFailure | None] = [self.too_long(p, sampling.max_tokens, raw)
+                                               for p in prompts]
     todo = [i for i, r in enumerate(results) if r is None]
     if todo:
-      answers = self._generate_isolated([conversations[i] for i in todo],
-                                        self.build_sampling_params(sampling, json_schema))
+      answers = self._generate_isolated([prompts[i] for i in todo], params, raw=raw,
+                                        keep_truncated=keep_truncated)
       for i, answer in zip(todo, answers):
         results[i] = answer
     return results
@@ -162,16 +180,5 @@ class VLLMBackend(ChatBackend):
 
   def complete(self, prompts: Sequence[str], sampling: SamplingParams, *,
                keep_truncated: bool = False) -> list[str | ChatFailure]:
-    if not prompts:
-      return []
-    results: list[str | ChatFailure | None] = [
-        None if self.max_model_len is None
-        else self._over_limit(self.raw_prompt_tokens(p), sampling.max_tokens) for p in prompts]
-    todo = [i for i, r in enumerate(results) if r is None]
-    if todo:
-      answers = self._generate_isolated([prompts[i] for i in todo],
-                                        self.build_sampling_params(sampling, None), raw=True,
-                                        keep_truncated=keep_truncated)
-      for i, answer in zip(todo, answers):
-        results[i] = answer
-    return results
+    return self._checked_generate(prompts, sampling, self.build_sampling_params(sampling, None),
+                                  raw=True, keep_truncated=keep_truncated)
