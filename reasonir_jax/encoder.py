@@ -182,7 +182,7 @@ class Encoder:
 
   def _encode_padded(self, encoded, batch_size: int, max_length: int, show_progress) -> np.ndarray:
     # Fixed batch (a multiple of the data-parallel size) so shapes repeat across batches.
-    batch = -(-batch_size // self._dp) * self._dp
+    batch = _round_up(batch_size, self._dp)
     buckets = bucket_lengths(max_length)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     out = np.zeros((len(encoded), self.model_cfg.hidden_size), np.float32)
