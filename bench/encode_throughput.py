@@ -12,6 +12,12 @@ interleaved repeats, in the same run. Prints both rates and the ratio ours / PyT
 
 Useful tokens/s counts the texts' tokens only (never padding).
 
+Ceiling: the projection matmuls of one layer (q, k, v, o, gate, up, down) on 4096 tokens, timed
+alone in XLA and in PyTorch; the useful tokens' projection FLOPs at XLA's rate, with attention,
+norms and everything else free, bound the fastest any JAX encode can be on this machine. Its
+ratio to the measured PyTorch time is the best ratio this machine allows (a target above it
+needs faster XLA matmuls, not a different encode plan).
+
     python bench/encode_throughput.py [--batch 16] [--length 256] [--repeats 5] [--threads 2]
 """
 from __future__ import annotations
@@ -46,6 +52,33 @@ def build_checkpoint(out_dir: str, seed: int = 0):
   return model, tokenizer, words
 
 
+def projection_shapes(config) -> list[tuple[int, int]]:
+  """(in, out) of each projection matmul of one layer (q, k, v, o, gate, up, down)."""
+  d, f, h = config.hidden_size, config.intermediate_size, config.head_dim
+  n, k = config.num_attention_heads, config.num_key_value_heads
+  return [(d, n * h), (d, k * h), (d, k * h), (n * h, d), (d, f), (d, f), (f, d)]
+
+
+def matmul_rates(shapes, repeats: int, tokens: int = 4096) -> dict[str, float]:
+  """GFLOP/s of one layer's projection matmuls on `tokens` rows, XLA (jit) and PyTorch."""
+  import jax
+  import numpy as np
+  import torch
+  flops = sum(2 * tokens * i * o for i, o in shapes)
+  rng = np.random.RandomState(0)
+  xs = [rng.randn(tokens, i).astype(np.float32) for i, _ in shapes]
+  ws = [rng.randn(i, o).astype(np.float32) for i, o in shapes]
+  jx, jw = [jax.numpy.asarray(a) for a in xs], [jax.numpy.asarray(a) for a in ws]
+  layer = jax.jit(lambda xs, ws: [x @ w for x, w in zip(xs, ws)])
+  tx, tw = [torch.from_numpy(a) for a in xs], [torch.from_numpy(a) for a in ws]
+  fns = {"xla": lambda: jax.block_until_ready(layer(jx, jw)),
+         "torch": lambda: [x @ w for x, w in zip(tx, tw)]}
+  for fn in fns.values():
+    fn()
+  seconds = interleaved_seconds(fns, max(3, 3 * repeats))
+  return {k: flops / min(v) / 1e9 for k, v in seconds.items()}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=16)
@@ -69,8 +102,14 @@ def main():
     # One token per word with this tokenizer: a text of m words is prefix_len + m tokens.
     uniform = [" ".join(rng.choice(words, size=4 * args.length)) for _ in range(args.batch)]
     lo, hi = int(0.55 * args.length), int(0.8 * args.length)
+    if lo <= prefix_len:
+      parser.error(f"--length {args.length} is too short: the shortest mixed text (0.55 x length "
+                   f"= {lo} tokens) must be longer than the {prefix_len}-token prompt prefix")
     mixed_lengths = rng.randint(lo, hi + 1, size=4 * args.batch)
     mixed = [" ".join(rng.choice(words, size=n - prefix_len)) for n in mixed_lengths]
+    shapes = projection_shapes(torch_model.config)
+    rates = matmul_rates(shapes, args.repeats)
+    dense_flops_per_token = torch_model.config.num_hidden_layers * sum(2 * i * o for i, o in shapes)
     print(f"config: 4 layers, width 512, GQA 8/2, fp32, batch {args.batch}, max length "
           f"{args.length}, torch threads {args.threads}, median of {args.repeats}")
     for name, texts in (("uniform", uniform), ("mixed", mixed)):
@@ -96,6 +135,11 @@ def main():
         print(f"[{name}] {k:11s}: {tokens / t[k]:10.0f} useful tokens/s ({t[k] * 1e3:.1f} ms)")
       for k in ("jax packed", "jax padded"):
         print(f"[{name}] ratio {k} / torch: {t['torch'] / t[k]:.2f}x")
+      floor = tokens * dense_flops_per_token / (rates["xla"] * 1e9)
+      print(f"[{name}] ceiling: useful projection FLOPs at XLA's matmul rate, all else free: "
+            f"{floor * 1e3:.1f} ms = {t['torch'] / floor:.2f}x torch")
+    print(f"projection matmuls, 4096 tokens: XLA {rates['xla']:.0f} GFLOP/s, PyTorch "
+          f"{rates['torch']:.0f} GFLOP/s ({rates['xla'] / rates['torch']:.2f}x)")
 
 
 if __name__ == "__main__":
