@@ -1,6 +1,7 @@
 """The `vllm-async` backend against an injected fake vLLM async engine (no vLLM, no GPU):
 continuous submission, length checks before sending, finish reasons, structured output, close."""
 import asyncio
+import contextlib
 import threading
 import time
 import types
@@ -38,10 +39,12 @@ class _WordTokenizer:
 
 def _fake_vllm(engine_max_len=100, async_getters=False, old_structured=False):
   """A fake vLLM module: requests whose prompt holds "slow" wait until `release` is set, "boom"
-  raises, "ramble" stops at the token limit."""
+  raises, "ramble" stops at the token limit; with state["gather"] = n every request first waits
+  until n requests have been in the engine at once."""
   vocab: list = []
   state = {"requests": [], "done": [], "cancelled": [], "in_flight": 0, "peak": 0,
-           "args": None, "shutdown": 0, "release": threading.Event(), "loop_thread": None}
+           "args": None, "shutdown": 0, "release": threading.Event(), "loop_thread": None,
+           "gather": 0}
 
   class AsyncEngineArgs:
     def __init__(self, **kwargs):
@@ -70,6 +73,8 @@ def _fake_vllm(engine_max_len=100, async_getters=False, old_structured=False):
       state["in_flight"] += 1
       state["peak"] = max(state["peak"], state["in_flight"])
       try:
+        while state["peak"] < state["gather"]:  # else a fast answer may beat the next submit
+          await asyncio.sleep(0.005)
         while "slow" in words and not state["release"].is_set():
           await asyncio.sleep(0.005)
         if "boom" in words:
@@ -101,6 +106,11 @@ def _fake_vllm(engine_max_len=100, async_getters=False, old_structured=False):
   return module, state
 
 
+def _async_backend(module, model="m", **kwargs):
+  """A `vllm-async` backend on the fake module, closed when the `with` block ends."""
+  return contextlib.closing(make_backend("vllm-async", model=model, vllm_module=module, **kwargs))
+
+
 def _user(text):
   return [{"role": "user", "content": text}]
 
@@ -108,9 +118,7 @@ def _user(text):
 @pytest.mark.parametrize("async_getters", [False, True])
 def test_engine_built_on_the_loop_thread_with_the_flags(async_getters):
   module, state = _fake_vllm(engine_max_len=64, async_getters=async_getters)
-  backend = make_backend("vllm-async", model="llama-70b", tensor_parallel_size=8, seed=3,
-                         vllm_module=module)
-  try:
+  with _async_backend(module, model="llama-70b", tensor_parallel_size=8, seed=3) as backend:
     assert isinstance(backend, StreamingChatBackend)
     assert state["args"] == {"model": "llama-70b", "tensor_parallel_size": 8, "dtype": "auto",
                              "gpu_memory_utilization": 0.9, "seed": 3}
@@ -118,14 +126,12 @@ def test_engine_built_on_the_loop_thread_with_the_flags(async_getters):
     assert backend.max_model_len == 64  # from the engine's model config
     assert backend.chat([_user("a b"), _user("c")], SamplingParams(max_tokens=8)) == [
         "answer to a b", "answer to c"]
-  finally:
-    backend.close()
 
 
 def test_a_slow_request_does_not_hold_back_the_others():
   module, state = _fake_vllm()
-  backend = make_backend("vllm-async", model="m", vllm_module=module)
-  try:
+  state["gather"] = 7  # nothing answers before all seven are in: a serial backend times out
+  with _async_backend(module) as backend:
     sampling = SamplingParams(max_tokens=8)
     slow = backend.submit(_user("slow one"), sampling)
     fast = [backend.submit(_user(f"fast {i}"), sampling) for i in range(6)]
@@ -138,14 +144,11 @@ def test_a_slow_request_does_not_hold_back_the_others():
     assert slow.result(timeout=10) == "answer to slow one"
     assert state["done"][-1] == "slow one"
     assert len({rid for rid, _, _ in state["requests"]}) == 7  # one request id each
-  finally:
-    backend.close()
 
 
 def test_too_long_prompt_never_sent_and_finish_reasons_mapped():
   module, state = _fake_vllm(engine_max_len=30)
-  backend = make_backend("vllm-async", model="m", vllm_module=module)
-  try:
+  with _async_backend(module) as backend:
     long_text = " ".join(f"w{i}" for i in range(20))
     out = backend.chat([_user("a"), _user(long_text), _user("ramble on"), _user("boom"),
                         _user("c")], SamplingParams(max_tokens=10))
@@ -160,21 +163,15 @@ def test_too_long_prompt_never_sent_and_finish_reasons_mapped():
     sent = [" ".join(words) for _, words, _ in state["requests"]]
     assert sorted(sent) == ["a", "boom", "c", "ramble on"]  # the long prompt was never sent
     # An explicit max_model_len wins over the engine's.
-    wide = make_backend("vllm-async", model="m", vllm_module=module, max_model_len=1000)
-    try:
+    with _async_backend(module, max_model_len=1000) as wide:
       assert wide.chat([_user(long_text)], SamplingParams(max_tokens=10)) == [
           f"answer to {long_text}"]
-    finally:
-      wide.close()
-  finally:
-    backend.close()
 
 
 @pytest.mark.parametrize("old", [False, True])
 def test_sampling_and_structured_output_as_the_offline_backend(old):
   module, state = _fake_vllm(old_structured=old)
-  backend = make_backend("vllm-async", model="m", vllm_module=module)
-  try:
+  with _async_backend(module) as backend:
     schema = {"type": "object", "properties": {"query": {"type": "string"}}}
     backend.submit(_user("a"), SamplingParams(temperature=0.7, top_p=0.9, max_tokens=5, seed=4),
                    json_schema=schema).result(timeout=10)
@@ -187,21 +184,15 @@ def test_sampling_and_structured_output_as_the_offline_backend(old):
     assert field not in params["b"]  # no schema, no structured output
     outputs_kind = [getattr(p, "output_kind", None) for _, _, p in state["requests"]]
     assert outputs_kind == ([None, None] if old else [2, 2])
-  finally:
-    backend.close()
-  plain = make_backend("vllm-async", model="m", vllm_module=module, structured_output=False)
-  try:
+  with _async_backend(module, structured_output=False) as plain:
     plain.submit(_user("c"), SamplingParams(), json_schema={"type": "object"}).result(timeout=10)
     assert "structured_outputs" not in state["requests"][-1][2].kwargs
     assert "guided_decoding" not in state["requests"][-1][2].kwargs
-  finally:
-    plain.close()
 
 
 def test_raw_completion_skips_the_chat_template():
   module, state = _fake_vllm(engine_max_len=30)
-  backend = make_backend("vllm-async", model="m", vllm_module=module)
-  try:
+  with _async_backend(module) as backend:
     assert backend.raw_completion
     long_prompt = " ".join(f"w{i}" for i in range(25))
     out = backend.complete(["hello there", "ramble on", long_prompt], SamplingParams(max_tokens=5))
@@ -217,8 +208,6 @@ def test_raw_completion_skips_the_chat_template():
                                      keep_truncated=True).result(timeout=10)
     assert kept == "answer to ramble on"
     assert len(state["requests"]) == 4  # the too-long prompt was never sent
-  finally:
-    backend.close()
 
 
 def test_close_resolves_in_flight_requests_and_stops_the_loop():
@@ -263,15 +252,12 @@ def test_pipeline_retries_go_into_the_stream(tmp_path):
 
   engine_cls = module.AsyncLLMEngine
   engine_cls.generate = generate
-  backend = make_backend("vllm-async", model="m", vllm_module=module)
-  state_vocab = backend.tokenizer.vocab
-  try:
+  with _async_backend(module) as backend:
+    state_vocab = backend.tokenizer.vocab
     gen = Generation(backend, SamplingParams(max_tokens=256), max_attempts=2)
     docs = [{"id": f"d{i}", "text": f"seed document doc-{i} about caching"} for i in range(3)]
     manifest = run_pipeline(HQPipeline(gen, queries_per_doc=1, min_query_words=5), docs,
                             str(tmp_path), batch_size=2)
-  finally:
-    backend.close()
   assert manifest["inputs_accepted"] == 3 and manifest["rows"] == 3
   assert len(state["requests"]) == 6  # each input: one invalid answer, one retry
   assert manifest["steps"]["queries"]["retried"] == 3
