@@ -9,10 +9,11 @@ policy and GradCache setting on the compile-only devices of the named TPU topolo
 the `tpu` extra; no TPU needed), lowers the train step on abstract inputs, compiles it and prints
 per-chip memory (parameters, optimizer state, activations/temporaries, total) against the chip's
 HBM, and the host memory the program holds (remat `offload`) against the host's RAM per chip
-where known (tpu_topologies), with the analytic FLOPs and tokens per step. The last line printed is one JSON object; it
-records the attention backend compiled (`config.model.attention`, `auto` = splash on TPU), the
-git commit and the jax/jaxlib/libtpu versions. `--all_buckets` compiles every (query, passage)
-bucket shape of `config.data.bucket_lengths` the run can meet and reports the worst one.
+where known (tpu_topologies), with the analytic FLOPs and tokens per step. The last line printed
+is one JSON object; it records the attention backend compiled (`config.model.attention`, `auto`
+= splash on TPU), the git commit and the jax/jaxlib/libtpu versions. `--all_buckets` compiles
+every (query, passage) bucket shape of `config.data.bucket_lengths` the run can meet and reports
+the worst one.
 
 Exit status: 0 fits, 3 does not fit (with a hint), 2 bad arguments.
 """
