@@ -26,7 +26,8 @@
 #   NUM_SLICES (1), QUEUED (0), SPOT (0), CONFIG (configs/llama3_8b.py), WORKDIR (gs://...,
 #   required by train), TRAIN_ARGS (extra --config.x=y overrides, shell words expanded on each
 #   worker), GIT_URL/GIT_REF, SETUP_CMD (run on each worker after setup, e.g. staging weights),
-#   LOG_DIR, WORKER_PYTHON (3.11), MAX_RESTARTS (10),
+#   LOG_DIR, WORKER_PYTHON (3.11), MAX_RESTARTS (10), LIBTPU_INIT_ARGS (default: the FSDP
+#   collective-overlap flags for v5p, see FSDP_OVERLAP_FLAGS; set it, even empty, to replace them),
 #   POLL_SECONDS (60), LOGS_EVERY (600 s; run gathers logs this often), STOP_WAIT (600),
 #   DELETE_WHEN_DONE (1).
 # Arguments after `--` go to the trainer exactly as given (quoted for the remote shell).
@@ -39,6 +40,21 @@ DRY_RUN="${DRY_RUN:-0}"
 PREEMPTED_STATUS=75  # the trainer's exit status after checkpointing on SIGTERM / preemption
 EXTRA_ARGS=()
 RESTARTS=0
+# libtpu flags that let XLA overlap FSDP's all-gathers and reduce-scatters with compute, as
+# MaxText's v5p recipes set them (MaxText/configs/v5p/llama2_7b.sh), plus the host-aware passes
+# its host-offload test sets (end_to_end/tpu/test_host_offload.sh) for remat `offload`, which the
+# 8B recipe uses. Only v5p gets them by default: they are the ones published for it.
+FSDP_OVERLAP_FLAGS="--xla_tpu_enable_async_collective_fusion=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_enable_async_collective_fusion_multiple_steps=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_overlap_compute_collective_tc=true"
+FSDP_OVERLAP_FLAGS+=" --xla_enable_async_all_gather=true"
+FSDP_OVERLAP_FLAGS+=" --xla_enable_async_collective_permute=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_enable_ag_backward_pipelining=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_megacore_fusion_allow_ags=false"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_enable_data_parallel_all_reduce_opt=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_data_parallel_opt_different_sized_ops=true"
+FSDP_OVERLAP_FLAGS+=" --xla_tpu_enable_host_aware_passes=true"
 
 usage() {
   # The header comment, up to the first line that is not a comment.
@@ -98,6 +114,11 @@ load_settings() {
   SETUP_CMD="${SETUP_CMD:-}"
   LOG_DIR="${LOG_DIR:-logs/${TPU_NAME}}"
   WORKER_PYTHON="${WORKER_PYTHON:-3.11}"
+  # Unset means the default for the chip; set (even to nothing) means exactly that.
+  if [[ -z "${LIBTPU_INIT_ARGS+set}" ]]; then
+    LIBTPU_INIT_ARGS=""
+    [[ "${ACCELERATOR_TYPE}" != v5p-* ]] || LIBTPU_INIT_ARGS="${FSDP_OVERLAP_FLAGS}"
+  fi
   MAX_RESTARTS="${MAX_RESTARTS:-10}"
   POLL_SECONDS="${POLL_SECONDS:-60}"
   LOGS_EVERY="${LOGS_EVERY:-600}"
@@ -226,9 +247,10 @@ cmd_wait() {
 cmd_setup() {
   # Replacing the checkout under a live trainer would break it: refuse while one runs.
   local guard="if [ -e ~/${REMOTE_RUN}/lock ] && ! flock -n ~/${REMOTE_RUN}/lock true; then echo \"\$(hostname): training is running; launch/tpu.sh stop first\" >&2; exit 3; fi"
-  # uv brings its own CPython build (the image's python3 is too old for the pins).
+  # uv comes from the package registry (pip --user); where the image lacks WORKER_PYTHON (stock
+  # images ship 3.10), `uv venv` downloads a CPython build (python-build-standalone).
   local uv="\${HOME}/.local/bin/uv"
-  local install="cd ~/${REMOTE_DIR} && { test -x ${uv} || curl -LsSf https://astral.sh/uv/install.sh | env UV_NO_MODIFY_PATH=1 sh; } && ${uv} venv --quiet --python ${WORKER_PYTHON} .venv && ${uv} pip install --quiet --python .venv/bin/python -e '.[tpu,gcs]'"
+  local install="cd ~/${REMOTE_DIR} && { test -x ${uv} || python3 -m pip install --quiet --user uv; } && ${uv} venv --quiet --python ${WORKER_PYTHON} .venv && ${uv} pip install --quiet --python .venv/bin/python -e '.[tpu,gcs]'"
   # A re-created slice has empty disks: whatever the run needs there is staged again here.
   if [[ -n "${SETUP_CMD}" ]]; then
     install+=" && { ${SETUP_CMD}; }"
@@ -262,7 +284,13 @@ train_command() {
   if [[ -n "${ATTEMPT:-}" ]]; then
     command+=" ATTEMPT=${ATTEMPT}"
   fi
-  command+=" JAX_COMPILATION_CACHE_DIR=$(quote "${WORKDIR}/jax_cache") bash launch/worker.sh start"
+  command+=" JAX_COMPILATION_CACHE_DIR=$(quote "${WORKDIR}/jax_cache")"
+  # Logs leave the VM as they are written: a preempted VM's disk goes with it.
+  command+=" LOG_STREAM=$(quote "${WORKDIR}/logs") PYTHONUNBUFFERED=1"
+  if [[ -n "${LIBTPU_INIT_ARGS}" ]]; then
+    command+=" LIBTPU_INIT_ARGS=$(quote "${LIBTPU_INIT_ARGS}")"
+  fi
+  command+=" bash launch/worker.sh start"
   command+=" .venv/bin/python -m reasonir_jax.train --config=$(quote "${CONFIG}")"
   command+=" --workdir=$(quote "${WORKDIR}") --multihost"
   if [[ -n "${TRAIN_ARGS}" ]]; then

@@ -2,7 +2,9 @@
 # Runs on each TPU worker (launch/tpu.sh calls it over ssh): starts the training command
 # detached, refuses a second start while one runs, reports its state and stops it.
 #
-#   worker.sh start COMMAND [ARG...]   start COMMAND detached (ATTEMPT=n numbers the log header)
+#   worker.sh start COMMAND [ARG...]   start COMMAND detached (ATTEMPT=n numbers the log header;
+#                                      LOG_STREAM=DIR also streams its output to
+#                                      DIR/<host>/attempt-<n>/, see reasonir_jax/training/log_stream.py)
 #   worker.sh status                   one line: reasonir-worker host=H attempt=N state=S ...
 #   worker.sh stop [--no-mark]         SIGTERM the trainer (it checkpoints and exits 75), wait up
 #                                      to STOP_WAIT seconds (600), then SIGKILL; unless --no-mark
@@ -55,10 +57,26 @@ cmd_start() {
 
 # The detached attempt: runs the command, records its exit status, then releases the lock.
 cmd__run() {
-  local attempt="$1" child status=0
+  local attempt="$1" child status=0 streamer=""
   shift
-  "$@" 9>&- &
-  child=$!
+  if [[ -n "${LOG_STREAM:-}" ]]; then
+    # The output also goes, as it is written, to LOG_STREAM/<host>/attempt-<n>/ (the workdir
+    # outlives a preempted VM; its disk does not). Through a FIFO, so that $! is the trainer.
+    # This shell holds both ends while the two start, so neither open blocks.
+    local fifo="${RUN_DIR}/output.fifo"
+    rm -f "${fifo}"
+    mkfifo "${fifo}"
+    exec 8<>"${fifo}"
+    "${LOG_STREAM_PYTHON:-.venv/bin/python}" -m reasonir_jax.training.log_stream \
+      "${LOG_STREAM%/}/$(hostname)/attempt-${attempt}" <"${fifo}" 8>&- 9>&- &
+    streamer=$!
+    "$@" >"${fifo}" 2>&1 8>&- 9>&- &
+    child=$!
+    exec 8>&-
+  else
+    "$@" 9>&- &
+    child=$!
+  fi
   echo "${child}" >"${RUN_DIR}/train.pid"
   # A SIGTERM meant for the whole VM (preemption) reaches the trainer too; this shell outlives
   # it long enough to record the status.
@@ -67,6 +85,13 @@ cmd__run() {
     wait "${child}" || true
   done
   wait "${child}" || status=$?
+  if [[ -n "${streamer}" ]]; then
+    # The streamer ends at the trainer's last byte, after writing the last part.
+    while kill -0 "${streamer}" 2>/dev/null; do
+      wait "${streamer}" || true
+    done
+    rm -f "${RUN_DIR}/output.fifo"
+  fi
   echo "${status}" >"${RUN_DIR}/exit_status.tmp"
   mv "${RUN_DIR}/exit_status.tmp" "${RUN_DIR}/exit_status"
   printf '===== attempt %s ended %s with status %s\n' "${attempt}" \

@@ -26,7 +26,8 @@ BASE_ENV = {"PROJECT": "proj", "ZONE": "us-east5-a", "TPU_NAME": "rir", "WORKDIR
 SETTINGS = ("PROJECT", "ZONE", "TPU_NAME", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "NUM_SLICES",
             "QUEUED", "SPOT", "CONFIG", "WORKDIR", "TRAIN_ARGS", "GIT_URL", "GIT_REF", "SETUP_CMD", "LOG_DIR",
             "CMD", "WORKER", "DRY_RUN", "ENV_FILE", "PYTHON", "WORKER_PYTHON", "MAX_RESTARTS",
-            "POLL_SECONDS", "LOGS_EVERY", "STOP_WAIT", "DELETE_WHEN_DONE", "ATTEMPT", "RUN_DIR")
+            "POLL_SECONDS", "LOGS_EVERY", "STOP_WAIT", "DELETE_WHEN_DONE", "ATTEMPT", "RUN_DIR",
+            "LIBTPU_INIT_ARGS", "LOG_STREAM", "LOG_STREAM_PYTHON")
 
 
 def launch(*args, **env_overrides):
@@ -55,6 +56,25 @@ def test_dry_run_up_creates_installs_and_trains_on_all_workers():
   assert ("python -m reasonir_jax.train --config=configs/llama3_8b.py --workdir=gs://b/run1"
           " --multihost" in train)
   assert "bash launch/worker.sh start .venv/bin/python -m reasonir_jax.train" in train
+  # Logs stream to the workdir; v5p gets the FSDP overlap flags by default.
+  words = shlex.split(_cmd_option(train, "command"))
+  assert "LOG_STREAM=gs://b/run1/logs" in words and "PYTHONUNBUFFERED=1" in words
+  flags = next(w for w in words if w.startswith("LIBTPU_INIT_ARGS=")).split("=", 1)[1].split()
+  assert "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true" in flags
+  assert "--xla_tpu_overlap_compute_collective_tc=true" in flags
+  # Worker set-up fetches nothing but from the package registry (uv through pip).
+  assert "curl" not in setup and "pip install --quiet --user uv" in setup
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ACCELERATOR_TYPE": "v6e-256"}, None),  # no published set for v6e: none by default
+    ({"LIBTPU_INIT_ARGS": ""}, None),  # set empty: none
+    ({"LIBTPU_INIT_ARGS": "--xla_foo=1 --xla_bar=2"}, "--xla_foo=1 --xla_bar=2"),
+])
+def test_libtpu_flags_follow_the_setting(env, expected):
+  train = _cmd_option(commands(launch("--dry-run", "train", **env))[-1], "command")
+  found = [w.split("=", 1)[1] for w in shlex.split(train) if w.startswith("LIBTPU_INIT_ARGS=")]
+  assert found == ([expected] if expected else [])
 
 
 def test_dry_run_prints_without_running_anything(tmp_path):
@@ -256,6 +276,9 @@ FAKE_GCLOUD = textwrap.dedent('''\
 # as the trainer does).
 FAKE_TRAINER = textwrap.dedent('''\
     import json, os, signal, sys, time
+    if sys.argv[1:3] == ["-m", "reasonir_jax.training.log_stream"]:  # the real log streamer
+      python = os.environ["REAL_PYTHON"]
+      os.execve(python, [python, *sys.argv[1:]], dict(os.environ, PYTHONPATH=os.environ["REPO"]))
     root, worker = os.environ["FAKE_ROOT"], os.environ["FAKE_WORKER"]
     done = [f for f in os.listdir(os.path.join(root, "argv")) if f.startswith(f"w{worker}-")]
     n = len(done) + 1
@@ -293,14 +316,20 @@ class FakeCloud:
     gcloud = tmp_path / "bin" / "gcloud"
     gcloud.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path}/fake_gcloud.py "$@"\n')
     gcloud.chmod(0o755)
+    # Each fake worker has its own host name, as TPU VM workers do (the streamed logs use it).
+    hostname = tmp_path / "bin" / "hostname"
+    hostname.write_text('#!/bin/sh\necho "host-${FAKE_WORKER:-launcher}"\n')
+    hostname.chmod(0o755)
     self.logs = tmp_path / "logs"
+    self.workdir = tmp_path / "workdir"
 
   def launch(self, *args, **env):
     env = {"PATH": f"{self.root}/bin:{os.environ['PATH']}", "FAKE_ROOT": str(self.root),
            "FAKE_HOSTS": "2", "FAKE_WORKER_SH": os.path.join(REPO, "launch", "worker.sh"),
            "FAKE_TRAINER": str(self.root / "trainer"), "FAKE_PLAN": "0",
            "ACCELERATOR_TYPE": "v5p-16", "QUEUED": "1", "SPOT": "1", "GIT_URL": "https://e/r.git",
-           "POLL_SECONDS": "0.05", "STOP_WAIT": "10", "LOG_DIR": str(self.logs), **env}
+           "POLL_SECONDS": "0.05", "STOP_WAIT": "10", "LOG_DIR": str(self.logs),
+           "WORKDIR": str(self.workdir), "REAL_PYTHON": sys.executable, "REPO": REPO, **env}
     return launch(*args, **env)
 
   def calls(self, verb):
@@ -309,6 +338,11 @@ class FakeCloud:
 
   def argv(self, worker, attempt):
     return json.loads((self.root / "argv" / f"w{worker}-{attempt}.json").read_text())
+
+  def streamed(self, worker, attempt):
+    dest = self.workdir / "logs" / f"host-{worker}" / f"attempt-{attempt}"
+    return subprocess.run([sys.executable, "-m", "reasonir_jax.training.log_stream", "--cat",
+                           str(dest)], capture_output=True, text=True, check=True, cwd=REPO).stdout
 
   def attempts(self, worker):
     return len(list((self.root / "argv").glob(f"w{worker}-*.json")))
@@ -343,6 +377,11 @@ def test_run_recreates_a_preempted_slice_and_resumes(cloud, queued):
   # The preempted VM's log was copied while it ran (LOGS_EVERY).
   assert "===== attempt 1 " in (cloud.logs / "attempt-1" / "rir" / "worker-1.log").read_text()
   assert "training finished (attempt 2, 1 restarts)" in (cloud.logs / "run.log").read_text()
+  # Every attempt's output also reached the workdir as it was written, the preempted one too.
+  for worker in (0, 1):
+    for attempt in (1, 2):
+      streamed = cloud.streamed(worker, attempt)
+      assert f"fake trainer: attempt {attempt} on worker {worker}" in streamed, streamed
 
 
 def test_run_restarts_training_after_exit_75_on_the_same_slice(cloud):
@@ -388,7 +427,7 @@ def test_training_arguments_reach_the_trainer_exactly(cloud):
   for worker in (0, 1):
     home = cloud.root / "vm" / "rir" / f"worker-{worker}"
     assert cloud.argv(worker, 1) == [
-        "-m", "reasonir_jax.train", "--config=configs/llama3_8b.py", "--workdir=gs://b/run1",
+        "-m", "reasonir_jax.train", "--config=configs/llama3_8b.py", f"--workdir={cloud.workdir}",
         "--multihost", f"--config.init_from={home}/llama", "--config.y=two words", *TRICKY_ARGS]
 
 
