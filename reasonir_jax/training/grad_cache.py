@@ -104,7 +104,8 @@ def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batc
   chunk_size counts texts. Padded inputs are chunked by rows (one text each); packed rows are
   split into as many chunks as the padded batch would have, and each chunk's encode yields all
   num_texts embeddings, zero for the texts it does not hold (every text lies in exactly one row),
-  so the chunks' embeddings sum to the full batch's.
+  so the chunks' embeddings sum to the full batch's. That sum is kept in the scan's carry, and
+  every chunk's backward reads the one [N, D] embedding gradient: no [C, N, D] array is built.
   """
   def split(inputs: dict, side: str):
     texts = _texts(inputs, num_texts, side)
@@ -116,17 +117,20 @@ def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batc
                        f"data-parallel devices; change config.data.{PER_ROW_FIELDS[side]}")
     return {k: chunk_rows(v, n, num_shards, mesh, batch_axes) for k, v in inputs.items()}, texts
 
-  def combine(emb_c: jax.Array, packed: bool) -> jax.Array:
-    if packed:
-      return jnp.sum(emb_c, axis=0)
-    return unchunk_rows(emb_c, num_shards, mesh, batch_axes)
-
   def encode_no_grad(chunks: dict, texts: int) -> jax.Array:
-    def body(carry, chunk):
-      return carry, encode_fn(params, chunk, texts if is_packed(chunk) else rows)
+    if is_packed(chunks):
+      def add_chunk(acc, chunk):
+        return acc + encode_fn(params, chunk, texts), None
+      first = jax.tree.map(lambda x: x[0], chunks)
+      out = jax.eval_shape(lambda c: encode_fn(params, c, texts), first)
+      emb, _ = jax.lax.scan(add_chunk, jnp.zeros(out.shape, out.dtype), chunks)
+      return jax.lax.stop_gradient(emb)
+
+    def encode_chunk(carry, chunk):
+      return carry, encode_fn(params, chunk, rows)
     rows = chunks["input_ids"].shape[1]
-    _, emb_c = jax.lax.scan(body, None, chunks)
-    return combine(jax.lax.stop_gradient(emb_c), is_packed(chunks))
+    _, emb_c = jax.lax.scan(encode_chunk, None, chunks)
+    return unchunk_rows(jax.lax.stop_gradient(emb_c), num_shards, mesh, batch_axes)
 
   q_chunks, n_q = split(batch["query"], "query")
   p_chunks, n_p = split(batch["passage"], "passage")
@@ -134,21 +138,21 @@ def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batc
   p_emb = encode_no_grad(p_chunks, n_p)
   (loss, metrics), (g_q, g_p) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(q_emb, p_emb)
 
+  def pull_back(acc, chunk: dict, g_chunk: jax.Array, texts_per_chunk: int):
+    _, vjp = jax.vjp(lambda p: encode_fn(p, chunk, texts_per_chunk), params)
+    (g_params,) = vjp(g_chunk.astype(jnp.float32))
+    return jax.tree.map(jnp.add, acc, g_params)
+
   def accumulate(grads, chunks: dict, g_emb: jax.Array, texts: int):
     num_chunks, rows = chunks["input_ids"].shape[:2]
-    if is_packed(chunks):  # every chunk pulls back the whole embedding gradient
-      g_c = jnp.broadcast_to(g_emb, (num_chunks, *g_emb.shape))
-      texts_per_chunk = texts
-    else:
-      g_c = chunk_rows(g_emb, num_chunks, num_shards, mesh, batch_axes)
-      texts_per_chunk = rows
-
-    def body(acc, xs):
-      chunk, g_chunk = xs
-      _, vjp = jax.vjp(lambda p: encode_fn(p, chunk, texts_per_chunk), params)
-      (g_params,) = vjp(g_chunk.astype(jnp.float32))
-      return jax.tree.map(jnp.add, acc, g_params), None
-    grads, _ = jax.lax.scan(body, grads, (chunks, g_c))
+    if is_packed(chunks):
+      # Every chunk pulls back the whole embedding gradient, read from the closure (a scan
+      # constant) rather than broadcast to [C, N, D].
+      grads, _ = jax.lax.scan(lambda acc, chunk: (pull_back(acc, chunk, g_emb, texts), None),
+                              grads, chunks)
+      return grads
+    g_c = chunk_rows(g_emb, num_chunks, num_shards, mesh, batch_axes)
+    grads, _ = jax.lax.scan(lambda acc, xs: (pull_back(acc, *xs, rows), None), grads, (chunks, g_c))
     return grads
 
   grads = jax.tree.map(jnp.zeros_like, params)

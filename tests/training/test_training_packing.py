@@ -144,3 +144,19 @@ def test_packing_counters_resume_exactly(make_tiny_config, prefetch, workers):
   assert want["packing_overflow_batches"] > 0 and want["packing_cut_tokens"] > 0
   np.testing.assert_array_equal(got_batches[-1]["passage"]["input_ids"],
                                 want_batches[-1]["passage"]["input_ids"])
+
+
+def test_packed_grad_cache_keeps_no_per_chunk_copy_of_the_embeddings(make_tiny_config,
+                                                                      make_random_batch):
+  # Each packed chunk yields all N embeddings; a [C, N, D] stack of them (or of their
+  # gradient) grows with the batch times the chunk count: ~4 GiB per chip at 8B.
+  cfg = make_tiny_config("mesh.shape=(2,4,1)", "train.global_batch_size=32", *PACKED,
+                         "train.grad_cache_chunk=16")
+  trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
+  batch = trainer.place_batch(_packed(make_random_batch(32, 3, 8, 12, seed=2), trainer))
+  params = jax.device_put(_host_params(cfg), trainer.param_shardings)
+  text = str(jax.make_jaxpr(trainer.loss_and_grads)(params, batch))
+  d = cfg.model.hidden_size
+  for chunks, texts in ((32 // 16, 32), (32 * 3 // 16, 32 * 3)):  # queries, passages
+    assert f"[{chunks},{texts},{d}]" not in text
+  assert f"[{texts},{d}]" in text  # the summed embeddings themselves are there
