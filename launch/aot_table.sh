@@ -3,7 +3,8 @@
 # the markdown table (python -m reasonir_jax.aot_table; see its --help).
 #
 #   launch/aot_table.sh docs/scaling_8b.jsonl                      # every row of the table
-#   launch/aot_table.sh OUT.jsonl --rows v5p-128:0 v5p-64:32 [-- --config.x=y ...]
+#   launch/aot_table.sh OUT.jsonl --rows v5p-128:0 2xv5p-64:32 [-- --config.x=y ...]
+#   launch/aot_table.sh OUT.jsonl --rows 'v5p-128:0 --config.data.packing=True'   # a row's own overrides
 #   launch/aot_table.sh docs/scaling_8b.jsonl --render             # print the table only
 #
 # CONFIG (default configs/llama3_8b.py) and PYTHON (default python3, which needs the `tpu`
@@ -13,7 +14,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 if [[ $# -lt 1 ]]; then
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 cd "${REPO_ROOT}"

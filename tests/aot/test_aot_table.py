@@ -24,8 +24,9 @@ def test_rows_replace_the_same_row_and_the_table_shows_provenance(tmp_path, monk
                  + json.dumps(_report("v5p-64", 32, 9.0, True)) + "\n")
   new = _report("v5p-128", 0, 80.0, True, host_bytes_per_chip=112 * 10**9)
   new["memory"]["host_temp"] = 48 * 2**30
-  monkeypatch.setattr(aot_table, "run_row", lambda topology, chunk, overrides, config: new)
+  monkeypatch.setattr(aot_table, "run_row", lambda row, overrides, config: new)
   assert aot_table.main([str(out), "--rows", "v5p-128:0"]) == 0
+  assert not (tmp_path / "t.jsonl.partial").exists()
   reports = aot_table.read_reports(str(out))
   assert len(reports) == 2  # replaced, not appended
   assert [r["per_chip_bytes"] for r in reports if r["topology"] == "v5p-128"] == [80 * 2**30]
@@ -45,9 +46,45 @@ def test_old_reports_keep_their_chunk_from_the_overrides():
   assert [r["per_chip_bytes"] for r in merged] == [8 * 2**30]
 
 
-def test_a_bad_row_exits_2(capsys):
-  assert aot_table.main(["x.jsonl", "--rows", "v5p-128:big"]) == 2
-  assert "TOPOLOGY:CHUNK" in capsys.readouterr().err
+@pytest.mark.parametrize("row", ["v5p-128:big", "v5p-128:0 --num_slices=2", "0xv5p-64:0", ""])
+def test_a_bad_row_exits_2(capsys, row):
+  assert aot_table.main(["x.jsonl", "--rows", row]) == 2
+  assert "TOPOLOGY]:CHUNK" in capsys.readouterr().err
+
+
+def test_rows_carry_slices_and_their_own_overrides():
+  row = aot_table.parse_row("2xv5p-64:32 --config.data.packing=True")
+  assert row == aot_table.Row("2xv5p-64", 32, ("--config.data.packing=True",))
+  assert row.aot_args() == ["--topology=v5p-64", "--num_slices=2",
+                            "--config.train.grad_cache_chunk=32", "--config.data.packing=True"]
+  assert aot_table.parse_row("v5p-128:0").aot_args()[:2] == ["--topology=v5p-128", "--num_slices=1"]
+  # Every row of the table is one of the default rows, so one command regenerates all of them.
+  for r in aot_table.DEFAULT_ROWS:
+    aot_table.parse_row(r)
+  assert {"2xv5p-64:0", "v5p-128:0 --config.data.packing=True",
+          "v5p-128:64 --config.data.packing=True"} <= set(aot_table.DEFAULT_ROWS)
+
+
+def test_the_table_file_is_written_once_after_every_row(tmp_path, monkeypatch):
+  # The reports name the commit they were compiled from: rewriting the tracked table between
+  # rows would make every later row of the run "-dirty".
+  out = tmp_path / "t.jsonl"
+  out.write_text(json.dumps(_report("v5p-64", 0, 9.0, True)) + "\n")
+  before = out.read_text()
+  seen = []
+
+  def fake_run_row(row, overrides, config):
+    seen.append(out.read_text())
+    return _report(row.topology, row.chunk, 1.0, True, overrides=list(row.overrides))
+  monkeypatch.setattr(aot_table, "run_row", fake_run_row)
+  rows = ["v5p-128:0", "2xv5p-64:0", "v5p-64:0 --config.model.remat_policy=full"]
+  assert aot_table.main([str(out), "--rows", *rows]) == 0
+  assert seen == [before] * 3
+  reports = aot_table.read_reports(str(out))
+  assert [(r["topology"], r["overrides"]) for r in reports] == [
+      ("v5p-64", []), ("v5p-64", ["--config.model.remat_policy=full"]), ("2xv5p-64", []),
+      ("v5p-128", [])]
+  assert not (tmp_path / "t.jsonl.partial").exists()
 
 
 def test_bucket_shapes_cover_every_padded_shape_up_to_the_max_lengths():
