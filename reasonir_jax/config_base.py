@@ -124,7 +124,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=500,
+      # Also save once this many seconds have passed since the last save started (0 = off):
+      # a spot preemption loses at most this much work.
+      every_seconds=0.0,
+      # Seconds between a preemption notice (SIGTERM) and the machine's end (~30 s on spot
+      # VMs): a preemption save that would not commit within them is skipped.
+      preemption_grace_seconds=30.0,
       keep=3,
+      # The step waits only for the device-to-host copy; the write runs in the background.
       async_save=True,
   ))
   return c

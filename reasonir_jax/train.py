@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+import time
 from typing import Callable, Sequence
 
 import ml_collections
@@ -151,8 +153,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
           + ("" if peak else " (device peak FLOP/s unknown: no MFU)"), flush=True)
   last_saved = latest
   watch = preemption.PreemptionWatch(manager).__enter__()
+  step_starts = [time.monotonic()] * 2  # the last two steps' start times
   try:
     while step < num_steps:
+      step_starts = [step_starts[1], time.monotonic()]
       batch = next(data_iterator)
       state, metrics = trainer.train_step(state, batch)
       step += 1
@@ -179,12 +183,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
         writer.write(step, scalars)
       if step_callback is not None:
         step_callback(step, state, metrics)
-      if step < num_steps and watch.stop(step):
-        if last_saved != step:
+      if step < num_steps and watch.stop(step, earliest_notice=step_starts[0]):
+        plan = manager.preemption_plan(watch.notice_time, saved_this_step=last_saved == step)
+        if not plan.wait:
+          manager.abandon()
+          log.warning("preempted at step %d: %s; exiting at once with status %d (the restart "
+                      "resumes from step %s)", step, plan.reason, preemption.EXIT_PREEMPTED,
+                      last_committed(manager))
+          raise preemption.Preempted(step, abandoned=manager.saving())
+        if plan.save:
           manager.save(state, data_iterator.get_state(), step=step, force=True)
         manager.wait()
-        log.warning("preempted: checkpoint of step %d committed in %s; exiting with status %d",
-                    step, manager.directory, preemption.EXIT_PREEMPTED)
+        log.warning("preempted: checkpoint of step %d committed in %s (%s); exiting with status %d",
+                    step, manager.directory, plan.reason, preemption.EXIT_PREEMPTED)
         raise preemption.Preempted(step)
     if last_saved != step:
       manager.save(state, data_iterator.get_state(), step=step, force=True)
@@ -196,6 +207,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
     if hasattr(data_iterator, "close"):
       data_iterator.close()
   return state
+
+
+def last_committed(manager) -> int | None:
+  """The newest checkpoint that a restart can resume from (never a partial one)."""
+  return manager.latest_step() if not manager.saving() else max(
+      (s for s in manager.all_steps() if s != manager.latest_step()), default=None)
 
 
 def check_required(config: ml_collections.ConfigDict) -> None:
@@ -242,7 +259,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_required(config)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  run(config, args.workdir)
+  from reasonir_jax.training.preemption import Preempted
+  try:
+    run(config, args.workdir)
+  except Preempted as e:
+    if not e.abandoned:
+      raise
+    # A save is still writing in background threads that the interpreter would wait for at
+    # exit: end now, as the machine is about to (the partial step is never committed).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,25 @@ asynchronous and atomic: Orbax writes into a temporary directory and renames it 
 process has finished, so a crash mid-save never leaves a step that looks complete. Restoring
 places every array in the *current* mesh's sharding, whatever mesh wrote it.
 
+Saves are due every `checkpoint.every_steps` steps and, with `checkpoint.every_seconds`, once
+that much time has passed since the last one started (process 0's clock decides for all, so
+every process enters the collective save at the same step). The step only waits for the
+device-to-host copy; the write to storage runs in the background. Each save's duration (start
+to commit) is measured, which is what `preemption_plan` uses to decide whether a save still fits
+the grace window of a preemption notice.
+
 The resolved config is saved as `WORKDIR/config.json` so export and evaluation can rebuild the model.
 The workdir may be remote (gs://): every path goes through reasonir_jax.paths and Orbax is given
 the remote path unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+import threading
+import time
 from typing import Any
 
 import jax
@@ -25,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from reasonir_jax import paths
 from reasonir_jax.training.state import TrainState
@@ -124,21 +135,103 @@ def _tuples(x):
 
 
 # ---- the manager -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PreemptionPlan:
+  """What to do at a preemption: save (and wait) or exit at once, and why (for the log)."""
+  save: bool
+  wait: bool
+  reason: str
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's value of `flag` on every process (decisions that gate collective saves)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 class CheckpointManager:
   """Saves and restores (TrainState, data iterator state) under `workdir/checkpoints/<step>/`."""
 
   def __init__(self, workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None):
-    every = int(ckpt_cfg.every_steps) if ckpt_cfg is not None else 1
+    cfg = ckpt_cfg if ckpt_cfg is not None else ml_collections.ConfigDict()
+    every = int(cfg.get("every_steps", 1))
     self.every_steps = max(every, 1)
-    keep = int(ckpt_cfg.keep) if ckpt_cfg is not None else None
-    async_save = bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False
+    self.every_seconds = float(cfg.get("every_seconds", 0) or 0)
+    self.grace_seconds = float(cfg.get("preemption_grace_seconds", 30))
+    keep = int(cfg.keep) if cfg.get("keep") is not None else None
+    async_save = bool(cfg.get("async_save", False))
     self.directory = paths.absolute(paths.join(workdir, CHECKPOINT_DIR))
     self.data_state_dir = paths.absolute(paths.join(workdir, DATA_STATE_DIR))
+    # Timing of the saves (time.monotonic): the one in flight, and the last committed one's
+    # duration, start to commit, and its blocking part (what the step waited for).
+    self._lock = threading.Lock()
+    self._started: float | None = None
+    self._last_start = time.monotonic()
+    self.last_save_seconds: float | None = None
+    self.last_blocking_seconds: float | None = None
+    self.last_wait_seconds: float | None = None
+    self.async_save = async_save
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("params", "opt_state", "meta"))
+    self._abandoned = False
+
+  def _committed(self, start: float, ok: bool = True) -> None:
+    with self._lock:
+      if ok:
+        self.last_save_seconds = time.monotonic() - start
+      if self._started == start:  # not yet replaced by the next save's start
+        self._started = None
+
+  def _watch_commit(self, finalize_thread, start: float) -> None:
+    """Records when this save's background commit (Orbax's finalize thread) ends."""
+    finalize_thread.join()
+    self._committed(start, ok=getattr(finalize_thread, "exception", None) is None)
+
+  def saving(self) -> bool:
+    """True while a save started here has not been committed."""
+    with self._lock:
+      return self._started is not None
+
+  def due(self, step: int) -> bool:
+    """Whether `step` is a checkpoint step: the step cadence, or the time cadence (process 0's
+    clock, so every process agrees)."""
+    if step % self.every_steps == 0:
+      return True
+    if self.every_seconds <= 0:
+      return False
+    return _agree(time.monotonic() - self._last_start >= self.every_seconds)
+
+  def preemption_plan(self, notice_time: float, saved_this_step: bool) -> PreemptionPlan:
+    """Save at a preemption only if it fits the grace window left since the notice.
+
+    A save that cannot commit before the machine goes would only be a partial one (discarded
+    on restart), and the step it reached is lost either way, so the run then exits at once and
+    the newest complete checkpoint stays the one to resume from. The estimate is the last
+    save's measured duration; before any save has been measured the run tries to save.
+    """
+    now = time.monotonic()
+    left = self.grace_seconds - (now - notice_time)
+    with self._lock:
+      in_flight = (now - self._started) if self._started is not None else None
+    estimate = self.last_save_seconds
+    if estimate is None:
+      plan = PreemptionPlan(not saved_this_step, True, "no save measured yet: trying")
+    else:
+      pending = max(estimate - in_flight, 0.0) if in_flight is not None else 0.0
+      need = pending + (0.0 if saved_this_step else estimate)
+      fits = need <= left
+      what = "the save in flight" if saved_this_step else "a save"
+      plan = PreemptionPlan(fits and not saved_this_step, fits,
+                            f"{what} needs ~{need:.1f} s, {left:.1f} s of the "
+                            f"{self.grace_seconds:.0f} s grace window left")
+    agreed = _agree(plan.wait)
+    if agreed != plan.wait:
+      plan = PreemptionPlan(agreed and not saved_this_step, agreed, plan.reason + " (process 0 decided)")
+    return plan
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -151,8 +244,15 @@ class CheckpointManager:
     """Starts a save of `state` at `step` (default: read from the state) when the step is due
     (every `every_steps`) or with force; returns whether a save started."""
     step = int(jax.device_get(state.step)) if step is None else int(step)
-    if not force and step % self.every_steps:
+    if not force and not self.due(step):
       return False
+    # A save still committing must end first (Orbax would wait inside save()); timed apart, so
+    # `last_blocking_seconds` is this save's own stall: the device-to-host copy.
+    jax.block_until_ready(state)  # the step itself must end first; not counted as the stall
+    waited = time.monotonic()
+    self._manager.wait_until_finished()
+    self.last_wait_seconds = time.monotonic() - waited
+    start = time.monotonic()
     meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
             "process_count": jax.process_count(), "has_data_state": data_state is not None}
     if data_state is not None:
@@ -161,10 +261,26 @@ class CheckpointManager:
         params=ocp.args.StandardSave(_flat_params(state.params)),
         opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
         meta=ocp.args.JsonSave(meta))
+    with self._lock:
+      self._started = start  # Orbax waits here for a save still in flight
     saved = self._manager.save(step, args=args, force=True)
-    if saved:
-      log.info("checkpoint: saving step %d to %s", step, self.directory)
-      self._drop_stale_data_states()
+    blocking = time.monotonic() - start
+    if not saved:
+      with self._lock:
+        self._started = None
+      return False
+    self._last_start = start
+    self.last_blocking_seconds = blocking
+    # Orbax reports no commit time: watch its finalize thread (pinned orbax; private field).
+    finalize = self._manager._finalize_thread.map(lambda t: t) if self.async_save else None  # noqa: SLF001
+    if finalize is None:
+      self._committed(start)
+    else:
+      threading.Thread(target=self._watch_commit, args=(finalize, start), daemon=True,
+                       name="checkpoint-commit-watch").start()
+    log.info("checkpoint: saving step %d to %s (the step waited %.2f s)", step, self.directory,
+             blocking)
+    self._drop_stale_data_states()
     return saved
 
   # -- per-process data-iterator state -----------------------------------------------------------
@@ -247,8 +363,14 @@ class CheckpointManager:
     """Blocks until an asynchronous save has been committed."""
     self._manager.wait_until_finished()
 
+  def abandon(self) -> None:
+    """Leaves a save in flight unfinished (the process is about to exit): `close` then returns
+    at once; the partial step is never committed, and a restart removes it."""
+    self._abandoned = True
+
   def close(self) -> None:
-    self._manager.close()
+    if not self._abandoned:
+      self._manager.close()
 
 
 def load_params_for_export(workdir: str, step: int | None = None):
