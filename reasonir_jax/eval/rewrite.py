@@ -8,8 +8,10 @@ expansion replaces the query. Two protocols (`--protocol`):
 - ours: the task instruction heads our paraphrased prompt; temperature 0.8, top_p 0.8, a
   4,096-token budget that only caps generation; a cut rewrite counts as failed.
 
-A failed or empty rewrite keeps the original query. `--prompt-file` replaces the wording (fields
-`system`, `user` and, for the reference, `budget`; docs/prompt_files.md).
+A failed or empty rewrite keeps the original query. The `transformers` backend does not report a
+cut (it returns every answer as text), so there a cut rewrite counts as rewritten. `--prompt-file`
+replaces the wording (fields `system`, `user` and, for the reference, `budget`;
+docs/prompt_files.md).
 
     python -m reasonir_jax.eval.rewrite --data BRIGHT_DIR --tasks biology --out REWRITTEN \\
         --backend openai --backend-model M --base-url http://localhost:8000/v1 [--max-tokens 2048]

@@ -91,6 +91,7 @@ def plot(rows: list[dict], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")  # no display: write the file only
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   swept = [r for r in rows if r["budget"] is not None]
   original = next((r for r in rows if r["budget"] is None), None)
   fig, (by_budget, by_length) = plt.subplots(1, 2, figsize=(10, 4))
@@ -101,10 +102,12 @@ def plot(rows: list[dict], path: str) -> None:
     if original is not None:
       ax.axhline(100 * original["ndcg@10"], linestyle="--", color="gray", label="original queries")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 64, not 2^6
     ax.set_xlabel(label)
     ax.set_ylabel("mean nDCG@10 (%)")
     ax.grid(alpha=0.3)
     ax.legend()
+  by_budget.set_xticks([r["budget"] for r in swept])
   fig.suptitle("Query-length scaling")
   fig.tight_layout()
   with paths.open(path, "wb") as f:
@@ -154,6 +157,8 @@ def main(argv=None) -> list[dict]:
     for task in tasks:  # every file, before any request
       bright_data.split_file(data_dir, "examples", task)
       bright_data.split_file(data_dir, "documents", task)
+      if args.queries == "gpt4_reason":
+        bright_data.split_file(data_dir, "gpt4_reason", task)
     prompts = rewrite.load_prompts(args.protocol, args.prompt_file)
     if args.retriever == "dense" and not args.model:
       raise ValueError("--model is required with --retriever dense")

@@ -174,3 +174,23 @@ def test_scaling_budgets_flag_errors_name_the_flag(tmp_path, capsys):
     scaling.main(["--out", str(tmp_path), "--budgets", "64,x", "--retriever", "bm25", "--backend", "openai",
                   "--backend-model", "m", "--base-url", "http://127.0.0.1:9/v1"])
   assert "--budgets '64,x'" in capsys.readouterr().err
+
+
+def test_scaling_scores_dense_runs_through_the_bright_cache(bright_dir, tmp_path, bow_encoder):
+  """The dense branch: eval/bright.py's cached corpus embeddings, in the --cache-dtype asked for."""
+  import types
+
+  import numpy as np
+
+  from reasonir_jax.eval import bright_data
+  args = types.SimpleNamespace(retriever="dense", max_length=64, batch_size=8, cache_dir=str(tmp_path / "emb"),
+                               top_k=10, cache_dtype="float16", protocol="reference")
+  examples = bright_data.load_queries(bright_dir, "biology")
+  doc_ids, docs = bright_data.load_documents(bright_dir, "biology", False)
+  encoder = bow_encoder()
+  ndcg = scaling.score(args, encoder, "m", "biology", examples, doc_ids, docs, str(tmp_path / "b.run"))
+  assert 0 < ndcg <= 1 and os.path.isfile(tmp_path / "b.run")
+  (entry,) = os.listdir(tmp_path / "emb")
+  assert np.load(tmp_path / "emb" / entry / "chunk_00000.npy").dtype == np.float16
+  scaling.score(args, encoder, "m", "biology", examples, doc_ids, docs, str(tmp_path / "b.run"))
+  assert encoder.texts_encoded == len(docs) + 2 * len(examples)  # the corpus once, the queries per call
