@@ -31,6 +31,7 @@ INSTALL_REQUIRES = [
     # reasonir_jax/paths.py: local and remote (gs://, ...) paths; Orbax uses epath too.
     "etils[epath]>=1.7,<2",
     "fsspec>=2024.2",
+    "matplotlib==3.11.2",  # eval/scaling.py: the query-length scaling curve (PNG)
 ]
 
 EXTRAS = {

@@ -44,6 +44,9 @@ class ChatFailure:
   """A request that failed for good (after the backend's own retries); never raised per item."""
   reason: str
   kind: str = "backend"
+  # Kind "length": the answer as cut, when the backend saw it (a caller that, like ReasonIR's
+  # rewriting, uses cut answers reads it; the others treat the request as failed).
+  text: str | None = None
 
   def __post_init__(self):
     if self.kind not in FAILURE_KINDS:

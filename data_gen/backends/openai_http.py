@@ -10,8 +10,8 @@ request as soon as one finishes, never waiting for a whole batch). Timeouts, con
 HTTP 429 and 5xx are retried: the retry is put back into the same stream after a delay (the
 server's `Retry-After` when it sends one, else exponential backoff with jitter), and its worker
 slot is freed meanwhile. Other 4xx fail at once. An answer cut off by the token limit
-(`finish_reason="length"`) is a ChatFailure of kind "length" (its text, for a raw request with
-`keep_truncated`). A failed request becomes a `ChatFailure` result, never an exception.
+(`finish_reason="length"`) is a ChatFailure of kind "length" carrying the cut text (the plain
+text, for a raw request with `keep_truncated`). A failed request becomes a `ChatFailure` result, never an exception.
 """
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ class OpenAIBackend(StreamingChatBackend):
       return ChatFailure(f"response content is {type(content).__name__}, not text"), None
     if choice.get("finish_reason") == "length" and not endpoint.keep_truncated:
       return ChatFailure(f"answer cut off at max_tokens={body.get('max_tokens')} "
-                         "(finish_reason=length)", kind="length"), None
+                         "(finish_reason=length)", kind="length", text=content), None
     return content, None
 
   def list_models(self) -> list[str]:

@@ -67,7 +67,7 @@ def completion_result(out, max_tokens, keep_truncated: bool = False) -> str | Ch
   completion = out.outputs[0]
   if getattr(completion, "finish_reason", None) == "length" and not keep_truncated:
     return ChatFailure(f"answer cut off at max_tokens={max_tokens} (finish_reason=length)",
-                       kind="length")
+                       kind="length", text=completion.text)
   return completion.text
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: the BRIGHT harness (dense and BM25), query rewriting, ReasonIR-Rerank and RAG.
+"""Evaluation: the BRIGHT harness (dense and BM25), query rewriting and its query-length scaling
+sweep, ReasonIR-Rerank and RAG.
 
-Entry points: `python -m reasonir_jax.eval.bright`, `.rewrite`, `.rerank`, `.rag`.
+Entry points: `python -m reasonir_jax.eval.bright`, `.rewrite`, `.scaling`, `.rerank`, `.rag`.
 """

@@ -85,14 +85,15 @@ def encode_by_length(encoder, texts, *, instruction, batch_size: int, max_length
 
 def corpus_embeddings(encoder, model_key: str, task: str, doc_ids, docs, *, max_length: int,
                       batch_size: int, long_documents: bool, cache_dir: str,
-                      chunk_size: int = 8192) -> cache.ChunkedEmbeddings:
+                      chunk_size: int = 8192,
+                      cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> cache.ChunkedEmbeddings:
   """The task corpus's document embeddings, from the cache or encoded into it. The key is the
   corpus content, not the task: tasks sharing a corpus (aops, theoremqa_questions) share an entry."""
   fingerprint = cache.corpus_fingerprint(doc_ids, docs)
   key = {"model": model_key, "corpus": fingerprint, "max_length": max_length, "template": "document",
          "dtype": str(getattr(getattr(encoder, "model_cfg", None), "dtype", ""))}
   entry = cache.EmbeddingCache(cache_dir, key, chunk_size=chunk_size,
-                               name=f"corpus-{fingerprint[:12]}-{max_length}")
+                               name=f"corpus-{fingerprint[:12]}-{max_length}", storage_dtype=cache_dtype)
 
   def encode(texts):
     with encode_plan.METER.timing(len(texts)):
@@ -103,10 +104,11 @@ def corpus_embeddings(encoder, model_key: str, task: str, doc_ids, docs, *, max_
 
 def dense_run(encoder, model_key: str, task: str, examples, doc_ids, docs, *, max_length: int,
               batch_size: int, long_documents: bool, cache_dir: str, top_k: int = TOP_K,
-              chunk_size: int = 8192) -> dict[str, dict[str, float]]:
+              chunk_size: int = 8192,
+              cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> dict[str, dict[str, float]]:
   emb = corpus_embeddings(encoder, model_key, task, doc_ids, docs, max_length=max_length,
                           batch_size=batch_size, long_documents=long_documents, cache_dir=cache_dir,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, cache_dtype=cache_dtype)
   q_emb = encoder.encode([e.query for e in examples],
                          instruction=bright_data.query_instruction(task, long_documents),
                          batch_size=batch_size, max_length=max_length, show_progress=True)
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "auto: pure data parallelism (-1,1,1) when the weights fit one chip, else 1,-1,1")
   parser.add_argument("--cache-dir", default="", help=f"embedding cache (default {default_cache_dir()})")
   parser.add_argument("--cache-chunk-size", type=int, default=8192, help="documents per cache chunk")
+  cache.add_dtype_flag(parser)
   parser.add_argument("--top-k", type=int, default=TOP_K, help="documents kept per query")
   parser.add_argument("--rewrite-max-tokens", type=int, default=None,
                       help="token budget of each rewrite (default: 2048 reference, 4096 ours)")
@@ -272,7 +275,8 @@ def main(argv=None) -> dict:
                     task, args.max_length, cut, len(docs), protocol.LONG_MAX_LENGTH)
       run = dense_run(encoder, model_key, task, examples, doc_ids, docs, max_length=args.max_length,
                       batch_size=args.batch_size, long_documents=args.long_documents,
-                      cache_dir=cache_dir, top_k=args.top_k, chunk_size=args.cache_chunk_size)
+                      cache_dir=cache_dir, top_k=args.top_k, chunk_size=args.cache_chunk_size,
+                      cache_dtype=args.cache_dtype)
     else:
       run = bm25_run(task, examples, doc_ids, docs, args.top_k, args.protocol)
     metrics.write_trec_run(paths.join(args.out, f"{task}.run"), run, tag=args.retriever)

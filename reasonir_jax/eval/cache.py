@@ -5,9 +5,13 @@ contents, max length, template, dtypes; never a task name, so tasks sharing a co
 entry): `meta.json` plus `chunk_00000.npy`, `chunk_00001.npy`, ...
 Each chunk is written to a temporary name and renamed, so a killed run leaves only whole chunks;
 the next run encodes the missing ones. A second run (other queries, a reranker) encodes nothing.
-Embeddings are stored as float16 by default (half the disk and host memory of float32; the
-rounding, about 1e-3 relative, moves cosine scores far less than the model's own noise), sent to the
-device in that dtype and cast to float32 there by the retrieval.
+Embeddings are stored as float32 by default, as the reference keeps them (the cosine also feeds
+the reranker's 0.5/0.5 mix): 4 bytes x dim per text, 6.8 GB for ReasonIR-8B's 4096-d embeddings of
+BRIGHT's largest corpus (leetcode, ~414k documents). `--cache-dtype float16` halves that (2 bytes x
+dim, 3.4 GB there); its rounding, about 1e-3 relative, can reorder near ties. Chunks go to the
+device in their stored dtype and are cast to float32 there by the retrieval. The storage dtype is
+part of the entry's key, so an entry of one dtype is never read for the other; float16 entries
+written before float32 became the default load with `--cache-dtype float16`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,16 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = ("float32", "float16")
+DEFAULT_STORAGE_DTYPE = "float32"
+
+
+def add_dtype_flag(parser) -> None:
+  """Adds `--cache-dtype` (the storage dtype of the embedding cache) to an argparse parser."""
+  parser.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default=DEFAULT_STORAGE_DTYPE,
+                      help="embedding cache storage: float32 (default, as the reference; 4 bytes x dim "
+                      "per text) or float16 (half the disk and host memory)")
 
 
 def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
@@ -97,20 +111,29 @@ class EmbeddingCache:
   """One cache entry per `key` (a JSON-able mapping); `encode(texts) -> [n, dim]` fills it."""
 
   def __init__(self, root: str, key: Mapping, chunk_size: int = 8192, name: str = "corpus",
-               storage_dtype: str = "float16"):
-    if storage_dtype not in ("float16", "float32"):
-      raise ValueError(f"embedding cache storage dtype {storage_dtype!r}: choose float16 or float32")
-    key = dict(key) | {"storage_dtype": storage_dtype}
+               storage_dtype: str = DEFAULT_STORAGE_DTYPE):
+    if storage_dtype not in STORAGE_DTYPES:
+      raise ValueError(f"--cache-dtype {storage_dtype!r}: choose float32 or float16")
     self.storage_dtype = np.dtype(storage_dtype)
-    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:20]
-    self.dir = os.path.join(root, f"{name}-{digest}")
-    self.key = dict(key)
+    self.dir = self.entry_dir(root, key, name, storage_dtype)
+    self.key = dict(key) | {"storage_dtype": storage_dtype}
+    for other in STORAGE_DTYPES:
+      if other != storage_dtype and os.path.isdir(self.entry_dir(root, key, name, other)):
+        log.info("embedding cache: a %s entry of the same embeddings exists at %s; this run uses its own "
+                 "%s entry (--cache-dtype %s reuses that one)", other, self.entry_dir(root, key, name, other),
+                 storage_dtype, other)
     self.chunk_size = chunk_size
     meta_path = os.path.join(self.dir, "meta.json")
     if os.path.exists(meta_path):
       with open(meta_path) as f:
         meta = json.load(f)
       self.chunk_size = int(meta["chunk_size"])  # resume with the chunking already on disk
+
+  @staticmethod
+  def entry_dir(root: str, key: Mapping, name: str, storage_dtype: str) -> str:
+    key = dict(key) | {"storage_dtype": storage_dtype}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(root, f"{name}-{digest}")
 
   def chunk_path(self, i: int) -> str:
     return os.path.join(self.dir, f"chunk_{i:05d}.npy")
@@ -154,4 +177,9 @@ class EmbeddingCache:
         log.info("encoded %d/%d new texts (%.1f docs/s)", done, n, done / max(time.time() - t0, 1e-9))
     if bar is not None:
       bar.close()
-    return ChunkedEmbeddings([self.chunk_path(i) for i in range(num)])
+    emb = ChunkedEmbeddings([self.chunk_path(i) for i in range(num)])
+    for i, chunk in enumerate(emb.chunks):
+      if chunk.dtype != self.storage_dtype:  # a chunk copied in by hand, or another version's
+        raise ValueError(f"embedding cache {self.chunk_path(i)} holds {chunk.dtype}, but this entry stores "
+                         f"{self.storage_dtype}: delete {self.dir} to rebuild it")
+    return emb

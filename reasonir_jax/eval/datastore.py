@@ -147,21 +147,23 @@ class Datastore:
     return cls(directory, [str(r["id"]) for r in rows], [str(r["text"]) for r in rows])
 
   def embeddings(self, encoder, model_key: str, *, max_length: int = 2048, batch_size: int = 32,
-                 cache_dir: str = "", chunk_size: int = 8192) -> cache.ChunkedEmbeddings:
+                 cache_dir: str = "", chunk_size: int = 8192,
+                 cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> cache.ChunkedEmbeddings:
     """Document embeddings (no instruction), from the cache or encoded into it (resumable)."""
     key = {"model": model_key, "corpus": cache.corpus_fingerprint(self.ids, self.texts),
            "max_length": max_length, "template": "document",
            "dtype": str(getattr(getattr(encoder, "model_cfg", None), "dtype", ""))}
     store = cache.EmbeddingCache(cache_dir or os.path.join(self.dir, "embeddings"), key,
-                                 chunk_size=chunk_size, name=f"datastore-{max_length}")
+                                 chunk_size=chunk_size, name=f"datastore-{max_length}", storage_dtype=cache_dtype)
     return store.get_or_encode(self.texts, lambda t: encoder.encode(
         list(t), instruction=None, batch_size=batch_size, max_length=max_length, show_progress=False))
 
   def search(self, encoder, model_key: str, queries: Sequence[str], k: int, *, instruction: str,
-             max_length: int = 2048, batch_size: int = 32, cache_dir: str = "") -> list[list[int]]:
+             max_length: int = 2048, batch_size: int = 32, cache_dir: str = "",
+             cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> list[list[int]]:
     """Row indices of the top-k passages of each query, best first."""
     emb = self.embeddings(encoder, model_key, max_length=max_length, batch_size=batch_size,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, cache_dtype=cache_dtype)
     q_emb = encoder.encode(list(queries), instruction=instruction, batch_size=batch_size,
                            max_length=max_length)
     _, idx = retrieval.exact_top_k(np.asarray(q_emb), emb, min(k, len(self.ids)),
@@ -182,6 +184,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--mesh", default="auto", help="device mesh data,fsdp,tensor, or auto")
+  cache.add_dtype_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
@@ -193,7 +196,8 @@ def main(argv=None) -> dict:
   if args.model:
     from reasonir_jax.eval.bright import load_encoder
     encoder = load_encoder(args.model, args.dtype, args.mesh)
-    emb = store.embeddings(encoder, model_key, max_length=args.max_length, batch_size=args.batch_size)
+    emb = store.embeddings(encoder, model_key, max_length=args.max_length, batch_size=args.batch_size,
+                           cache_dtype=args.cache_dtype)
     log.info("datastore %s: %d embeddings of dim %d", args.out, len(emb), emb.dim)
   with open(os.path.join(args.out, "datastore.json")) as f:
     stats = json.load(f)

@@ -17,6 +17,7 @@ import re
 #   [B-cfg]    xlang-ai/BRIGHT configs/<model>/<task>.json ("instructions" / "instructions_long")
 #   [B-reason] xlang-ai/BRIGHT reason.py (query rewriting)
 #   [R-tt]     facebookresearch/ReasonIR test_time_techniques/README.md (rewriting, token limit)
+#   [R-qr]     facebookresearch/ReasonIR test_time_techniques/query_rewriting.py (budgeted rewriting)
 #   [R-rr]     facebookresearch/ReasonIR evaluation/bright/reranker.py and prompts.py
 #   [R-sh]     facebookresearch/ReasonIR evaluation/bright/reranker_script.sh
 
@@ -58,29 +59,37 @@ LONG_MAX_LENGTH = 32768
 METRIC_CUTOFFS = (1, 5, 10, 25, 50, 100)
 METRIC_DECIMALS = 5
 
-# --- Query rewriting [B-reason] [R-tt] ------------------------------------------------
+# --- Query rewriting [B-reason] [R-tt] [R-qr] -----------------------------------------
 # Order: the query with its newlines replaced by spaces, a blank line, an "Instructions:" line,
 # then three numbered steps: find the essential problem; reason step by step about what
 # information would help, in detail; draft an answer with as many thoughts as possible.
-# Sent as chat with a system line "You are a helpful assistant"; temperature 0.8, top_p 0.8,
-# max_tokens 2048. [R-tt] runs a variant of reason.py with `--output_token_limit 2048`; that
-# variant's code is not public, and the public reason.py does not name the budget in its prompt.
-# Our reference prompt states the limit in step 3 as well as capping generation at it, so an
-# answer plans for the budget instead of being cut mid-sentence (a choice, marked as ours).
+# Sent as chat with a system line "You are a helpful assistant"; temperature 0.8, top_p 0.8.
+# [R-tt] runs the rewriting with a 2048-token limit. [R-qr] (ReasonIR's public budgeted version of
+# reason.py) states a given budget to the model in a sentence of its own after the three steps
+# (BRIGHT's reason.py states none), caps generation at it, and uses an answer that stopped at the
+# budget as it was cut, like any other. The budget sentence below is our wording; the budget is in
+# tokens, the unit that caps generation.
 REWRITE_SYSTEM = "You are a helpful assistant"
 REWRITE_PROMPT = ("{query}\n\n"
                   "Instructions:\n"
                   "1. Work out the core problem being asked.\n"
                   "2. Reason through it step by step, describing in detail which information would be "
                   "relevant and useful for addressing the question.\n"
-                  "3. Write a draft answer that includes as many of your thoughts as you can, in at most "
-                  "{max_tokens} tokens.\n")
+                  "3. Write a draft answer that includes as many of your thoughts as you can.\n")
+REWRITE_BUDGET = "Keep your whole answer within {budget} tokens.\n"
 REWRITE_SAMPLING = {"temperature": 0.8, "top_p": 0.8, "max_tokens": 2048}
+REWRITE_KEEP_CUT = True  # [R-qr] a rewrite cut at the budget replaces the query as it was cut
 
 
-def rewrite_messages(query: str, max_tokens: int) -> list[dict]:
-  text = REWRITE_PROMPT.format(query=query.replace("\n", " "), max_tokens=max_tokens)
-  return [{"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": text}]
+def rewrite_messages(query: str, budget: int | None, *, system: str = REWRITE_SYSTEM,
+                     user: str = REWRITE_PROMPT, budget_sentence: str = REWRITE_BUDGET,
+                     instruction: str = "") -> list[dict]:
+  """The chat request: the user text, then (when a budget is given) the budget sentence; the
+  system line unless it is empty. The keyword arguments take a prompt file's wording."""
+  text = user.format(query=query.replace("\n", " "), instruction=instruction)
+  if budget:
+    text += budget_sentence.format(budget=budget)
+  return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
 
 
 # --- ReasonIR-Rerank [R-rr] [R-sh] ----------------------------------------------------

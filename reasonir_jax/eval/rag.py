@@ -133,13 +133,13 @@ def load_datastore(directory: str) -> tuple[list[str], list[str]]:
 
 def retrieve_passages(encoder, model_key: str, questions: Sequence[dict], store, texts=None, *, k: int,
                       instruction: str, cache_dir: str = "", max_length: int = 2048,
-                      batch_size: int = 32) -> list[list[str]]:
+                      batch_size: int = 32, cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> list[list[str]]:
   """The top-k passage texts of every question from a `datastore.Datastore` (or its ids, texts)."""
   if texts is not None:
     store = datastore.Datastore(cache_dir, list(store), list(texts))
   idx = store.search(encoder, model_key, [retrieval_query(q) for q in questions], k,
                      instruction=instruction, max_length=max_length, batch_size=batch_size,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, cache_dtype=cache_dtype)
   return [[store.texts[i] for i in row] for row in idx]
 
 
@@ -218,6 +218,7 @@ def main(argv=None) -> dict:
                       help="generation budget per answer (default: the protocol's, 2048 mmlu / 8000 gpqa)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--cache-dir", default="", help="embedding cache (default DATASTORE/embeddings)")
+  cache.add_dtype_flag(parser)
   parser.add_argument("--out", default="", help="directory for rag_<task>.json")
   llm.add_backend_flags(parser, required=True, what="the reader LLM")
   llm.add_base_url_flag(parser)
@@ -240,7 +241,8 @@ def main(argv=None) -> dict:
   from reasonir_jax.eval.bright import load_encoder
   encoder = load_encoder(args.model, args.dtype, args.mesh)
   passages = retrieve_passages(encoder, model_key, questions, store, k=k, instruction=args.instruction,
-                               cache_dir=cache_dir, max_length=args.max_length, batch_size=args.batch_size)
+                               cache_dir=cache_dir, max_length=args.max_length, batch_size=args.batch_size,
+                               cache_dtype=args.cache_dtype)
   try:
     kw = dict(protocol_name=args.protocol, max_tokens=args.max_tokens or None, seed=args.seed)
     closed, closed_rows = answer_questions(backend, args.task, questions, None, **kw)

@@ -232,7 +232,7 @@ def test_vllm_overlong_prompt_rejected_before_sending_and_length_is_its_own_kind
   # 4 + 20 prompt tokens + 10 new tokens > 30: never sent, counted as its own kind.
   assert isinstance(out[1], ChatFailure) and out[1].kind == "prompt_too_long"
   assert "24 tokens" in out[1].reason and "max_model_len=30" in out[1].reason
-  assert isinstance(out[2], ChatFailure) and out[2].kind == "length"
+  assert isinstance(out[2], ChatFailure) and out[2].kind == "length" and out[2].text == "answer to ramble on"
   [(messages, _)] = calls["chat"]  # one call for the rest of the batch
   assert len(messages) == 3
 

@@ -107,6 +107,7 @@ def test_finish_reason_length_is_its_own_failure_kind():
     (out,) = backend.chat([_conv("x")], SamplingParams(max_tokens=5))
     backend.close()
   assert isinstance(out, ChatFailure) and out.kind == "length" and "max_tokens=5" in out.reason
+  assert out.text == '{"query": "cut'  # the answer as cut, for callers that use it (query rewriting)
 
 
 def test_continuous_submission_keeps_requests_in_flight_and_requeues_retries():

@@ -91,7 +91,7 @@ def test_tasks_sharing_a_corpus_share_one_cache_entry(tmp_path, bow_encoder):
   assert first.texts_encoded == 3 and second.texts_encoded == 0
   assert len(os.listdir(tmp_path)) == 1
   np.testing.assert_array_equal(a.to_array(), b.to_array())
-  assert a[0:3].dtype == np.float16  # fp16 storage, float32 on the host when asked for an array
+  assert a[0:3].dtype == np.float32  # float32 storage by default, as the reference keeps them
   other = bow_encoder()
   bright.corpus_embeddings(other, "m", "aops", ids, docs[:2] + ["another text"], **kw)
   assert other.texts_encoded == 3  # different content, different entry
@@ -107,8 +107,41 @@ def test_fp16_cache_ranks_like_float32():
   s16, i16 = retrieval.exact_top_k(q, c.astype(np.float16), 5)
   np.testing.assert_allclose(s16, s32, atol=5e-3)
   assert (i16[:, 0] == i32[:, 0]).all()
-  with pytest.raises(ValueError, match="float16 or float32"):
+  with pytest.raises(ValueError, match="--cache-dtype 'int8': choose float32 or float16"):
     cache_mod.EmbeddingCache("x", {}, storage_dtype="int8")
+
+
+def test_cache_dtype_is_part_of_the_entry(tmp_path, bow_encoder, caplog):
+  """float32 by default (4 bytes x dim per text), float16 on request (2 bytes x dim); an entry of
+  one dtype is never read for the other, and an older float16 entry loads with float16."""
+  import logging
+  import os
+
+  from reasonir_jax.eval import bright
+  from reasonir_jax.eval import cache as cache_mod
+  ids, docs = [f"d{i}" for i in range(10)], [f"text number {i}" for i in range(10)]
+  kw = dict(max_length=64, batch_size=4, long_documents=False, cache_dir=str(tmp_path), chunk_size=10)
+  half = bow_encoder()
+  e16 = bright.corpus_embeddings(half, "m", "biology", ids, docs, cache_dtype="float16", **kw)
+  with caplog.at_level(logging.INFO, logger="reasonir_jax.eval.cache"):
+    full = bow_encoder()
+    e32 = bright.corpus_embeddings(full, "m", "biology", ids, docs, **kw)
+  assert full.texts_encoded == 10  # the float16 entry is not reused for float32 ...
+  assert "--cache-dtype float16 reuses that one" in caplog.text  # ... and the log says how to reuse it
+  assert (e16[0:10].dtype, e32[0:10].dtype) == (np.float16, np.float32)
+  again = bow_encoder()
+  bright.corpus_embeddings(again, "m", "biology", ids, docs, cache_dtype="float16", **kw)
+  assert again.texts_encoded == 0  # the float16 entry still loads
+  dirs = sorted(os.listdir(tmp_path))
+  sizes = {d: os.path.getsize(tmp_path / d / "chunk_00000.npy") for d in dirs}
+  payload = sorted(sizes.values())
+  assert payload[1] - payload[0] == 10 * 64 * 2  # 4 x dim vs 2 x dim bytes per text (same header)
+  # A chunk of the wrong dtype (copied in by hand) is an error that says how to rebuild.
+  d32 = [d for d in dirs if sizes[d] == payload[1]][0]
+  np.save(tmp_path / d32 / "chunk_00000.npy", np.zeros((10, 64), np.float16))
+  with pytest.raises(ValueError, match="holds float16, but this entry stores float32: delete .* to rebuild"):
+    bright.corpus_embeddings(bow_encoder(), "m", "biology", ids, docs, **kw)
+  assert cache_mod.DEFAULT_STORAGE_DTYPE == "float32"
 
 
 def test_auto_mesh_is_data_parallel_when_weights_fit(tiny_model_dir):
