@@ -11,7 +11,8 @@ HTTP 429 and 5xx are retried: the retry is put back into the same stream after a
 server's `Retry-After` when it sends one, else exponential backoff with jitter), and its worker
 slot is freed meanwhile. Other 4xx fail at once. An answer cut off by the token limit
 (`finish_reason="length"`) is a ChatFailure of kind "length" carrying the text so far (the plain
-text, for a raw request with `keep_truncated`). Stop strings go in the request's `stop` field. A failed request becomes a `ChatFailure` result, never an exception.
+text, for a raw request with `keep_truncated`). Stop strings go in the request's `stop` field.
+A failed request becomes a `ChatFailure` result, never an exception.
 """
 from __future__ import annotations
 

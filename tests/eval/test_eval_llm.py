@@ -326,8 +326,10 @@ def test_cache_keys_tell_raw_from_chat_and_keep_old_keys():
           llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
               temperature=0.6, top_p=0.9, max_tokens=32, seed=42, frequency_penalty=1.0)),
           llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
-              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, presence_penalty=1.0))}
-  assert len(keys) == 6
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, presence_penalty=1.0)),
+          llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, stop=("Question:",)))}
+  assert len(keys) == 7  # stop strings, when set, are part of the key
 
 
 def test_cached_chat_answer_is_not_reused_for_a_raw_request(tmp_path):

@@ -352,3 +352,13 @@ def test_datastore_cli_then_rag_reuses_its_embeddings(tmp_path, tiny_model_dir, 
             "--max-length", "128", "--backend", "transformers", "--backend-model", tiny_causal_lm_dir,
             "--max-tokens", "4"])
   assert len(docs_encoded) == 10  # the datastore's cache served every passage
+
+
+def test_rag_prompt_file_needs_the_reference_protocol(tmp_path, capsys):
+  path = tmp_path / "rag.toml"
+  path.write_text('mmlu_system = "S"\n')
+  with pytest.raises(SystemExit):
+    rag.main(["--task", "mmlu", "--data", "sample", "--datastore", "sample", "--model", "unused",
+              "--protocol", "ours", "--backend", "openai", "--backend-model", "m", "--base-url",
+              "http://127.0.0.1:9/v1", "--prompt-file", str(path)])
+  assert "--prompt-file sets the wording of --protocol reference" in capsys.readouterr().err
