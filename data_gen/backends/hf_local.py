@@ -37,13 +37,17 @@ def penalty_processor(prompt_len: int, frequency: float, presence: float):
 
 def stop_criterion(tokenizer, prompt_len: int, stop):
   """A stopping criterion that ends each sequence once its decoded new tokens (those after the
-  first `prompt_len`) hold one of the `stop` strings; the caller cuts the text before it."""
+  first `prompt_len`) hold one of the `stop` strings; the caller cuts the text before it. Only a
+  tail of each sequence is decoded per step (a stop string is found in the step it completes; a
+  token decodes to at least a character or a byte fragment, so the tail covers it twice over)."""
   import torch
   import transformers
+  tail = 8 + 2 * max(len(s) for s in stop)
 
   class StopStrings(transformers.StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
-      texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+      start = max(prompt_len, input_ids.shape[1] - tail)
+      texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
       return torch.tensor([any(s in t for s in stop) for t in texts], dtype=torch.bool,
                           device=input_ids.device)
 
