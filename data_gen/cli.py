@@ -8,8 +8,10 @@ import argparse
 import logging
 import sys
 
+from data_gen import prompts
 from data_gen.backends.base import SamplingParams
 from reasonir_jax.eval import llm
+from reasonir_jax.llm import prompt_file
 
 # Default new-token budgets: VL queries/positives run up to ~2000 words (~2700 tokens).
 DEFAULT_MAX_TOKENS = {"hq": 1536, "vl": 4096, "negatives": 1536}
@@ -48,6 +50,8 @@ def _llm(p: argparse.ArgumentParser) -> None:
                  help="new tokens per answer (default: hq/negatives 1536, vl 4096)")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--max-attempts", type=int, default=3, help="tries per input and step")
+  stage = p.prog.split()[-1]
+  prompt_file.add_flag(p, stage if stage == "vl" else f"{stage} ({stage}-public with --prompt-style public)")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -201,23 +205,39 @@ def run_filter(args) -> dict:
   return report
 
 
+def load_prompts(args):
+  """The wording of the pipeline's prompts: ours, or `--prompt-file`'s fields in its place
+  (checked before any backend starts; an error names the file and the field)."""
+  if args.pipeline == "hq":
+    from data_gen.pipelines.hq import HQ_PROMPT_SPECS
+    spec = HQ_PROMPT_SPECS[args.prompt_style]
+  elif args.pipeline == "vl":
+    spec = prompts.VL_PROMPTS
+  else:
+    from data_gen.pipelines.negatives import NEGATIVES_PROMPT_SPECS
+    spec = NEGATIVES_PROMPT_SPECS[args.prompt_style]
+  return prompt_file.load(spec, args.prompt_file)
+
+
 def pipeline_from_args(args):
   """The LLM pipeline (hq, vl, negatives) the flags describe, with its backend."""
+  wording = load_prompts(args)
   gen = make_generation(args)
   if args.pipeline == "hq":
     from data_gen.pipelines.hq import HQPipeline
     return HQPipeline(gen, queries_per_doc=args.queries_per_doc, domain=args.domain,
                       min_query_words=args.min_query_words, max_query_words=args.max_query_words,
-                      prompt_style=args.prompt_style)
+                      prompt_style=args.prompt_style, prompts=wording)
   if args.pipeline == "vl":
     from data_gen.pipelines.vl import VLPipeline, parse_buckets
     return VLPipeline(gen, buckets=parse_buckets(args.buckets),
                       length_tolerance=args.length_tolerance,
                       positive_words=(args.min_positive_words, args.max_positive_words),
-                      domain=args.domain)
+                      domain=args.domain, prompts=wording)
   from data_gen.pipelines.negatives import NegativesPipeline
   return NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
-                           max_overlap=args.max_overlap, prompt_style=args.prompt_style)
+                           max_overlap=args.max_overlap, prompt_style=args.prompt_style,
+                           prompts=wording)
 
 
 # The flags that decide which documents hq keeps (a rerun must not change them).
@@ -283,6 +303,8 @@ def run(args) -> dict:
     return run_filter(args)
   if args.pipeline == "coverage":
     return run_coverage(args)
+  if args.pipeline in ("hq", "vl", "negatives"):
+    load_prompts(args)  # a bad --prompt-file fails here, before seed filtering or any request
   if args.engine == "ray":
     return run_ray(args)
   extra = {}

@@ -19,19 +19,36 @@ class SamplingParams:
   # > 0), counting the tokens generated so far (not the prompt's). 0 is off.
   frequency_penalty: float = 0.0
   presence_penalty: float = 0.0
+  # Strings that end an answer where they first appear; the answer is the text before it (the
+  # stop string itself left out), as vLLM and OpenAI return it. Empty: none.
+  stop: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+    if not all(isinstance(s, str) and s for s in stop):
+      raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+    object.__setattr__(self, "stop", stop)
 
   def penalties(self) -> dict[str, float]:
     """The penalties that are on, by name (what a backend passes on; nothing when off)."""
     return {k: getattr(self, k) for k in _PENALTIES if getattr(self, k)}
 
   def to_dict(self) -> dict[str, Any]:
-    # The penalties came later: when off they are left out, so the settings of earlier data_gen
-    # runs (checked on resume) and the keys of earlier answer caches stay the same.
+    # The penalties and stop strings came later: when off they are left out, so the settings of
+    # earlier data_gen runs (checked on resume) and the keys of earlier answer caches stay the same.
     d = dataclasses.asdict(self)
-    return {k: v for k, v in d.items() if k not in _PENALTIES or v}
+    d["stop"] = list(self.stop)
+    return {k: v for k, v in d.items() if k not in _OPTIONAL or v}
 
 
 _PENALTIES = ("frequency_penalty", "presence_penalty")
+_OPTIONAL = (*_PENALTIES, "stop")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+  """The text before the first occurrence of any stop string (all of it when none occurs)."""
+  cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+  return text[:cut]
 
 
 # ChatFailure kinds. "prompt_too_long" and "length" are their own reject reasons: the first is
@@ -41,11 +58,11 @@ FAILURE_KINDS = ("backend", "prompt_too_long", "length")
 
 @dataclasses.dataclass
 class ChatFailure:
-  """A request that failed for good (after the backend's own retries); never raised per item."""
+  """A request that failed for good (after the backend's own retries); never raised per item.
+  For kind "length", `text` holds the answer as far as it got (for callers that, like the public
+  code they follow, parse a cut-off answer); None when the backend does not give it."""
   reason: str
   kind: str = "backend"
-  # Kind "length": the answer as cut, when the backend saw it (a caller that, like ReasonIR's
-  # rewriting, uses cut answers reads it; the others treat the request as failed).
   text: str | None = None
 
   def __post_init__(self):

@@ -6,13 +6,14 @@ tokenizer's own special tokens, as vLLM's `generate` does), no template. Batches
 left-padded. `json_schema` is not enforced (no constrained decoding here); answers are parsed and
 validated by the pipelines as always. Frequency and presence penalties are applied exactly, by a
 logits processor with OpenAI's / vLLM's definition (`generate` has only the multiplicative
-`repetition_penalty`, a different knob).
+`repetition_penalty`, a different knob). Stop strings end a sequence through a stopping
+criterion, and the text is cut before the stop string, as vLLM and OpenAI return it.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from data_gen.backends.base import ChatBackend, ChatFailure, Message, SamplingParams
+from data_gen.backends.base import ChatBackend, ChatFailure, Message, SamplingParams, cut_at_stop
 
 
 def penalty_processor(prompt_len: int, frequency: float, presence: float):
@@ -32,6 +33,25 @@ def penalty_processor(prompt_len: int, frequency: float, presence: float):
       return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
 
   return PenaltyProcessor()
+
+
+def stop_criterion(tokenizer, prompt_len: int, stop):
+  """A stopping criterion that ends each sequence once its decoded new tokens (those after the
+  first `prompt_len`) hold one of the `stop` strings; the caller cuts the text before it. Only a
+  tail of each sequence is decoded per step (a stop string is found in the step it completes; a
+  token decodes to at least a character or a byte fragment, so the tail covers it twice over)."""
+  import torch
+  import transformers
+  tail = 8 + 2 * max(len(s) for s in stop)
+
+  class StopStrings(transformers.StoppingCriteria):
+    def __call__(self, input_ids, scores, **kwargs):
+      start = max(prompt_len, input_ids.shape[1] - tail)
+      texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+      return torch.tensor([any(s in t for s in stop) for t in texts], dtype=torch.bool,
+                          device=input_ids.device)
+
+  return StopStrings()
 
 
 def plain_chat_format(messages: Sequence[Message]) -> str:
@@ -108,16 +128,21 @@ class TransformersBackend(ChatBackend):
         gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
       else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None)
+      prompt_len = enc["input_ids"].shape[1]
       if sampling.penalties():
         import transformers
         gen_kwargs["logits_processor"] = transformers.LogitsProcessorList([penalty_processor(
-            enc["input_ids"].shape[1], sampling.frequency_penalty, sampling.presence_penalty)])
+            prompt_len, sampling.frequency_penalty, sampling.presence_penalty)])
+      if sampling.stop:
+        import transformers
+        gen_kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stop_criterion(
+            self.tokenizer, prompt_len, sampling.stop)])
       try:
         with torch.no_grad():
           out = self.lm.generate(**enc, **gen_kwargs)
       except (RuntimeError, ValueError) as e:
         results.extend(ChatFailure(f"generate failed: {e}") for _ in chunk)
         continue
-      new_tokens = out[:, enc["input_ids"].shape[1]:]
-      results.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+      texts = self.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+      results.extend(cut_at_stop(t, sampling.stop) for t in texts)
     return results

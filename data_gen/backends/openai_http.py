@@ -10,8 +10,9 @@ request as soon as one finishes, never waiting for a whole batch). Timeouts, con
 HTTP 429 and 5xx are retried: the retry is put back into the same stream after a delay (the
 server's `Retry-After` when it sends one, else exponential backoff with jitter), and its worker
 slot is freed meanwhile. Other 4xx fail at once. An answer cut off by the token limit
-(`finish_reason="length"`) is a ChatFailure of kind "length" carrying the cut text (the plain
-text, for a raw request with `keep_truncated`). A failed request becomes a `ChatFailure` result, never an exception.
+(`finish_reason="length"`) is a ChatFailure of kind "length" carrying the text so far (the plain
+text, for a raw request with `keep_truncated`). Stop strings go in the request's `stop` field.
+A failed request becomes a `ChatFailure` result, never an exception.
 """
 from __future__ import annotations
 
@@ -169,9 +170,12 @@ class OpenAIBackend(StreamingChatBackend):
 
   @staticmethod
   def _sampling_fields(sampling: SamplingParams) -> dict:
-    """The sampling fields of both request kinds (penalties only when on)."""
-    return {"temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens, "seed": sampling.seed, **sampling.penalties()}
+    """The sampling fields of both request kinds (penalties and stop strings only when on)."""
+    fields = {"temperature": sampling.temperature, "top_p": sampling.top_p,
+              "max_tokens": sampling.max_tokens, "seed": sampling.seed, **sampling.penalties()}
+    if sampling.stop:  # the server ends the answer there and leaves the stop string out
+      fields["stop"] = list(sampling.stop)
+    return fields
 
   def _backoff_delay(self, attempt: int) -> float:
     delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))

@@ -10,7 +10,8 @@ Before a call, every conversation is tokenized with the model's chat template an
 against `max_model_len`: one whose prompt plus `max_tokens` does not fit is answered with a
 ChatFailure of kind "prompt_too_long" and never sent, so one over-long prompt cannot fail (and
 force a rerun of) the whole batch. An answer that stopped at the token limit
-(`finish_reason="length"`) is a ChatFailure of kind "length", not bad JSON.
+(`finish_reason="length"`) is a ChatFailure of kind "length" (with the text so far), not bad
+JSON. Stop strings go to vLLM's SamplingParams `stop`.
 
 `complete` sends raw prompt strings through `llm.generate` (no chat template), with the same
 length check (the string tokenized as `generate` tokenizes it) and failure handling.
@@ -125,9 +126,12 @@ class VLLMBackend(ChatBackend):
     return {}
 
   def build_sampling_params(self, sampling: SamplingParams, json_schema: dict | None):
+    # vLLM ends the answer at a stop string and leaves it out of the text, as OpenAI does.
+    stop = {"stop": list(sampling.stop)} if sampling.stop else {}
     return self.vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                     max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                    **sampling.penalties(), **self._structured_kwargs(json_schema))
+                                    **sampling.penalties(), **stop,
+                                    **self._structured_kwargs(json_schema))
 
   def _generate(self, conversations, params, raw: bool = False,
                 keep_truncated: bool = False) -> list[str | ChatFailure]:

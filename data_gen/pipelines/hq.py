@@ -59,6 +59,7 @@ def filter_documents(docs: Iterable[dict], *, min_words: int = 50,
 
 
 PROMPT_STYLES = ("ours", "public")
+HQ_PROMPT_SPECS = {"ours": prompts.HQ_PROMPTS, "public": prompts_public.HQ_PUBLIC_PROMPTS}
 
 
 def _joined_question(q):
@@ -73,10 +74,17 @@ class HQPipeline(Pipeline):
   name = "hq"
 
   def __init__(self, gen: Generation, queries_per_doc: int = 4, domain: str | None = None,
-               min_query_words: int = 8, max_query_words: int = 400, prompt_style: str = "ours"):
+               min_query_words: int = 8, max_query_words: int = 400, prompt_style: str = "ours",
+               prompts=None):
     if prompt_style not in PROMPT_STYLES:
       raise ValueError(f"--prompt-style {prompt_style!r}: choose from {PROMPT_STYLES}")
     self.prompt_style = prompt_style
+    # The wording in force (--prompt-file): stage "hq", or "hq-public" with the public style.
+    self.prompt_spec = HQ_PROMPT_SPECS[prompt_style]
+    self.prompts = prompts or self.prompt_spec.defaults()
+    if self.prompts.stage != self.prompt_spec.stage:
+      raise ValueError(f"--prompt-style {prompt_style} takes {self.prompt_spec.stage} prompts, "
+                       f"got {self.prompts.stage}")
     if queries_per_doc < 1:
       raise ValueError(f"--queries-per-doc must be >= 1, got {queries_per_doc}")
     self.gen = gen
@@ -90,7 +98,8 @@ class HQPipeline(Pipeline):
 
   def settings(self) -> dict:
     return {**self.gen.settings(), "prompt": self.prompt_name, "queries_per_doc": self.n,
-            "domain": self.domain, "query_words": [self.min_query_words, self.max_query_words]}
+            "domain": self.domain, "query_words": [self.min_query_words, self.max_query_words],
+            **prompts.custom_wording(self.prompts, self.prompt_spec)}
 
   @property
   def prompt_name(self) -> str:
@@ -120,7 +129,8 @@ class HQPipeline(Pipeline):
       build, schema = prompts_public.hq_queries_public, None
     else:
       build, schema = prompts.hq_queries, prompts.hq_queries_schema(self.n)
-    convs = {i: build(d["text"], self.n, d.get("domain") or self.domain) for i, d in docs.items()}
+    convs = {i: build(d["text"], self.n, d.get("domain") or self.domain, self.prompts)
+             for i, d in docs.items()}
     result = run_step(self.gen.backend, self.gen.sampling, "queries", convs, self._validate,
                       schema, ["hard_query"], self.gen.max_attempts)
     outcomes = []
@@ -133,7 +143,8 @@ class HQPipeline(Pipeline):
       rows = []
       for k, query in enumerate(result.values[doc_id]):
         meta = self.gen.metadata(self.prompt_name, pipeline="hq", doc_id=doc_id,
-                                 query_index=k, attempts=result.attempts[doc_id])
+                                 query_index=k, attempts=result.attempts[doc_id],
+                                 **prompts.custom_wording(self.prompts, self.prompt_spec))
         if "quality_score" in doc:
           meta["quality_score"] = doc["quality_score"]
         rows.append(TrainingRow(

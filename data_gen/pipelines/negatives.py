@@ -21,14 +21,24 @@ from data_gen.stage import Outcome
 from reasonir_jax.data.schema import TrainingRow
 
 
+NEGATIVES_PROMPT_SPECS = {"ours": prompts.NEGATIVES_PROMPTS,
+                          "public": prompts_public.NEGATIVES_PUBLIC_PROMPTS}
+
+
 class NegativesPipeline(Pipeline):
   name = "negatives"
 
   def __init__(self, gen: Generation, min_words: int = 300, max_words: int | None = 2000,
-               max_overlap: float = 0.4, prompt_style: str = "ours"):
+               max_overlap: float = 0.4, prompt_style: str = "ours", prompts=None):
     if prompt_style not in ("ours", "public"):
       raise ValueError(f"--prompt-style {prompt_style!r}: choose from ('ours', 'public')")
     self.prompt_style = prompt_style
+    # The wording in force (--prompt-file): stage "negatives", or "negatives-public".
+    self.prompt_spec = NEGATIVES_PROMPT_SPECS[prompt_style]
+    self.prompts = prompts or self.prompt_spec.defaults()
+    if self.prompts.stage != self.prompt_spec.stage:
+      raise ValueError(f"--prompt-style {prompt_style} takes {self.prompt_spec.stage} prompts, "
+                       f"got {self.prompts.stage}")
     self.gen = gen
     self.min_words = min_words
     self.max_words = max_words
@@ -39,7 +49,8 @@ class NegativesPipeline(Pipeline):
 
   def settings(self) -> dict:
     return {**self.gen.settings(), "prompt": self.prompt_names,
-            "negative_words": [self.min_words, self.max_words], "max_overlap": self.max_overlap}
+            "negative_words": [self.min_words, self.max_words], "max_overlap": self.max_overlap,
+            **prompts.custom_wording(self.prompts, self.prompt_spec)}
 
   @property
   def prompt_names(self) -> list[str]:
@@ -63,7 +74,8 @@ class NegativesPipeline(Pipeline):
   def _single_turn(self, rows: dict):
     convs = {i: prompts_public.negative_public(r.query_instruction, r.query,
                                                r.positive_instruction, r.positives[0],
-                                               self.min_words) for i, r in rows.items()}
+                                               self.min_words, self.prompts)
+             for i, r in rows.items()}
     negatives = run_step(self.gen.backend, self.gen.sampling, "negative", convs,
                          self._validator(rows), None, ["hard_negative_document"],
                          self.gen.max_attempts)
@@ -90,7 +102,8 @@ class NegativesPipeline(Pipeline):
       negative = negatives.values[row_id]
       provenance = self.gen.metadata(
           self.prompt_names, attempts={k: v["attempts"] for k, v in steps.items()},
-          overlap=round(lexical_overlap(negative, row.positives[0]), 4))
+          overlap=round(lexical_overlap(negative, row.positives[0]), 4),
+          **prompts.custom_wording(self.prompts, self.prompt_spec))
       new = dataclasses.replace(
           row, negatives=[*row.negatives, negative],
           metadata=merge_metadata(row.metadata, "hard_negative", provenance))
@@ -98,12 +111,13 @@ class NegativesPipeline(Pipeline):
     return outcomes
 
   def _two_turns(self, rows: dict):
-    first_turn = {i: prompts.negative_analysis(r.query, r.positives[0]) for i, r in rows.items()}
+    first_turn = {i: prompts.negative_analysis(r.query, r.positives[0], self.prompts)
+                  for i, r in rows.items()}
     analyses = run_step(self.gen.backend, self.gen.sampling, "analysis", first_turn,
                         lambda k, text: require_text(text, "analysis", 5), None, None,
                         self.gen.max_attempts)
 
-    second_turn = {i: prompts.negative_document(first_turn[i], a, self.min_words)
+    second_turn = {i: prompts.negative_document(first_turn[i], a, self.min_words, self.prompts)
                    for i, a in analyses.values.items()}
     negatives = run_step(self.gen.backend, self.gen.sampling, "negative", second_turn,
                          self._validator(rows), prompts.NEG_DOCUMENT_SCHEMA, ["hard_negative_document"],

@@ -7,6 +7,7 @@ import json
 from typing import Sequence
 
 from data_gen import prompts
+from data_gen.prompts import VL_PROMPTS
 from data_gen.generate import run_step
 from data_gen.inputs import stable_hash
 from data_gen.parsing import AnswerError, require_keys, require_standalone, require_text
@@ -37,7 +38,10 @@ class VLPipeline(Pipeline):
 
   def __init__(self, gen: Generation, buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
                length_tolerance: float = 0.0, positive_words: tuple[int, int] = (150, 1500),
-               domain: str | None = None):
+               domain: str | None = None, prompts=None):
+    self.prompts = prompts or VL_PROMPTS.defaults()  # the "vl" wording in force (--prompt-file)
+    if self.prompts.stage != VL_PROMPTS.stage:
+      raise ValueError(f"the vl pipeline takes vl prompts, got {self.prompts.stage}")
     if not buckets:
       raise ValueError("--buckets: at least one bucket is needed")
     self.gen = gen
@@ -55,7 +59,8 @@ class VLPipeline(Pipeline):
   def settings(self) -> dict:
     return {**self.gen.settings(), "prompt": [prompts.VL_QUERY, prompts.VL_POSITIVE],
             "buckets": self.buckets, "length_tolerance": self.tolerance,
-            "positive_words": self.positive_words, "domain": self.domain}
+            "positive_words": self.positive_words, "domain": self.domain,
+            **prompts.custom_wording(self.prompts, VL_PROMPTS)}
 
   def _validate_query(self, seed_id, obj: dict) -> str:
     require_keys(obj, {"query"})
@@ -73,12 +78,13 @@ class VLPipeline(Pipeline):
 
   def process(self, batch: list[dict]) -> list[Outcome]:
     seeds = {s["id"]: s for s in batch}
-    convs = {i: prompts.vl_query(s["text"], *self.bucket(i), s.get("domain") or self.domain)
-             for i, s in seeds.items()}
+    convs = {i: prompts.vl_query(s["text"], *self.bucket(i), s.get("domain") or self.domain,
+                                 self.prompts) for i, s in seeds.items()}
     queries = run_step(self.gen.backend, self.gen.sampling, "query", convs,
                        self._validate_query, prompts.VL_QUERY_SCHEMA, ["query"],
                        self.gen.max_attempts)
-    convs = {i: prompts.vl_positive(q, *self.positive_words) for i, q in queries.values.items()}
+    convs = {i: prompts.vl_positive(q, *self.positive_words, self.prompts)
+             for i, q in queries.values.items()}
     positives = run_step(self.gen.backend, self.gen.sampling, "positive", convs,
                          self._validate_positive, prompts.VL_POSITIVE_SCHEMA,
                          ["positive_document"], self.gen.max_attempts)
@@ -95,7 +101,8 @@ class VLPipeline(Pipeline):
       lo, hi = self.bucket(seed_id)
       meta = self.gen.metadata([prompts.VL_QUERY, prompts.VL_POSITIVE], pipeline="vl",
                                seed_id=seed_id, bucket=[lo, hi],
-                               attempts={k: v["attempts"] for k, v in steps.items()})
+                               attempts={k: v["attempts"] for k, v in steps.items()},
+                               **prompts.custom_wording(self.prompts, VL_PROMPTS))
       domain = seed.get("domain") or self.domain
       row = TrainingRow(
           row_id=f"vl/{seed_id}", source="vl", query=queries.values[seed_id],

@@ -3,14 +3,14 @@
 One JSON lines file per stage and task; a row is appended (and flushed) as soon as its answer
 arrives, so a killed run loses at most the requests in flight and a rerun asks only for what is
 missing. The key covers the model, the protocol, the sampling parameters (`to_dict`: every
-parameter, penalties only when on), the whole request (whose text holds the prompt, the query
+parameter, penalties and stop strings only when set), the whole request (whose text holds the prompt, the query
 and, for reranking, the document) and, for a raw prompt, how it was sent (no chat template;
 whether a cut-off answer is kept), so a chat answer is never reused for a raw request. Chat keys
-are what they were before raw requests and penalties existed: earlier cache files stay valid.
-Failed requests are not stored: a rerun tries them again. An answer cut at the token budget is
-stored (marked `"cut": true`) only for a caller that uses cut answers (`keep_cut`, query rewriting
-as ReasonIR does it), and read back as such: a ChatFailure of kind "length" holding the text. A torn
-last line (a kill mid-write) is skipped.
+are what they were before raw requests, penalties and stop strings existed: earlier cache files
+stay valid. Failed requests are not stored: a rerun tries them again. An answer cut at the token
+budget is stored (marked `"cut": true`) only for a caller that uses cut answers (`keep_cut`, query
+rewriting as ReasonIR does it), and read back as such: a ChatFailure of kind "length" holding the
+text. A torn last line (a kill mid-write) is skipped.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import re
 
+from reasonir_jax.llm import prompt_file
+
 # =====================================================================================
 # Sources of the BRIGHT sections below (BM25, long documents, metrics, rewrite, rerank)
 # =====================================================================================
@@ -101,8 +103,9 @@ def rewrite_messages(query: str, budget: int | None, *, system: str = REWRITE_SY
 # Top 100 of the retriever per query (--input_k 100). One prompt per task family: aops, theoremqa_questions,
 # theoremqa_theorems (same text as theoremqa_questions), leetcode, pony, and a general one for
 # the rest. Each names the query first and the document second, and ends with the answer format
-# "Relevance score: X." with X from 0 to 5 and nothing else in the answer. The prompts below say
-# the same in our words; the format line keeps its form because the parser depends on it.
+# "Relevance score: X." with X from 0 to 5 and nothing else in the answer. The prompts below are
+# ours, modelled on that structure (the public text is not shipped; --prompt-file supplies it);
+# the format line keeps its form because the parser depends on it.
 # Scoring: the text after the LAST "Relevance score:" -- exactly its next two characters --
 # is parsed as a number and divided by 5; no marker scores 0; a parse failure scores -1 on that
 # normalised scale (after the division). Final score 0.5 * rerank + 0.5 * retriever score.
@@ -120,33 +123,41 @@ _RERANK_FORMAT = ("Reply in the form 'Relevance score: X.' where X is a whole nu
 _SAME_PROCESS = ("We are looking for a document that relies on the same mathematical process as this "
                  "problem:\n{query}\nA document counts as relevant when it uses that same mathematical "
                  "process.\nDocument: {document}\nRate the document above. ")
-RERANK_PROMPTS = {
-    "aops": ("We are looking for math problems that differ from, but resemble, this one:\n{query}\n"
-             "A document counts as relevant when it works with the same class of functions and shares "
-             "**any** technique with it.\nDocument: {document}\nRate the document above. "
-             + _RERANK_FORMAT),
-    "theoremqa_questions": _SAME_PROCESS + _RERANK_FORMAT,
-    "theoremqa_theorems": _SAME_PROCESS + _RERANK_FORMAT,
-    "leetcode": ("I want other problems that use similar data structures (any kind) or algorithms "
-                 "(e.g. DFS, DP, sorting, traversals) -- one or both of these -- as this problem:\n"
-                 "{query}\nIs the passage below similar in that way? For instance, a textbook of leetcode "
-                 "problems would put it in the same book, maybe in another chapter.\nPassage: {document}\n"
-                 "Rate the passage above. " + _RERANK_FORMAT),
-    "pony": ("I am going to write code in the pony programming language.\nProblem: {query}\n"
-             "Solving it needs knowledge of pony. A passage counts as relevant when its documentation "
-             "covers any part, however basic, of the code the program will need.\nPassage: {document}\n"
-             "Rate the passage above. " + _RERANK_FORMAT),
-    "general": ("A document is relevant when it holds information that helps answer or address the "
-                "query; one that mentions similar topics without such information is not.\n"
-                "Is the document below relevant for answering the query below?\n" + _RERANK_FORMAT
-                + "The query:\n<start_query>\n{query}\n<end_query>\n"
-                "The document:\n<start_document>\n{document}\n<end_document>\n"),
-}
+# The "rerank" prompt file (docs/prompt_files.md): one field per task family, our wording as
+# defaults; theoremqa_questions and theoremqa_theorems share the "theoremqa" field (one text in [R-rr]).
+RERANK_PROMPTS = prompt_file.Spec("rerank", {
+    "aops": prompt_file.Field(
+        "We are looking for math problems that differ from, but resemble, this one:\n{query}\n"
+        "A document counts as relevant when it works with the same class of functions and shares "
+        "**any** technique with it.\nDocument: {document}\nRate the document above. " + _RERANK_FORMAT,
+        required={"query", "document"}),
+    "theoremqa": prompt_file.Field(_SAME_PROCESS + _RERANK_FORMAT, required={"query", "document"}),
+    "leetcode": prompt_file.Field(
+        "I want other problems that use similar data structures (any kind) or algorithms "
+        "(e.g. DFS, DP, sorting, traversals) -- one or both of these -- as this problem:\n"
+        "{query}\nIs the passage below similar in that way? For instance, a textbook of leetcode "
+        "problems would put it in the same book, maybe in another chapter.\nPassage: {document}\n"
+        "Rate the passage above. " + _RERANK_FORMAT, required={"query", "document"}),
+    "pony": prompt_file.Field(
+        "I am going to write code in the pony programming language.\nProblem: {query}\n"
+        "Solving it needs knowledge of pony. A passage counts as relevant when its documentation "
+        "covers any part, however basic, of the code the program will need.\nPassage: {document}\n"
+        "Rate the passage above. " + _RERANK_FORMAT, required={"query", "document"}),
+    "general": prompt_file.Field(
+        "A document is relevant when it holds information that helps answer or address the "
+        "query; one that mentions similar topics without such information is not.\n"
+        "Is the document below relevant for answering the query below?\n" + _RERANK_FORMAT
+        + "The query:\n<start_query>\n{query}\n<end_query>\n"
+        "The document:\n<start_document>\n{document}\n<end_document>\n", required={"query", "document"}),
+})
+_RERANK_FIELD = {"aops": "aops", "theoremqa_questions": "theoremqa", "theoremqa_theorems": "theoremqa",
+                 "leetcode": "leetcode", "pony": "pony"}  # every other task: "general"
 
 
-def rerank_prompt(task: str, query: str, document: str) -> str:
-  template = RERANK_PROMPTS.get(task, RERANK_PROMPTS["general"])
-  return template.replace("{query}", query).replace("{document}", document)
+def rerank_prompt(task: str, query: str, document: str, prompts=None) -> str:
+  """The raw prompt; `prompts`: the "rerank" wording in force (default ours)."""
+  prompts = prompts or RERANK_PROMPTS.defaults()
+  return prompts.render(_RERANK_FIELD.get(task, "general"), query=query, document=document)
 
 
 def rerank_score(answer) -> float:
@@ -183,36 +194,81 @@ def rerank_score(answer) -> float:
 # The scripts, configs and README were read in facebookresearch/ReasonIR itself; the Python files
 # [M], [G], [G-doc], [G-eval] in a public fork of it (cmpatino/ReasonIR) that adds closed-book
 # switches and Qwen3 "/think" / "/no_think" system lines: those additions are left out here.
-# Chat: both send the prompt as the user turn of the model's chat template ([M] through
-# apply_chat_template, [G] through the chat-completions endpoint).
+# Chat: both send a system message and the prompt as the user turn of the model's chat template
+# ([M] through apply_chat_template, [G] through the chat-completions endpoint). The public system
+# lines are a generic "helpful assistant" sentence (the fork appends Qwen3's "/no_think"); ours say
+# the same in our words. Every wording below is a field of the "rag" prompt file (RAG_PROMPTS), so
+# the public text can be supplied with --prompt-file; the layout around the fields stays in code.
 
 RAG_TOP_K = {"mmlu": 3, "gpqa": 5}  # [M-sh] --concat_k 3; [G-sh] top_k=5 (the yaml default is 3)
+RAG_SYSTEM = "You are an assistant who answers questions helpfully and accurately."
+# [M] and [G] read the answer whatever its finish reason: an answer cut off at max_tokens is parsed.
+RAG_KEEP_TRUNCATED = True
 
 # --- MMLU [M] -------------------------------------------------------------------------
 # Order of the prompt: background block, then the task line (subject substituted as stored, with
 # underscores), a newline, then "Question:\n<q>\nOptions:\n" with one "<L>. <option>" line per
-# option ("N/A" options dropped), then the chain-of-thought cue. Zero-shot (ntrain must be 0).
-# The background block is a header line followed by each of the top-k passage texts and a blank
-# line; with no retrieval result the block is empty.
+# option ("N/A" options dropped), then the chain-of-thought cue "Answer: Let's think step by
+# step." (the zero-shot CoT trigger, kept as published: it opens the model's answer). Zero-shot
+# (ntrain must be 0). The background block is a header line followed by each of the top-k passage
+# texts and a blank line; with no retrieval result the block is empty.
 MMLU_BACKGROUND_HEADER = "Relevant background:\n"
 MMLU_TASK_LINE = ("Below are multiple-choice questions (with answers) on {subject}. Reason step by step, "
                   "then end with \"the answer is (X)\", where X is the letter of the right option.\n")
-MMLU_CUE = "Answer: Let's work through it step by step."
+MMLU_CUE = "Answer: Let's think step by step."
 MMLU_LETTERS = "ABCD"  # [M] choices = ["A", "B", "C", "D"]; every regex below is A-D only
-# [M] load_model: temperature 0, at most 2048 new tokens, generation stops at "Question:"; model
-# context 4096 tokens. The text after a "Question:" is dropped before parsing (same effect as the
-# stop string for backends without one).
-MMLU_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 2048}
+# [M] load_model: temperature 0, at most 2048 new tokens, generation stops at "Question:" (vLLM's
+# stop; every backend honours it, and the text after a "Question:" is dropped before parsing as
+# well); model context 4096 tokens.
 MMLU_STOP = "Question:"
+MMLU_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 2048, "stop": (MMLU_STOP,)}
 MMLU_RANDOM_SEED = 12345  # [M] save_res: random.seed(12345) before every guess
 
+# --- GPQA [G] -------------------------------------------------------------------------
+# User turn = role line + "\n\n" + "Question:\n<q>\n" + ("Documents:\n<passages>\n" with
+# retrieval) + "\n\n" + the multiple-choice instruction [G-ins], which repeats the question. The
+# question text carries its lettered options. Passages [G-doc]: "Passage <i>:\n<text>\n\n" for
+# i = 1..k, concatenated, outer whitespace stripped. Sent with a system message through the chat
+# endpoint (the fork's Qwen3 "/no_think" suffix does not apply to Qwen2.5-7B-Instruct: left out).
+GPQA_ROLE_RAG = "You are a knowledgeable assistant; answer the user's question using the documents provided."
+GPQA_ROLE_CLOSED = "You are a knowledgeable assistant; answer the user's question."  # the fork's closed book
+GPQA_INSTRUCTION = ("Answer the multiple-choice question below. Work through it step by step.\n\n"
+                    "Give your final choice as \\boxed{{YOUR_CHOICE}}.\n\n"
+                    "Question:\n{question}\n\n")  # a str.format template ({{ }}: literal braces)
+GPQA_LETTERS = "ABCD"
+# [G-cfg] temperature 0.7, top_p 0.8; [G] max_tokens 8000 on each request, and frequency_penalty set
+# to the yaml's repetition_penalty, 1.0: with OpenAI's definition that is not "off" (that would be
+# 0) but a penalty of 1 per earlier occurrence of a token in the answer. No presence_penalty, no stop.
+GPQA_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "max_tokens": 8000, "frequency_penalty": 1.0}
 
-def mmlu_prompt(question: str, options, subject: str, passages=()) -> str:
+# The "rag" prompt file (docs/prompt_files.md): our wording as defaults.
+RAG_PROMPTS = prompt_file.Spec("rag", {
+    "mmlu_system": prompt_file.Field(RAG_SYSTEM),
+    "mmlu_user": prompt_file.Field(
+        "{background}" + MMLU_TASK_LINE + "\nQuestion:\n{question}\nOptions:\n{options}" + MMLU_CUE,
+        allowed={"subject"}, required={"background", "question", "options"}),
+    "mmlu_background": prompt_file.Field(MMLU_BACKGROUND_HEADER + "{passages}", required={"passages"}),
+    "gpqa_system": prompt_file.Field(RAG_SYSTEM),
+    "gpqa_user": prompt_file.Field(
+        GPQA_ROLE_RAG + "\n\nQuestion:\n{question}\nDocuments:\n{documents}\n\n\n" + GPQA_INSTRUCTION,
+        required={"question", "documents"}),
+    "gpqa_user_closed": prompt_file.Field(
+        GPQA_ROLE_CLOSED + "\n\nQuestion:\n{question}\n\n\n" + GPQA_INSTRUCTION, required={"question"}),
+})
+
+
+def mmlu_prompt(question: str, options, subject: str, passages=(), prompts=None) -> str:
+  """The user turn; `prompts`: the "rag" wording in force (default ours)."""
+  prompts = prompts or RAG_PROMPTS.defaults()
   options = [o for o in options if o != "N/A"]
-  body = MMLU_TASK_LINE.format(subject=subject) + "\n" + "Question:\n" + question + "\n" + "Options:\n"
-  body += "".join(f"{MMLU_LETTERS[i]}. {o}\n" for i, o in enumerate(options)) + MMLU_CUE
-  background = (MMLU_BACKGROUND_HEADER + "".join(p + "\n\n" for p in passages)) if passages else ""
-  return background + body
+  listed = "".join(f"{MMLU_LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+  background = prompts.render("mmlu_background", passages="".join(p + "\n\n" for p in passages)) if passages else ""
+  return prompts.render("mmlu_user", background=background, subject=subject, question=question, options=listed)
+
+
+def rag_messages(task: str, user: str, prompts=None) -> list[dict]:
+  prompts = prompts or RAG_PROMPTS.defaults()
+  return [{"role": "system", "content": prompts[f"{task}_system"]}, {"role": "user", "content": user}]
 
 
 _MMLU_FIRST = re.compile(r"answer is \(?([A-D])\)?")
@@ -241,25 +297,6 @@ def mmlu_is_correct(pred: str | None, answer_index: int, num_options: int) -> bo
   return pred == MMLU_LETTERS[answer_index]
 
 
-# --- GPQA [G] -------------------------------------------------------------------------
-# Prompt = role line + "\n\n" + "Question:\n<q>\n" + ("Documents:\n<passages>\n" with retrieval)
-#          + "\n\n" + the multiple-choice instruction [G-ins], which repeats the question.
-# The question text carries its lettered options. Passages [G-doc]: "Passage <i>:\n<text>\n\n" for
-# i = 1..k, concatenated, outer whitespace stripped. One user message through the chat endpoint
-# (the public code also sends a Qwen3 "/no_think" system line, which does not apply to the paper's
-# Qwen2.5-7B-Instruct and is left out).
-GPQA_ROLE_RAG = "You are a knowledgeable assistant; answer the user's question using the documents provided."
-GPQA_ROLE_CLOSED = "You are a knowledgeable assistant; answer the user's question."  # the fork's closed book
-GPQA_INSTRUCTION = ("Answer the multiple-choice question below. Work through it step by step.\n\n"
-                    "Give your final choice as \\boxed{YOUR_CHOICE}.\n\n"
-                    "Question:\n{question}\n\n")
-GPQA_LETTERS = "ABCD"
-# [G-cfg] temperature 0.7, top_p 0.8; [G] max_tokens 8000 on each request, and frequency_penalty set
-# to the yaml's repetition_penalty, 1.0: with OpenAI's definition that is not "off" (that would be
-# 0) but a penalty of 1 per earlier occurrence of a token in the answer. No presence_penalty.
-GPQA_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "max_tokens": 8000, "frequency_penalty": 1.0}
-
-
 def gpqa_question_text(question: str, options) -> str:
   return question.strip() + "\n\nChoices:\n" + "\n".join(
       f"({GPQA_LETTERS[i]}) {o}" for i, o in enumerate(options))
@@ -269,13 +306,12 @@ def gpqa_passages(passages) -> str:
   return "".join(f"Passage {i}:\n{p}\n\n" for i, p in enumerate(passages, 1)).strip()
 
 
-def gpqa_prompt(question_text: str, passages=()) -> str:
+def gpqa_prompt(question_text: str, passages=(), prompts=None) -> str:
+  """The user turn; `prompts`: the "rag" wording in force (default ours)."""
+  prompts = prompts or RAG_PROMPTS.defaults()
   if passages:
-    head = (GPQA_ROLE_RAG + "\n\n" + "Question:\n" + question_text + "\n" + "Documents:\n"
-            + gpqa_passages(passages) + "\n")
-  else:
-    head = GPQA_ROLE_CLOSED + "\n\n" + "Question:\n" + question_text + "\n"
-  return head + "\n\n" + GPQA_INSTRUCTION.replace("{question}", question_text)
+    return prompts.render("gpqa_user", question=question_text, documents=gpqa_passages(passages))
+  return prompts.render("gpqa_user_closed", question=question_text)
 
 
 _BOXED = re.compile(r"\\boxed\{(.*)\}")

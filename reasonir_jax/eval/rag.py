@@ -5,10 +5,13 @@ LLM closed-book and with the top-k passages of a datastore retrieved by our enco
         --model RETRIEVER --backend openai --backend-model M --base-url U [--k 3] [--out OUT]
 
 `--protocol reference` (the default) follows the public ReasonIR RAG code (eval/protocol.py): its
-prompt layout and order, sampling (MMLU greedy, GPQA temperature 0.7 / top-p 0.8 and a frequency
-penalty of 1.0), answer extraction (MMLU: first "answer is (X)", then "Answer: X", then the last
-lone letter, else a seeded random guess; GPQA: the last \\boxed{...}) and scoring; k is 3 for MMLU
-and 5 for GPQA.
+prompt layout and order (a system message, then the user turn; MMLU's ends "Answer: Let's think
+step by step."), sampling (MMLU greedy and stopping at "Question:", GPQA temperature 0.7 / top-p
+0.8 and a frequency penalty of 1.0), answer extraction (MMLU: first "answer is (X)", then "Answer:
+X", then the last lone letter, else a seeded random guess; GPQA: the last \\boxed{...}) and scoring,
+an answer cut off at the token limit parsed like any other; k is 3 for MMLU and 5 for GPQA. The
+prompt wording is ours, modelled on the public structure; `--prompt-file FILE` supplies another
+(the public text, say: docs/prompt_files.md, stage "rag").
 `--protocol ours` keeps our earlier prompt and parser.
 
 `--data` is JSON lines: `question`, `choices` (list; or `options`), `answer` (letter or 0-based
@@ -33,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from reasonir_jax.eval import bright_data, cache, datastore, llm, protocol
+from reasonir_jax.llm import prompt_file
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +147,17 @@ def retrieve_passages(encoder, model_key: str, questions: Sequence[dict], store,
   return [[store.texts[i] for i in row] for row in idx]
 
 
-def reference_prompt(task: str, q: dict, passages: Sequence[str] = ()) -> str:
+def reference_prompt(task: str, q: dict, passages: Sequence[str] = (), prompts=None) -> str:
+  """The user turn of the reference protocol; `prompts`: the "rag" wording (default ours)."""
   if task == "mmlu":
-    return protocol.mmlu_prompt(q["question"], q["choices"], q.get("subject_raw", ""), passages)
+    return protocol.mmlu_prompt(q["question"], q["choices"], q.get("subject_raw", ""), passages, prompts)
   text = q["question"] if not q["choices"] else protocol.gpqa_question_text(q["question"], q["choices"])
-  return protocol.gpqa_prompt(text, passages)
+  return protocol.gpqa_prompt(text, passages, prompts)
+
+
+def reference_messages(task: str, q: dict, passages: Sequence[str] = (), prompts=None) -> list[dict]:
+  """The system message and the user turn, as the public code sends them."""
+  return protocol.rag_messages(task, reference_prompt(task, q, passages, prompts), prompts)
 
 
 def reference_sampling(task: str, max_tokens: int | None, seed: int):
@@ -171,30 +181,44 @@ def score_reference(task: str, q: dict, output: str) -> dict:
           "valid": score["valid"]}
 
 
+def answer_text(answer, keep_truncated: bool) -> tuple[str, bool]:
+  """The text to parse and whether it was cut off at the token limit: with `keep_truncated`, a
+  "length" failure's text so far (the public code parses it); any other failure is ""."""
+  if isinstance(answer, str):
+    return answer, False
+  if keep_truncated and answer.kind == "length" and answer.text is not None:
+    return answer.text, True
+  return "", False
+
+
 def answer_questions(backend, task: str, questions: Sequence[dict], passages: Sequence[Sequence[str]] | None,
                      *, protocol_name: str = "reference", max_tokens: int | None = None,
-                     seed: int = 0) -> tuple[float, list[dict]]:
-  """Accuracy and per-question rows. `reference`: the public prompts, sampling and scoring
-  (eval/protocol.py); `ours`: our earlier prompt, greedy, an unparsed answer counts as wrong."""
+                     seed: int = 0, prompts=None) -> tuple[float, list[dict]]:
+  """Accuracy and per-question rows. `reference`: the public layout (a system message, then the
+  prompt; `prompts` the "rag" wording in force, default ours), sampling (MMLU stops at
+  "Question:") and scoring, cut-off answers parsed (eval/protocol.py); `ours`: our earlier prompt
+  as one user message, greedy, an unparsed or cut-off answer counts as wrong."""
   from data_gen.backends import SamplingParams
   ctx = [passages[i] if passages else () for i in range(len(questions))]
   if protocol_name == "reference":
     sampling = reference_sampling(task, max_tokens, seed)
-    prompts = [reference_prompt(task, q, c) for q, c in zip(questions, ctx)]
+    conversations = [reference_messages(task, q, c, prompts) for q, c in zip(questions, ctx)]
+    keep_truncated = protocol.RAG_KEEP_TRUNCATED
   else:
     sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens or 1024, seed=seed)
-    prompts = [build_prompt(task, q, c) for q, c in zip(questions, ctx)]
-  answers = backend.chat([[{"role": "user", "content": p}] for p in prompts], sampling)
+    conversations = [[{"role": "user", "content": build_prompt(task, q, c)}] for q, c in zip(questions, ctx)]
+    keep_truncated = False
+  answers = backend.chat(conversations, sampling)
   rows = []
   for q, a in zip(questions, answers):
-    text = a if isinstance(a, str) else ""
+    text, truncated = answer_text(a, keep_truncated)
     if protocol_name == "reference":
       row = score_reference(task, q, text)
     else:
       pred = parse_answer(text, len(q["choices"]) or 4)
       row = {"prediction": pred, "correct": pred == q["answer"]}
-    rows.append({"id": q["id"], "answer": q["answer"], **row,
-                 "output": a if isinstance(a, str) else f"FAILED: {a.reason}"})
+    output = text if isinstance(a, str) or truncated else f"FAILED: {a.reason}"
+    rows.append({"id": q["id"], "answer": q["answer"], **row, "output": output, "truncated": truncated})
   return sum(r["correct"] for r in rows) / max(len(rows), 1), rows
 
 
@@ -220,6 +244,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--cache-dir", default="", help="embedding cache (default DATASTORE/embeddings)")
   cache.add_dtype_flag(parser)
   parser.add_argument("--out", default="", help="directory for rag_<task>.json")
+  prompt_file.add_flag(parser, "rag (--protocol reference)")
   llm.add_backend_flags(parser, required=True, what="the reader LLM")
   llm.add_base_url_flag(parser)
   args = parser.parse_args(argv)
@@ -231,6 +256,10 @@ def main(argv=None) -> dict:
     from reasonir_jax.eval.bright import default_cache_dir
     cache_dir = os.path.join(args.out, "rag_embeddings") if args.out else default_cache_dir()
   try:
+    if args.prompt_file and args.protocol != "reference":
+      raise ValueError("--prompt-file sets the wording of --protocol reference; --protocol ours has "
+                       "its own fixed prompt")
+    prompts = prompt_file.load(protocol.RAG_PROMPTS, args.prompt_file)
     questions = load_questions(data, args.task, args.seed)
     store = datastore.Datastore.load(store_dir)
     model_key = cache.model_fingerprint(args.model)
@@ -244,13 +273,14 @@ def main(argv=None) -> dict:
                                cache_dir=cache_dir, max_length=args.max_length, batch_size=args.batch_size,
                                cache_dtype=args.cache_dtype)
   try:
-    kw = dict(protocol_name=args.protocol, max_tokens=args.max_tokens or None, seed=args.seed)
+    kw = dict(protocol_name=args.protocol, max_tokens=args.max_tokens or None, seed=args.seed, prompts=prompts)
     closed, closed_rows = answer_questions(backend, args.task, questions, None, **kw)
     rag, rag_rows = answer_questions(backend, args.task, questions, passages, **kw)
   finally:
     backend.close()
   result = {"task": args.task, "protocol": args.protocol, "num_questions": len(questions), "k": k,
-            "num_passages": len(store.ids), "accuracy_closed_book": closed, "accuracy_with_retrieval": rag}
+            "num_passages": len(store.ids), "accuracy_closed_book": closed, "accuracy_with_retrieval": rag,
+            "prompts": {"source": prompts.source, "fingerprint": prompts.fingerprint}}
   print(f"{args.task} ({args.protocol} protocol): {len(questions)} questions, accuracy closed-book "
         f"{100 * closed:.1f}% -> with top-{k} retrieval {100 * rag:.1f}%")
   if args.out:

@@ -13,6 +13,10 @@ breaks the many ties of the 0..5 scale). Two protocols (`--protocol`):
 - ours: our earlier prompts (think briefly, then "Relevance score: X."), as one user message
   through the chat template, temperature 0, 1,024 tokens, a failure -1 before dividing by 5.
 
+The prompt wording of both protocols is ours (the reference one modelled on the public prompts'
+structure); `--prompt-file FILE` supplies another, e.g. the public text (docs/prompt_files.md,
+stages "rerank" and "rerank-ours").
+
     python -m reasonir_jax.eval.rerank --run-dir OUT --data BRIGHT_DIR --backend openai \\
         --backend-model Qwen/Qwen2.5-32B-Instruct --base-url http://localhost:8000/v1 [--top-k 100]
 
@@ -32,6 +36,7 @@ from typing import Mapping, Sequence
 
 from reasonir_jax import paths
 from reasonir_jax.eval import bright_data, llm, llm_cache, metrics, protocol, published
+from reasonir_jax.llm import prompt_file
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +79,33 @@ A document is useful when it shows an algorithm, data structure or a solved prob
 carries over to this problem. Sharing the topic or the wording is not enough.
 """ + _FORMAT
 
+# The "rerank-ours" prompt file (docs/prompt_files.md): the `ours` protocol's wording.
+OURS_PROMPTS = prompt_file.Spec("rerank-ours", {
+    "general": prompt_file.Field(GENERAL_PROMPT, required={"query", "document"}),
+    "math": prompt_file.Field(MATH_PROMPT, required={"query", "document"}),
+    "code": prompt_file.Field(CODE_PROMPT, required={"query", "document"}),
+})
+
+
+def prompt_spec(protocol_name: str) -> prompt_file.Spec:
+  """The prompt-file fields of a protocol: "rerank" (reference) or "rerank-ours"."""
+  return protocol.RERANK_PROMPTS if protocol_name == "reference" else OURS_PROMPTS
+
+
 _MARKER = re.compile(r"relevance\s+score\s*[:=]", re.IGNORECASE)
 _NUMBER = re.compile(r"^[\s*_`\[(\"']*(-?\d+(?:\.\d+)?)")
 
 
 def prompt_for(task: str, query: str, document: str, max_doc_chars: int | None = 12000,
-               protocol_name: str = "ours") -> str:
+               protocol_name: str = "ours", prompts: prompt_file.Prompts | None = None) -> str:
+  """The judgment prompt; `prompts`: the protocol's wording in force (default ours)."""
   if max_doc_chars:
     document = document[:max_doc_chars]
   if protocol_name == "reference":
-    return protocol.rerank_prompt(task, query, document)
-  template = (MATH_PROMPT if task in bright_data.MATH_TASKS
-              else CODE_PROMPT if task in bright_data.CODE_TASKS else GENERAL_PROMPT)
-  return template.format(query=query, document=document)
+    return protocol.rerank_prompt(task, query, document, prompts)
+  prompts = prompts or OURS_PROMPTS.defaults()
+  field = "math" if task in bright_data.MATH_TASKS else "code" if task in bright_data.CODE_TASKS else "general"
+  return prompts.render(field, query=query, document=document)
 
 
 def parse_relevance(answer) -> float:
@@ -129,9 +148,14 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
                documents: Mapping[str, str], *, top_k: int = 100, alpha: float = 0.5, seed: int = 0,
                max_tokens: int | None = None, max_doc_chars: int | None = None,
                protocol_name: str = "reference", cache: llm_cache.AnswerCache | None = None,
-               queries_per_request_batch: int = 16) -> tuple[dict, list[dict]]:
+               queries_per_request_batch: int = 16,
+               prompts: prompt_file.Prompts | None = None) -> tuple[dict, list[dict]]:
   """Returns (reranked run of each query's top-k, judgment rows). With `cache`, answers already
-  there are reused and new ones appended as they arrive."""
+  there are reused and new ones appended as they arrive (the key holds the whole prompt, so two
+  wordings never share an answer). `prompts`: the protocol's wording (default ours)."""
+  if prompts is not None and prompts.stage != prompt_spec(protocol_name).stage:
+    raise ValueError(f"rerank {task}: {prompts.stage} prompts given to --protocol {protocol_name} "
+                     f"(which takes {prompt_spec(protocol_name).stage})")
   sampling = sampling_for(protocol_name, seed, max_tokens)
   if max_doc_chars is None:
     max_doc_chars = 0 if protocol_name == "reference" else 12000
@@ -158,8 +182,8 @@ def rerank_run(backend, task: str, run: Mapping[str, Mapping[str, float]], queri
         if doc not in documents:
           raise KeyError(f"rerank {task}: run document {doc!r} is not in the corpus")
         pairs.append((qid, doc))
-    prompts = [prompt_for(task, queries[q], documents[d], max_doc_chars, protocol_name) for q, d in pairs]
-    requests = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
+    texts = [prompt_for(task, queries[q], documents[d], max_doc_chars, protocol_name, prompts) for q, d in pairs]
+    requests = texts if raw else [[{"role": "user", "content": p}] for p in texts]
     answers, n_sent = llm_cache.cached_generate(backend, cache, requests, sampling, protocol=f"rerank-{protocol_name}",
                                                 raw=raw, keep_truncated=raw and protocol.RERANK_KEEP_TRUNCATED)
     sent += n_sent
@@ -193,8 +217,10 @@ def load_query_texts(run_dir: str, data_dir: str, task: str, queries: str = "") 
 def rerank_dir(backend, run_dir: str, data_dir: str, tasks: Sequence[str], *, top_k: int = 100,
                alpha: float = 0.5, long_documents: bool = False, seed: int = protocol.RERANK_SEED,
                queries: str = "", max_tokens: int | None = None, max_doc_chars: int | None = None,
-               out_dir: str = "", protocol_name: str = "reference", use_cache: bool = True) -> dict:
+               out_dir: str = "", protocol_name: str = "reference", use_cache: bool = True,
+               prompts: prompt_file.Prompts | None = None) -> dict:
   out_dir = out_dir or paths.join(run_dir, "rerank")
+  prompts = prompts or prompt_spec(protocol_name).defaults()
   results = {}
   for task in tasks:
     run = metrics.read_trec_run(paths.join(run_dir, f"{task}.run"))
@@ -204,7 +230,8 @@ def rerank_dir(backend, run_dir: str, data_dir: str, tasks: Sequence[str], *, to
     try:
       new_run, judgments = rerank_run(backend, task, run, texts, dict(zip(doc_ids, docs)), top_k=top_k,
                                       alpha=alpha, seed=seed, max_tokens=max_tokens,
-                                      max_doc_chars=max_doc_chars, protocol_name=protocol_name, cache=cache)
+                                      max_doc_chars=max_doc_chars, protocol_name=protocol_name, cache=cache,
+                                      prompts=prompts)
     finally:
       if cache is not None:
         cache.close()
@@ -221,7 +248,8 @@ def rerank_dir(backend, run_dir: str, data_dir: str, tasks: Sequence[str], *, to
   results["average"] = {k: sum(results[t][k] for t in tasks) / len(tasks) for k in keys} | {
       "num_tasks": len(tasks)}
   config = {"top_k": top_k, "alpha": alpha, "seed": seed, "protocol": protocol_name,
-            "model": getattr(backend, "model", "")}
+            "model": getattr(backend, "model", ""),
+            "prompts": {"source": prompts.source, "fingerprint": prompts.fingerprint}}
   bright_data.write_text(paths.join(out_dir, "results.json"), json.dumps(results | {"config": config}, indent=1))
   print(published.format_table(results, "rerank", title="rerank"))
   return results
@@ -246,6 +274,7 @@ def main(argv=None):
                       help="documents are cut to this length (default: none reference, 12000 ours)")
   parser.add_argument("--no-cache", action="store_true", help="do not read or append the answer cache")
   parser.add_argument("--out", default="", help="output directory (default RUN_DIR/rerank)")
+  prompt_file.add_flag(parser, "rerank (stage rerank with --protocol reference, rerank-ours with ours)")
   llm.add_backend_flags(parser, required=True, what="the reranker")
   llm.add_base_url_flag(parser)
   args = parser.parse_args(argv)
@@ -259,6 +288,7 @@ def main(argv=None):
         raise ValueError(f"--run-dir {args.run_dir}: no <task>.run files")
     if not 0.0 <= args.alpha <= 1.0:
       raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+    prompts = prompt_file.load(prompt_spec(args.protocol), args.prompt_file)
     backend = llm.make_backend_from_args(args)
   except ValueError as e:
     parser.error(str(e))
@@ -266,7 +296,7 @@ def main(argv=None):
     return rerank_dir(backend, args.run_dir, args.data, tasks, top_k=args.top_k, alpha=args.alpha,
                       long_documents=args.long_documents, seed=args.seed, queries=args.queries,
                       max_tokens=args.max_tokens, max_doc_chars=args.max_doc_chars, out_dir=args.out,
-                      protocol_name=args.protocol, use_cache=not args.no_cache)
+                      protocol_name=args.protocol, use_cache=not args.no_cache, prompts=prompts)
   finally:
     backend.close()
 

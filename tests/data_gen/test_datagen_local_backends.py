@@ -1,12 +1,13 @@
 """The `transformers` backend with a tiny random Llama (plumbing), and the `vllm` backend's request
 building against injected fake vLLM modules (no vLLM, no GPU)."""
+import dataclasses
 import json
 import types
 
 import pytest
 
 from data_gen.backends import SamplingParams, make_backend
-from data_gen.backends.base import ChatFailure
+from data_gen.backends.base import ChatFailure, cut_at_stop
 from data_gen.backends.hf_local import plain_chat_format
 
 
@@ -135,6 +136,44 @@ def test_transformers_frequency_penalty_reaches_generate(tiny_llama_dir):
   assert tokens == [tokens[0]] * 12  # a huge negative one: the first token, over and over
 
 
+def test_transformers_stop_string_ends_generation_and_is_cut(tiny_llama_dir):
+  backend = make_backend("transformers", model=tiny_llama_dir, device="cpu", batch_size=2)
+  seen = _spy_on_generate(backend)
+  prompts = ["The mitochondria is the powerhouse of the cell.", "x"]
+  greedy = SamplingParams(temperature=0.0, max_tokens=12)
+  full = backend.complete(prompts, greedy)
+  assert "stopping_criteria" not in seen  # none asked for
+  text = full[0]
+  stop = text[len(text) // 2:len(text) // 2 + 2]  # a piece of what the model writes anyway
+  assert stop.strip() and text.index(stop) < len(text) - len(stop)
+  cut = backend.complete(prompts, dataclasses.replace(greedy, stop=(stop,)))
+  assert len(seen["stopping_criteria"]) == 1
+  # The text before the stop string, as vLLM and OpenAI return it; the other prompt of the batch
+  # is cut only where it holds the stop string itself.
+  assert cut[0] == text[:text.index(stop)]
+  assert cut[1] == cut_at_stop(full[1], [stop])
+  # Generation ended early: no 12 new tokens once every sequence has hit the stop string.
+  if stop in full[1]:
+    assert seen["out"].shape[1] - seen["input_ids"].shape[1] < 12
+  # The chat path honours it too.
+  [chat_full] = backend.chat([[{"role": "user", "content": "hello"}]], greedy)
+  piece = chat_full[len(chat_full) // 2:len(chat_full) // 2 + 2]
+  if piece.strip():
+    [chat_cut] = backend.chat([[{"role": "user", "content": "hello"}]],
+                              dataclasses.replace(greedy, stop=(piece,)))
+    assert chat_cut == chat_full[:chat_full.index(piece)]
+
+
+def test_sampling_stop_is_left_out_of_to_dict_when_empty():
+  assert "stop" not in SamplingParams().to_dict()  # earlier cache keys and run settings hold
+  assert SamplingParams(stop=["Question:"]).stop == ("Question:",)
+  assert SamplingParams(stop="Question:").to_dict()["stop"] == ["Question:"]
+  with pytest.raises(ValueError, match="stop strings"):
+    SamplingParams(stop=[""])
+  assert cut_at_stop("a Question: b Answer:", ["Answer:", "Question:"]) == "a "
+  assert cut_at_stop("nothing", ["Question:"]) == "nothing"
+
+
 def test_plain_chat_format():
   text = plain_chat_format([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
   assert text == "System: S\n\nUser: U\n\nAssistant:"
@@ -173,16 +212,18 @@ def _fake_vllm(kind: str, fail_on: str | None = None, engine_max_len: int = 100)
       calls["chat"].append((messages, sampling_params))
       if fail_on and any(fail_on in m[-1]["content"] for m in messages):
         raise ValueError("vLLM refused the request")
+      stop = sampling_params.kwargs.get("stop") or []  # vLLM ends the text before a stop string
       return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-          text=f"answer to {m[-1]['content']}",
+          text=cut_at_stop(f"answer to {m[-1]['content']}", stop),
           finish_reason="length" if "ramble" in m[-1]["content"] else "stop")])
           for m in messages]
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
       calls["generate"].append((prompts, sampling_params))
+      stop = sampling_params.kwargs.get("stop") or []
       return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-          text=f"continues {p}", finish_reason="length" if "ramble" in p else "stop")])
-          for p in prompts]
+          text=cut_at_stop(f"continues {p}", stop),
+          finish_reason="length" if "ramble" in p else "stop")]) for p in prompts]
 
   sp = types.SimpleNamespace()
   if kind == "new":
@@ -271,6 +312,31 @@ def test_vllm_raw_prompts_go_to_generate_with_the_same_checks():
   assert kept == ["continues ramble on"]
   # 20 words fit once the budget is small: the check uses the raw token count.
   assert backend.complete([long_text], SamplingParams(max_tokens=9)) == [f"continues {long_text}"]
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_vllm_stop_strings_reach_sampling_params_and_cut_the_answer(raw):
+  module, calls = _fake_vllm("new")
+  backend = make_backend("vllm", model="m", vllm_module=module, max_model_len=1000)
+  sampling = SamplingParams(max_tokens=10, stop=("Question:",))
+  if raw:
+    out = backend.complete(["so Question: next"], sampling)
+    params = calls["generate"][-1][1]
+    assert out == ["continues so "]
+  else:
+    out = backend.chat([[{"role": "user", "content": "so Question: next"}]], sampling)
+    params = calls["chat"][-1][1]
+    assert out == ["answer to so "]
+  assert params.kwargs["stop"] == ["Question:"]
+  backend.chat([[{"role": "user", "content": "a"}]], SamplingParams(max_tokens=10))
+  assert "stop" not in calls["chat"][-1][1].kwargs  # none asked for, none sent
+
+
+def test_vllm_length_failure_carries_the_text_so_far():
+  module, _ = _fake_vllm("new")
+  backend = make_backend("vllm", model="m", vllm_module=module, max_model_len=1000)
+  [cut] = backend.chat([[{"role": "user", "content": "ramble on"}]], SamplingParams(max_tokens=10))
+  assert cut.kind == "length" and cut.text == "answer to ramble on"
 
 
 def test_vllm_missing_gives_install_hint():

@@ -189,3 +189,30 @@ def test_sampling_to_dict_leaves_out_penalties_that_are_off():
                                                     "max_tokens": 9, "seed": 0}
   assert SamplingParams(frequency_penalty=1.0).to_dict()["frequency_penalty"] == 1.0
   assert SamplingParams(presence_penalty=0.5).penalties() == {"presence_penalty": 0.5}
+
+
+def test_stop_strings_are_sent_and_the_cut_answer_returned():
+  from data_gen.backends.base import cut_at_stop
+
+  def respond(req):  # as a server does: the answer ends before the first stop string
+    return cut_at_stop("step 1. the answer is (B).\n\nQuestion: next", req.get("stop") or [])
+
+  with ScriptedChatServer(respond) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m")
+    sampling = SamplingParams(max_tokens=50, stop=("Question:",))
+    [chat] = backend.chat([_conv("x")], sampling)
+    [raw] = backend.complete(["p"], sampling)
+    [plain] = backend.chat([_conv("y")], SamplingParams())
+    backend.close()
+  assert chat == raw == "step 1. the answer is (B).\n\n"
+  assert plain.endswith("Question: next")
+  x, p, y = server.requests
+  assert x["stop"] == p["stop"] == ["Question:"] and "stop" not in y
+
+
+def test_length_failure_carries_the_text_so_far():
+  with ScriptedChatServer(lambda req: ("length", "the answer is (C")) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m")
+    (out,) = backend.chat([_conv("x")], SamplingParams(max_tokens=5))
+    backend.close()
+  assert out.kind == "length" and out.text == "the answer is (C"

@@ -80,6 +80,8 @@ def _fake_vllm(engine_max_len=100, async_getters=False, old_structured=False):
         if "boom" in words:
           raise RuntimeError("engine step failed")
         text = f"answer to {' '.join(words)}"
+        for stop in params.kwargs.get("stop") or []:  # vLLM ends the text before a stop string
+          text = text.split(stop, 1)[0]
         reason = "length" if "ramble" in words else "stop"
         for end in (len(text) // 2, len(text)):  # cumulative outputs, the last one finished
           await asyncio.sleep(0)
@@ -188,6 +190,18 @@ def test_sampling_and_structured_output_as_the_offline_backend(old):
     plain.submit(_user("c"), SamplingParams(), json_schema={"type": "object"}).result(timeout=10)
     assert "structured_outputs" not in state["requests"][-1][2].kwargs
     assert "guided_decoding" not in state["requests"][-1][2].kwargs
+
+
+def test_stop_strings_reach_the_engine_and_cut_the_answer():
+  module, state = _fake_vllm()
+  with _async_backend(module) as backend:
+    sampling = SamplingParams(max_tokens=5, stop=("Question:",))
+    chat = backend.submit(_user("so Question: next"), sampling).result(timeout=10)
+    raw = backend.submit_completion("then Question: more", sampling).result(timeout=10)
+    plain = backend.submit(_user("b"), SamplingParams(max_tokens=5)).result(timeout=10)
+  assert (chat, raw, plain) == ("answer to so ", "answer to then ", "answer to b")
+  stops = [p.kwargs.get("stop") for _, _, p in state["requests"]]
+  assert stops == [["Question:"], ["Question:"], None]
 
 
 def test_raw_completion_skips_the_chat_template():

@@ -82,6 +82,16 @@ def test_reference_rerank_prompts():
   assert general.index("Relevance score") < general.index("<start_query>")  # instructions first
 
 
+def test_rerank_protocol_constants_the_docs_cite():
+  # README and docs/reference.md cite these; pinned to the public reranker's values.
+  assert protocol.RERANK_SAMPLING == {"temperature": 0.6, "top_p": 0.9, "max_tokens": 32}
+  assert (protocol.RERANK_TOP_K, protocol.RERANK_ALPHA, protocol.RERANK_SEED) == (100, 0.5, 42)
+  assert protocol.RERANK_MARKER == "Relevance score:" and not protocol.RERANK_CHAT
+  assert protocol.RERANK_KEEP_TRUNCATED
+  s = rerank.sampling_for("reference", 42, None)
+  assert (s.temperature, s.top_p, s.max_tokens, s.seed, s.stop) == (0.6, 0.9, 32, 42, ())
+
+
 def test_interpolation():
   assert rerank.interpolate(1.0, 0.2) == pytest.approx(0.6)
   assert rerank.interpolate(0, 0.8, alpha=0.25) == pytest.approx(0.6)
@@ -181,6 +191,64 @@ def test_reference_rerank_against_scripted_server(bright_dir, tmp_path):
   assert {"NDCG@10", "MAP@100", "Recall@100", "P@5", "MRR"} <= set(public)
 
 
+def test_rerank_prompt_file_reaches_the_server_and_keys_the_cache(bright_dir, tmp_path):
+  out = str(tmp_path)
+  _base_runs(out)
+  path = tmp_path / "rerank.toml"
+  path.write_text('general = """MY-GENERAL {query} || {document}\nRelevance score:"""\n')
+  from reasonir_jax.llm import prompt_file
+  mine = prompt_file.load(protocol.RERANK_PROMPTS, str(path))
+  with ScriptedChatServer(_reference_judge) as server:
+    backend = _backend(server)
+    rerank.rerank_dir(backend, out, bright_dir, ["biology"], prompts=mine)
+    n_file = len(server.requests)
+    rerank.rerank_dir(backend, out, bright_dir, ["biology"])  # our wording: its own answers
+    n_ours = len(server.requests) - n_file
+    rerank.rerank_dir(backend, out, bright_dir, ["biology"], prompts=mine)  # all from the cache
+    backend.close()
+    sent = list(server.requests)
+  assert n_file == n_ours == 12 and len(sent) == 24
+  query = "Why do cells need mitochondria to make ATP energy?"
+  doc = "Mitochondria produce ATP through cellular respiration in the cell."
+  assert f"MY-GENERAL {query} || {doc}\nRelevance score:" in [r["prompt"] for r in sent[:n_file]]
+  assert protocol.rerank_prompt("biology", query, doc) in [r["prompt"] for r in sent[n_file:]]
+  config = json.load(open(os.path.join(out, "rerank", "results.json")))["config"]
+  assert config["prompts"] == {"source": str(path), "fingerprint": mine.fingerprint}
+  # Our wording's requests are what they were before prompt files existed (same cache keys).
+  assert protocol.rerank_prompt("biology", "q", "d") == protocol.RERANK_PROMPTS.defaults().render(
+      "general", query="q", document="d")
+
+
+def test_rerank_ours_prompt_file_math_field(bright_dir, tmp_path):
+  from reasonir_jax.llm import prompt_file
+  path = tmp_path / "ours.toml"
+  path.write_text('math = "MATH {document} for {query}. Relevance score: X."\n')
+  prompts = prompt_file.load(rerank.OURS_PROMPTS, str(path))
+  assert rerank.prompt_for("aops", "Q", "D", prompts=prompts) == "MATH D for Q. Relevance score: X."
+  assert rerank.prompt_for("biology", "Q", "D", prompts=prompts) == rerank.prompt_for("biology", "Q", "D")
+  with pytest.raises(ValueError, match="rerank-ours prompts given to --protocol reference"):
+    rerank.rerank_run(None, "aops", {}, {}, {}, prompts=prompts)
+
+
+@pytest.mark.parametrize("protocol_name,text,field", [
+    ("reference", 'pony = "no document {query}"', "pony"),
+    ("reference", 'math = "{query} {document}"', "math"),  # an ours field under reference
+    ("ours", 'code = "{query} {document} {task}"', "code")])
+def test_bad_rerank_prompt_file_fails_before_any_request(bright_dir, tmp_path, monkeypatch, capsys,
+                                                         protocol_name, text, field):
+  metrics.write_trec_run(os.path.join(str(tmp_path), "biology.run"), {"b0": {"bio_mito": 0.5}})
+  path = tmp_path / "bad.toml"
+  path.write_text(text + "\n")
+  built = []
+  monkeypatch.setattr(rerank.llm, "make_backend_from_args", lambda args: built.append(args))
+  with pytest.raises(SystemExit):
+    rerank.main(["--run-dir", str(tmp_path), "--data", bright_dir, "--protocol", protocol_name,
+                 "--backend", "openai", "--backend-model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                 "--prompt-file", str(path)])
+  err = capsys.readouterr().err
+  assert str(path) in err and field in err and not built
+
+
 def test_rerank_resumes_after_kill(bright_dir, tmp_path):
   """A real SIGKILL mid-task: the rerun asks only for the judgments not yet on disk."""
   import signal
@@ -258,8 +326,10 @@ def test_cache_keys_tell_raw_from_chat_and_keep_old_keys():
           llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
               temperature=0.6, top_p=0.9, max_tokens=32, seed=42, frequency_penalty=1.0)),
           llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
-              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, presence_penalty=1.0))}
-  assert len(keys) == 6
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, presence_penalty=1.0)),
+          llm_cache.request_key("m", "rerank-reference", chat, SamplingParams(
+              temperature=0.6, top_p=0.9, max_tokens=32, seed=42, stop=("Question:",)))}
+  assert len(keys) == 7  # stop strings, when set, are part of the key
 
 
 def test_cached_chat_answer_is_not_reused_for_a_raw_request(tmp_path):
@@ -424,6 +494,10 @@ def test_reference_gpqa_requests_carry_the_frequency_penalty(tmp_path):
   assert all(r["frequency_penalty"] == 1.0 and "presence_penalty" not in r for r in gpqa)
   assert all((r["temperature"], r["top_p"], r["max_tokens"]) == (0.7, 0.8, 8000) for r in gpqa)
   assert all("frequency_penalty" not in r for r in mmlu + ours)
+  # MMLU stops at "Question:" ([M]); a system message precedes the prompt in both reference tasks.
+  assert all(r["stop"] == ["Question:"] for r in mmlu) and all("stop" not in r for r in gpqa + ours)
+  assert all(r["messages"][0]["role"] == "system" for r in gpqa + mmlu)
+  assert all([m["role"] for m in r["messages"]] == ["user"] for r in ours)
 
 
 def test_rag_cli_with_tiny_model(tmp_path, tiny_model_dir):

@@ -129,17 +129,21 @@ def test_gpqa_prompt_layout_and_order():
   p = protocol.gpqa_prompt(text, ["first", "second"])
   docs = "Passage 1:\nfirst\n\nPassage 2:\nsecond"
   assert p == (protocol.GPQA_ROLE_RAG + "\n\nQuestion:\n" + text + "\nDocuments:\n" + docs + "\n\n\n"
-               + protocol.GPQA_INSTRUCTION.replace("{question}", text))
+               + protocol.GPQA_INSTRUCTION.format(question=text))
   assert p.count(text) == 2 and "\\boxed{YOUR_CHOICE}" in p
   closed = protocol.gpqa_prompt(text)
   assert "Documents:" not in closed and closed.startswith(protocol.GPQA_ROLE_CLOSED + "\n\nQuestion:\n")
 
 
 def test_reference_sampling_and_k():
+  # The constants the docs cite (README, docs/reference.md): pinned to the public code's values.
   g, m = rag.reference_sampling("gpqa", None, 0), rag.reference_sampling("mmlu", None, 0)
-  assert (g.temperature, g.top_p, g.max_tokens) == (0.7, 0.8, 8000)
-  assert (m.temperature, m.max_tokens) == (0.0, 2048)
+  assert (g.temperature, g.top_p, g.max_tokens, g.frequency_penalty, g.stop) == (0.7, 0.8, 8000, 1.0, ())
+  assert (m.temperature, m.top_p, m.max_tokens, m.stop) == (0.0, 1.0, 2048, ("Question:",))
+  assert protocol.MMLU_STOP == "Question:" and protocol.RAG_KEEP_TRUNCATED
   assert protocol.RAG_TOP_K == {"mmlu": 3, "gpqa": 5}
+  assert protocol.MMLU_CUE == "Answer: Let's think step by step."
+  assert rag.reference_sampling("mmlu", 64, 0).stop == ("Question:",)  # a budget keeps the stop
 
 
 # ---- datastore --------------------------------------------------------------------------------
@@ -218,17 +222,22 @@ class ScriptedBackend:
     return [self.outputs[i % len(self.outputs)] for i in range(len(conversations))]
 
 
-def test_protocols_send_one_user_message_and_score_by_name():
+def test_protocols_send_their_messages_and_score_by_name():
   qs = rag.load_questions(os.path.join(rag.SAMPLE_DIR, "mmlu.jsonl"), "mmlu")
   backend = ScriptedBackend(["so the answer is (B)"])
   acc, rows = rag.answer_questions(backend, "mmlu", qs, [["ctx one"]] * len(qs))
   (convs, sampling), = backend.sent
-  assert all(len(c) == 1 and c[0]["role"] == "user" for c in convs) and sampling.temperature == 0.0
-  assert convs[0][0]["content"].startswith(protocol.MMLU_BACKGROUND_HEADER + "ctx one\n\n")
-  assert "high_school_physics" in convs[0][0]["content"]  # the subject as stored, as the public code does
+  # reference: a system message, then the prompt as the user turn, as the public code sends them
+  assert all([m["role"] for m in c] == ["system", "user"] for c in convs) and sampling.temperature == 0.0
+  assert convs[0][0]["content"] == protocol.RAG_SYSTEM and sampling.stop == ("Question:",)
+  user = convs[0][1]["content"]
+  assert user.startswith(protocol.MMLU_BACKGROUND_HEADER + "ctx one\n\n")
+  assert user.endswith("Answer: Let's think step by step.")
+  assert "high_school_physics" in user  # the subject as stored, as the public code does
   assert acc == sum(q["answer"] == "B" for q in qs) / len(qs) and {r["prediction"] for r in rows} == {"B"}
   ours = ScriptedBackend(["Answer: B"])
   acc_ours, _ = rag.answer_questions(ours, "mmlu", qs, None, protocol_name="ours")
+  assert len(ours.sent[0][0][0]) == 1  # ours: one user message
   assert ours.sent[0][0][0][0]["content"].startswith("The following is a multiple choice question about")
   assert acc_ours == acc
 
@@ -244,6 +253,74 @@ def test_gpqa_layouts(tmp_path):
   backend = ScriptedBackend(["\\boxed{B}"])
   acc, rows = rag.answer_questions(backend, "gpqa", [q], None)
   assert acc == 1.0 and rows[0]["exact_match"] and backend.sent[0][1].temperature == 0.7
+  (conv,), _ = backend.sent[0]
+  assert conv[0] == {"role": "system", "content": protocol.RAG_SYSTEM}
+  assert conv[1]["content"] == rag.reference_prompt("gpqa", q)
+
+
+def test_cut_off_answers_are_parsed_in_the_reference_protocol_only():
+  from data_gen.backends import ChatFailure
+  qs = rag.load_questions(os.path.join(rag.SAMPLE_DIR, "mmlu.jsonl"), "mmlu")[:1]
+  letter = qs[0]["answer"]
+  cut = ChatFailure("answer cut off at max_tokens=5", kind="length", text=f"so the answer is ({letter}")
+  acc, rows = rag.answer_questions(ScriptedBackend([cut]), "mmlu", qs, None)
+  assert acc == 1.0 and rows[0]["truncated"] and rows[0]["output"] == cut.text
+  acc, rows = rag.answer_questions(ScriptedBackend([cut]), "mmlu", qs, None, protocol_name="ours")
+  assert acc == 0.0 and rows[0]["output"].startswith("FAILED") and not rows[0]["truncated"]
+  other = ChatFailure("HTTP 500", kind="backend")
+  _, rows = rag.answer_questions(ScriptedBackend([other]), "mmlu", qs, None)
+  assert rows[0]["output"] == "FAILED: HTTP 500" and rows[0]["guessed"]
+
+
+PUBLIC_LIKE_RAG = """mmlu_system = "SYS-M"
+mmlu_user = "{background}TASK {subject}|{question}|{options}CUE"
+mmlu_background = "BG:{passages}"
+gpqa_system = "SYS-G"
+gpqa_user = "Q={question} D={documents} {{boxed}}"
+"""
+
+
+def test_rag_prompt_file_reaches_the_backend(tmp_path):
+  from reasonir_jax.llm import prompt_file
+  path = tmp_path / "rag.toml"
+  path.write_text(PUBLIC_LIKE_RAG)
+  prompts = prompt_file.load(protocol.RAG_PROMPTS, str(path))
+  qs = rag.load_questions(os.path.join(rag.SAMPLE_DIR, "mmlu.jsonl"), "mmlu")[:1]
+  backend = ScriptedBackend(["the answer is (A)"])
+  rag.answer_questions(backend, "mmlu", qs, [["p1", "p2"]], prompts=prompts)
+  (conv,), _ = backend.sent[0]
+  q = qs[0]
+  options = "".join(f"{'ABCD'[i]}. {c}\n" for i, c in enumerate(q["choices"]))
+  assert conv == [{"role": "system", "content": "SYS-M"}, {"role": "user", "content":
+                  f"BG:p1\n\np2\n\nTASK {q['subject_raw']}|{q['question']}|{options}CUE"}]
+  gq = {"id": "g", "question": "Why?", "choices": ["a", "b", "c", "d"], "answer": "A"}
+  g = ScriptedBackend(["\\boxed{A}"])
+  rag.answer_questions(g, "gpqa", [gq], [["doc"]], prompts=prompts)
+  rag.answer_questions(g, "gpqa", [gq], None, prompts=prompts)
+  (with_docs,), _ = g.sent[0]
+  (closed,), _ = g.sent[1]
+  text = protocol.gpqa_question_text("Why?", gq["choices"])
+  assert with_docs == [{"role": "system", "content": "SYS-G"},
+                       {"role": "user", "content": f"Q={text} D=Passage 1:\ndoc {{boxed}}"}]
+  assert closed[1]["content"] == protocol.RAG_PROMPTS.fields["gpqa_user_closed"].default.format(question=text)
+  assert prompts.fingerprint != protocol.RAG_PROMPTS.defaults().fingerprint
+
+
+@pytest.mark.parametrize("text,field", [
+    ('gpqa_user = "no documents here {question}"', "gpqa_user"),  # a required placeholder missing
+    ('mmlu_user = "{background}{question}{options}{passages}"', "mmlu_user"),  # not this field's
+    ('mmlu_sytem = "typo"', "mmlu_sytem")])
+def test_bad_rag_prompt_file_fails_before_any_request(tmp_path, monkeypatch, capsys, text, field):
+  path = tmp_path / "bad.toml"
+  path.write_text(text + "\n")
+  built = []
+  monkeypatch.setattr(rag.llm, "make_backend_from_args", lambda args: built.append(args))
+  with pytest.raises(SystemExit):
+    rag.main(["--task", "mmlu", "--data", "sample", "--datastore", "sample", "--model", "unused",
+              "--backend", "openai", "--backend-model", "m", "--base-url", "http://127.0.0.1:9/v1",
+              "--prompt-file", str(path)])
+  err = capsys.readouterr().err
+  assert str(path) in err and field in err and not built
 
 
 def test_datastore_top_k_pooling_keeps_the_questions_passages(tmp_path):
@@ -275,3 +352,13 @@ def test_datastore_cli_then_rag_reuses_its_embeddings(tmp_path, tiny_model_dir, 
             "--max-length", "128", "--backend", "transformers", "--backend-model", tiny_causal_lm_dir,
             "--max-tokens", "4"])
   assert len(docs_encoded) == 10  # the datastore's cache served every passage
+
+
+def test_rag_prompt_file_needs_the_reference_protocol(tmp_path, capsys):
+  path = tmp_path / "rag.toml"
+  path.write_text('mmlu_system = "S"\n')
+  with pytest.raises(SystemExit):
+    rag.main(["--task", "mmlu", "--data", "sample", "--datastore", "sample", "--model", "unused",
+              "--protocol", "ours", "--backend", "openai", "--backend-model", "m", "--base-url",
+              "http://127.0.0.1:9/v1", "--prompt-file", str(path)])
+  assert "--prompt-file sets the wording of --protocol reference" in capsys.readouterr().err
