@@ -112,7 +112,7 @@ def test_bad_prompt_files_name_the_file_and_field(tmp_path, protocol_name, text,
 
 def test_the_documented_example_prompt_file_loads(tmp_path):
   doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "prompt_files.md")).read()
-  example = doc.split("### rewrite", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+  example = doc.split("### `rewrite`", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
   prompts = rewrite.load_prompts("reference", _write(tmp_path, example))
   (user,) = rewrite.rewrite_messages("why?", "biology", 64, "reference", prompts)
   assert "Query: why?" in user["content"] and user["content"].endswith("at most 64 tokens.\n")
