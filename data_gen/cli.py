@@ -118,19 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
   neg.add_argument("--prompt-style", choices=["ours", "public"], default="ours",
                    help="ours: two turns (analysis, then the document); public: one turn from "
                    "instruction + query and instruction + positive, reasoning allowed")
+  neg.add_argument("--append-negative", action="store_true",
+                   help="keep the rows' negatives and append the written one (default: it "
+                   "replaces them, as the public script does)")
 
   mine = sub.add_parser("mine", help="BM25 hard-negative mining for existing rows")
   _common(mine)
   mine.add_argument("--corpus", default=None,
                     help="documents (id + text/content); default: the rows' positives")
-  mine.add_argument("--min-rank", type=int, default=21,
-                    help="first 1-based rank taken (public miner: the 21st document)")
+  mine.add_argument("--start-index", type=int, default=20,
+                    help="first 0-based index of the BM25 ranking a negative is taken from "
+                    "(public miner: 20, i.e. the top 20 are skipped)")
+  mine.add_argument("--top-k", type=int, default=1000,
+                    help="documents of the ranking searched (public miner: 1000)")
+  mine.add_argument("--bm25", choices=["reference", "ours"], default="reference",
+                    help="reference: BRIGHT's / the public miner's BM25 (Pyserini-style tokens, "
+                    "Porter, query-weighted Lucene BM25); ours: bm25s (unweighted query, "
+                    "1-character tokens dropped, Snowball)")
   mine.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (public miner: 0.9)")
   mine.add_argument("--b", type=float, default=0.4, help="BM25 b (public miner: 0.4)")
-  mine.add_argument("--stemmer", default="porter",
-                    help="PyStemmer algorithm for corpus and queries ('none': no stemming)")
+  mine.add_argument("--skip-zero-scores", action="store_true",
+                    help="never take a document the query does not match (public miner: "
+                    "zero scores allowed)")
   mine.add_argument("--num-negatives", type=int, default=1)
-  mine.add_argument("--depth", type=int, default=100, help="ranks searched past --min-rank")
   cov = sub.add_parser("coverage", help="list the input ids no shard of a run has committed")
   cov.add_argument("--input", required=True,
                    help="the inputs the shards were given (hq: the `filter` output)")
@@ -217,7 +227,8 @@ def pipeline_from_args(args):
                       domain=args.domain)
   from data_gen.pipelines.negatives import NegativesPipeline
   return NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
-                           max_overlap=args.max_overlap, prompt_style=args.prompt_style)
+                           max_overlap=args.max_overlap, prompt_style=args.prompt_style,
+                           append=args.append_negative)
 
 
 # The flags that decide which documents hq keeps (a rerun must not change them).
@@ -309,10 +320,10 @@ def run(args) -> dict:
           if text not in seen:
             seen.add(text)
             corpus.append({"id": f"{row.row_id}/pos{len(corpus)}", "text": text})
-    pipeline = MinePipeline(corpus, min_rank=args.min_rank, num_negatives=args.num_negatives,
-                            depth=args.depth, corpus_name=args.corpus or "input positives",
-                            k1=args.k1, b=args.b,
-                            stemmer=None if args.stemmer == "none" else args.stemmer)
+    pipeline = MinePipeline(corpus, start_index=args.start_index,
+                            num_negatives=args.num_negatives, top_k=args.top_k,
+                            corpus_name=args.corpus or "input positives", k1=args.k1, b=args.b,
+                            protocol=args.bm25, skip_zero_scores=args.skip_zero_scores)
   if pipeline is None:
     pipeline = pipeline_from_args(args)
   gen = getattr(pipeline, "gen", None)
