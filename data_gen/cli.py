@@ -51,24 +51,37 @@ def _llm(p: argparse.ArgumentParser) -> None:
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("seed document filters")
-  g.add_argument("--min-doc-words", type=int, default=50)
-  g.add_argument("--max-doc-words", type=int, default=2000)
-  g.add_argument("--near-dup-threshold", type=float, default=0.8,
-                 help="drop documents with 5-gram Jaccard >= this to a kept one (0: off)")
+  g = p.add_argument_group(
+      "seed document selection",
+      "The defaults are the public ReasonIR selection: exact duplicates removed within each "
+      "BRIGHT task, then the quality classifier's raw score >= --min-quality (1), then the "
+      "--top-n best documents of each task. --top-n needs --quality-model or --quality-scorer "
+      "(or the explicit --take-first).")
+  g.add_argument("--min-doc-words", type=int, default=1,
+                 help="drop documents with fewer words (default 1: only empty ones)")
+  g.add_argument("--max-doc-words", type=int, default=None,
+                 help="drop documents with more words (default: no bound)")
+  g.add_argument("--near-dup-threshold", type=float, default=0.0,
+                 help="also drop documents with 5-gram Jaccard >= this to a kept one (ours; "
+                 "default 0: off)")
   g.add_argument("--quality-model", default=None,
-                 help="local directory of an educational-quality classifier (transformers "
-                 "AutoModelForSequenceClassification + tokenizer, e.g. a FineWeb-Edu "
-                 "classifier); with it, documents with score >= --min-quality are kept, best "
-                 "first, then --top-n")
+                 help="an educational-quality classifier, FineWeb-Edu style: a transformers "
+                 "AutoModelForSequenceClassification directory (or hub name) with its tokenizer; "
+                 "a one-logit head's raw logit is the score")
   g.add_argument("--quality-batch-size", type=int, default=32)
   g.add_argument("--quality-max-length", type=int, default=512,
                  help="tokens of each document the classifier reads")
   g.add_argument("--quality-scorer", default=None,
                  help="instead of --quality-model: module:function taking a list of texts, "
                  "returning a list of scores")
-  g.add_argument("--min-quality", type=float, default=1.0)
-  g.add_argument("--top-n", type=int, default=None, help="keep the N best documents")
+  g.add_argument("--min-quality", type=float, default=1.0,
+                 help="keep documents whose score is >= this (public: 1)")
+  g.add_argument("--top-n", type=int, default=None,
+                 help="keep the N best documents of each BRIGHT task (documents without a task: "
+                 "N in all)")
+  g.add_argument("--take-first", action="store_true",
+                 help="with --top-n and no quality scorer: keep the first N documents of each "
+                 "task by id, unscored (logged as a warning; not the published selection)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   filt = sub.add_parser("filter", help="only the hq seed filters: write the kept documents once, "
                         "for shard machines to share (hq --no-filter)")
-  filt.add_argument("--input", required=True, help="seed documents")
+  filt.add_argument("--input", required=True,
+                    help="seed documents: files, globs, a directory, or a local BRIGHT dataset "
+                    "copy (its documents/ files, every task)")
   filt.add_argument("--output", required=True, help="the kept documents, a .jsonl file")
   filt.add_argument("--log-level", default="INFO")
   _filters(filt)
@@ -198,7 +213,7 @@ def filtered_documents(args) -> tuple[list[dict], dict]:
   return filter_documents(
       inputs.iter_documents(args.input), min_words=args.min_doc_words,
       max_words=args.max_doc_words, near_dup_threshold=args.near_dup_threshold or None,
-      scorer=scorer, min_score=args.min_quality, top_n=args.top_n)
+      scorer=scorer, min_score=args.min_quality, top_n=args.top_n, take_first=args.take_first)
 
 
 def run_filter(args) -> dict:
@@ -233,7 +248,8 @@ def pipeline_from_args(args):
 
 # The flags that decide which documents hq keeps (a rerun must not change them).
 _FILTER_FLAGS = ("input", "min_doc_words", "max_doc_words", "near_dup_threshold",
-                 "quality_model", "quality_max_length", "quality_scorer", "min_quality", "top_n")
+                 "quality_model", "quality_max_length", "quality_scorer", "min_quality", "top_n",
+                 "take_first")
 
 
 def filter_for_ray(args, name: str) -> str:

@@ -92,7 +92,7 @@ def test_hq_end_to_end(tmp_path, tokenizer_dir):
   with ScriptedChatServer(_hq_responder(script), model="gen-70b") as server:
     rc = main(["hq", "--input", inp, "--output-dir", out, "--backend", "openai",
                "--base-url", server.base_url, "--model", "gen-70b", "--queries-per-doc", "2",
-               "--min-doc-words", "10", "--request-timeout", "0.4", "--batch-size", "4", "--retry-backoff", "0.01",
+               "--min-doc-words", "10", "--near-dup-threshold", "0.8", "--request-timeout", "0.4", "--batch-size", "4", "--retry-backoff", "0.01",
                "--temperature", "0.5", "--seed", "7", "--log-level", "WARNING"])
   assert rc == 0
   rows, manifest, rejects = _outputs(out, "hq")
@@ -303,7 +303,8 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   with open(kept) as f:
     assert [json.loads(line)["id"] for line in f] == ["e0", "e1"]  # score >= 1, top 2 by id
   with open(kept + ".report.json") as f:
-    assert json.load(f)["after_quality"] == 2
+    report = json.load(f)
+  assert (report["after_min_quality"], report["after_top_n"]) == (3, 2)
   answer = json.dumps({"hard_query": ["When my enzyme assay stalls at low pH, what changed?"]})
   out = str(tmp_path / "out")
   with ScriptedChatServer(lambda req: answer) as server:
