@@ -69,7 +69,7 @@ def test_quality_scorer_hook(tmp_path, monkeypatch):
       "def score(texts):\n  return [float(len(t.split())) for t in texts]\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   fn = filters.load_callable("my_scorer:score")
-  docs = [{"id": f"d{i}", "text": " ".join(["w"] * n)} for i, n in enumerate((1, 3, 2, 3, 5))]
+  docs = [{"id": f"d{i}", "text": " ".join([f"w{i}"] * n)} for i, n in enumerate((1, 3, 2, 3, 5))]
   kept, _ = filter_documents(docs, scorer=fn, min_score=2, top_n=3, batch_size=2)
   # score >= 2, best first, ties broken by id, then the top 3.
   assert [(d["id"], d["quality_score"]) for d in kept] == [("d4", 5.0), ("d1", 3.0), ("d3", 3.0)]
