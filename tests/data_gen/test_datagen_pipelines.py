@@ -294,8 +294,9 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   (tmp_path / "edu_scorer.py").write_text(
       "def score(texts):\n  return [2.0 if 'enzyme' in t else 0.5 for t in texts]\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  docs = [{"id": f"e{i}", "text": f"TAG=e{i} enzyme " + _words(12, f"k{i}")} for i in range(3)]
-  docs += [{"id": "low", "text": "TAG=low pottery " + _words(12, "z")}]
+  docs = [{"id": f"e{i}", "text": f"TAG=e{i} enzyme " + _words(12, f"k{i}"), "task": "biology"}
+          for i in range(3)]
+  docs += [{"id": "low", "text": "TAG=low pottery " + _words(12, "z"), "task": "biology"}]
   inp = _write_jsonl(tmp_path / "docs.jsonl", docs)
   kept = str(tmp_path / "kept.jsonl")
   assert main(["filter", "--input", inp, "--output", kept, "--min-doc-words", "5",
@@ -314,4 +315,5 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   rows, manifest, _ = _outputs(out, "hq")
   assert sorted(r.row_id for r in rows) == ["hq/e0/0", "hq/e1/0"]
   assert all(json.loads(r.metadata)["quality_score"] == 2.0 for r in rows)
+  assert all(json.loads(r.metadata)["task"] == "biology" for r in rows)
   assert manifest["filters"]["filtered"] == "before (--no-filter)"
