@@ -55,24 +55,37 @@ def _llm(p: argparse.ArgumentParser) -> None:
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("seed document filters")
-  g.add_argument("--min-doc-words", type=int, default=50)
-  g.add_argument("--max-doc-words", type=int, default=2000)
-  g.add_argument("--near-dup-threshold", type=float, default=0.8,
-                 help="drop documents with 5-gram Jaccard >= this to a kept one (0: off)")
+  g = p.add_argument_group(
+      "seed document selection",
+      "The defaults are the public ReasonIR selection: exact duplicates removed within each "
+      "BRIGHT task, then the quality classifier's raw score >= --min-quality (1), then the "
+      "--top-n best documents of each task. --top-n needs --quality-model or --quality-scorer "
+      "(or the explicit --take-first).")
+  g.add_argument("--min-doc-words", type=int, default=1,
+                 help="drop documents with fewer words (default 1: only empty ones)")
+  g.add_argument("--max-doc-words", type=int, default=None,
+                 help="drop documents with more words (default: no bound)")
+  g.add_argument("--near-dup-threshold", type=float, default=0.0,
+                 help="also drop documents with 5-gram Jaccard >= this to a kept one (ours; "
+                 "default 0: off)")
   g.add_argument("--quality-model", default=None,
-                 help="local directory of an educational-quality classifier (transformers "
-                 "AutoModelForSequenceClassification + tokenizer, e.g. a FineWeb-Edu "
-                 "classifier); with it, documents with score >= --min-quality are kept, best "
-                 "first, then --top-n")
+                 help="an educational-quality classifier, FineWeb-Edu style: a transformers "
+                 "AutoModelForSequenceClassification directory (or hub name) with its tokenizer; "
+                 "a one-logit head's raw logit is the score")
   g.add_argument("--quality-batch-size", type=int, default=32)
   g.add_argument("--quality-max-length", type=int, default=512,
                  help="tokens of each document the classifier reads")
   g.add_argument("--quality-scorer", default=None,
                  help="instead of --quality-model: module:function taking a list of texts, "
                  "returning a list of scores")
-  g.add_argument("--min-quality", type=float, default=1.0)
-  g.add_argument("--top-n", type=int, default=None, help="keep the N best documents")
+  g.add_argument("--min-quality", type=float, default=1.0,
+                 help="keep documents whose score is >= this (public: 1)")
+  g.add_argument("--top-n", type=int, default=None,
+                 help="keep the N best documents of each BRIGHT task (documents without a task: "
+                 "N in all)")
+  g.add_argument("--take-first", action="store_true",
+                 help="with --top-n and no quality scorer: keep the first N documents of each "
+                 "task by id, unscored (logged as a warning; not the published selection)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   filt = sub.add_parser("filter", help="only the hq seed filters: write the kept documents once, "
                         "for shard machines to share (hq --no-filter)")
-  filt.add_argument("--input", required=True, help="seed documents")
+  filt.add_argument("--input", required=True,
+                    help="seed documents: files, globs, a directory, or a local BRIGHT dataset "
+                    "copy (its documents/ files, every task)")
   filt.add_argument("--output", required=True, help="the kept documents, a .jsonl file")
   filt.add_argument("--log-level", default="INFO")
   _filters(filt)
@@ -122,19 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
   neg.add_argument("--prompt-style", choices=["ours", "public"], default="ours",
                    help="ours: two turns (analysis, then the document); public: one turn from "
                    "instruction + query and instruction + positive, reasoning allowed")
+  neg.add_argument("--append-negative", action="store_true",
+                   help="keep the rows' negatives and append the written one (default: it "
+                   "replaces them, as the public script does)")
 
   mine = sub.add_parser("mine", help="BM25 hard-negative mining for existing rows")
   _common(mine)
   mine.add_argument("--corpus", default=None,
                     help="documents (id + text/content); default: the rows' positives")
-  mine.add_argument("--min-rank", type=int, default=21,
-                    help="first 1-based rank taken (public miner: the 21st document)")
+  mine.add_argument("--start-index", type=int, default=20,
+                    help="first 0-based index of the BM25 ranking a negative is taken from "
+                    "(public miner: 20, i.e. the top 20 are skipped)")
+  mine.add_argument("--top-k", type=int, default=1000,
+                    help="documents of the ranking searched (public miner: 1000)")
+  mine.add_argument("--bm25", choices=["reference", "ours"], default="reference",
+                    help="reference: BRIGHT's / the public miner's BM25 (Pyserini-style tokens, "
+                    "Porter, query-weighted Lucene BM25); ours: bm25s (unweighted query, "
+                    "1-character tokens dropped, Snowball)")
   mine.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (public miner: 0.9)")
   mine.add_argument("--b", type=float, default=0.4, help="BM25 b (public miner: 0.4)")
-  mine.add_argument("--stemmer", default="porter",
-                    help="PyStemmer algorithm for corpus and queries ('none': no stemming)")
+  mine.add_argument("--skip-zero-scores", action="store_true",
+                    help="never take a document the query does not match (public miner: "
+                    "zero scores allowed)")
   mine.add_argument("--num-negatives", type=int, default=1)
-  mine.add_argument("--depth", type=int, default=100, help="ranks searched past --min-rank")
   cov = sub.add_parser("coverage", help="list the input ids no shard of a run has committed")
   cov.add_argument("--input", required=True,
                    help="the inputs the shards were given (hq: the `filter` output)")
@@ -192,7 +217,7 @@ def filtered_documents(args) -> tuple[list[dict], dict]:
   return filter_documents(
       inputs.iter_documents(args.input), min_words=args.min_doc_words,
       max_words=args.max_doc_words, near_dup_threshold=args.near_dup_threshold or None,
-      scorer=scorer, min_score=args.min_quality, top_n=args.top_n)
+      scorer=scorer, min_score=args.min_quality, top_n=args.top_n, take_first=args.take_first)
 
 
 def run_filter(args) -> dict:
@@ -237,12 +262,13 @@ def pipeline_from_args(args):
   from data_gen.pipelines.negatives import NegativesPipeline
   return NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
                            max_overlap=args.max_overlap, prompt_style=args.prompt_style,
-                           prompts=wording)
+                           prompts=wording, append=args.append_negative)
 
 
 # The flags that decide which documents hq keeps (a rerun must not change them).
 _FILTER_FLAGS = ("input", "min_doc_words", "max_doc_words", "near_dup_threshold",
-                 "quality_model", "quality_max_length", "quality_scorer", "min_quality", "top_n")
+                 "quality_model", "quality_max_length", "quality_scorer", "min_quality", "top_n",
+                 "take_first")
 
 
 def filter_for_ray(args, name: str) -> str:
@@ -331,10 +357,10 @@ def run(args) -> dict:
           if text not in seen:
             seen.add(text)
             corpus.append({"id": f"{row.row_id}/pos{len(corpus)}", "text": text})
-    pipeline = MinePipeline(corpus, min_rank=args.min_rank, num_negatives=args.num_negatives,
-                            depth=args.depth, corpus_name=args.corpus or "input positives",
-                            k1=args.k1, b=args.b,
-                            stemmer=None if args.stemmer == "none" else args.stemmer)
+    pipeline = MinePipeline(corpus, start_index=args.start_index,
+                            num_negatives=args.num_negatives, top_k=args.top_k,
+                            corpus_name=args.corpus or "input positives", k1=args.k1, b=args.b,
+                            protocol=args.bm25, skip_zero_scores=args.skip_zero_scores)
   if pipeline is None:
     pipeline = pipeline_from_args(args)
   gen = getattr(pipeline, "gen", None)

@@ -1,7 +1,8 @@
 """Seed-document filters for HQ, streaming and in bounded memory: length bounds, exact and
 near-duplicate removal (MinHash signatures over word shingles, LSH banding, candidates confirmed
-by the signatures' estimated Jaccard), and a quality scorer (a shipped transformers classifier,
-or any `module:function`).
+by the signatures' estimated Jaccard), and quality selection: a scorer (a transformers
+sequence-classification model the user gives by path, FineWeb-Edu classifier style, or any
+`module:function`), a minimum score, and the top N per BRIGHT task.
 
 Every filter is deterministic (stable hashes, ties broken by id), so each of N shard machines
 filtering the same input keeps the same documents.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import re
 import zlib
 from typing import Callable, Iterable, Iterator, Sequence
@@ -33,11 +35,13 @@ def length_filter(docs: Iterable[dict], min_words: int, max_words: int | None) -
 
 
 def exact_dedup(docs: Iterable[dict]) -> Iterator[dict]:
-  """Keeps (streaming) the first document of each normalized text; 8-byte hashes in memory."""
+  """Keeps (streaming) the first document of each normalized text within its task (documents
+  without a `task` share one group), as the public pipeline deduplicates each BRIGHT corpus on
+  its own; 8-byte hashes in memory."""
   seen = set()
   for d in docs:
-    key = int.from_bytes(hashlib.blake2b(normalize(d["text"]).encode(), digest_size=8).digest(),
-                         "little")
+    keyed = f"{d.get('task') or ''}\x00{normalize(d['text'])}".encode()
+    key = int.from_bytes(hashlib.blake2b(keyed, digest_size=8).digest(), "little")
     if key not in seen:
       seen.add(key)
       yield d
@@ -171,24 +175,42 @@ def load_callable(spec: str) -> Callable:
   return fn
 
 
-def quality_filter(docs: Iterable[dict], scorer: Callable[[list[str]], Sequence[float]],
-                   min_score: float, top_n: int | None, batch_size: int = 256) -> list[dict]:
-  """Scores documents with `scorer(texts) -> scores` (batched, e.g. an educational-quality
-  classifier), keeps score >= min_score, then the `top_n` best (ties broken by id); streaming,
-  with at most ~2 * top_n documents held. The score is stored on each kept document as
-  `quality_score`."""
-  order = lambda d: (-d["quality_score"], d["id"])  # noqa: E731
-  scored: list[dict] = []
+def scored(docs: Iterable[dict], scorer: Callable[[list[str]], Sequence[float]],
+           batch_size: int = 256) -> Iterator[dict]:
+  """The documents (streaming) with `quality_score` = `scorer(texts)`, called on batches."""
   for chunk in _chunks(docs, batch_size):
     scores = list(scorer([d["text"] for d in chunk]))
     if len(scores) != len(chunk):
       raise ValueError(f"quality scorer returned {len(scores)} scores for {len(chunk)} texts")
-    scored += [{**d, "quality_score": float(s)} for d, s in zip(chunk, scores)
-               if float(s) >= min_score]
-    if top_n is not None and len(scored) > 2 * top_n + batch_size:
-      scored = sorted(scored, key=order)[:top_n]
-  scored.sort(key=order)
-  return scored[:top_n] if top_n is not None else scored
+    for d, s in zip(chunk, scores):
+      s = float(s)
+      if not math.isfinite(s):
+        raise ValueError(f"quality scorer gave document {d['id']!r} the score {s}")
+      yield {**d, "quality_score": s}
+
+
+def top_per_task(docs: Iterable[dict], key: Callable[[dict], tuple], top_n: int | None,
+                 slack: int = 256) -> list[dict]:
+  """The `top_n` first documents by `key` within each task (documents without a `task` form one
+  group; None: all of them), grouped by task in name order. Streaming: at most ~2 * top_n
+  documents per task are held."""
+  groups: dict[str, list[dict]] = {}
+  for d in docs:
+    group = groups.setdefault(str(d.get("task") or ""), [])
+    group.append(d)
+    if top_n is not None and len(group) > 2 * top_n + slack:
+      group.sort(key=key)
+      del group[top_n:]
+  out = []
+  for task in sorted(groups):
+    group = sorted(groups[task], key=key)
+    out += group if top_n is None else group[:top_n]
+  return out
+
+
+def by_score(d: dict) -> tuple:
+  """Best score first, ties broken by id."""
+  return -d["quality_score"], d["id"]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -204,9 +226,11 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 class EduQualityScorer:
   """An educational-quality classifier (FineWeb-Edu style) run through transformers:
-  `AutoModelForSequenceClassification` + its tokenizer from a local directory. A one-logit
-  (regression) head gives the score directly (0..5 for FineWeb-Edu); a head with k labels gives
-  the expected label index sum_i i * p_i. Texts are cut to `max_length` tokens."""
+  `AutoModelForSequenceClassification` + its tokenizer from the directory (or hub name) the user
+  gives; nothing is shipped. A one-logit (regression) head's raw logit is the score, unclipped and
+  unrounded, as the public seed filter reads FineWeb-Edu's classifier (about 0..5; it keeps raw
+  score >= 1); a head with k labels gives the expected label index sum_i i * p_i. Texts are cut to
+  `max_length` tokens."""
 
   def __init__(self, path: str, batch_size: int = 32, max_length: int = 512,
                device: str | None = None):

@@ -1,7 +1,12 @@
 """Reading pipeline inputs and splitting them over shard machines.
 
 - Seed documents: JSON lines with `id` and `text`, or the BRIGHT documents layout (`id`,
-  `content`) as JSON lines or parquet. An optional `domain` field names the subject area.
+  `content`) as JSON lines or parquet. An optional `domain` field names the subject area, an
+  optional `task` field the BRIGHT task (the seed selection takes its top N per task). A local
+  copy of the BRIGHT dataset (a directory holding `documents/`) gives the documents of every task
+  found there; a file under a `documents/` folder named for a BRIGHT task (`biology-00000-of-
+  00001.parquet`) gives that task, and its ids become `TASK/ID` (BRIGHT ids are unique only
+  within a task).
 - Training rows (for `negatives` and `mine`): our TFRecords, JSON lines of `TrainingRow` fields,
   or the reference JSON-lines format `{"query": [instr, text], "pos": [[instr, text]], ...}`.
 - Sharding: an input belongs to shard `stable_hash(id) % num_shards`, so N machines split the
@@ -14,20 +19,28 @@ import glob
 import hashlib
 import json
 import os
+import re
 from typing import Iterable, Sequence
 
 from reasonir_jax.data.reader import expand_paths
 from reasonir_jax.data.schema import TrainingRow
+from reasonir_jax.eval import bright_data
 
 _ROW_FIELDS = {f.name for f in dataclasses.fields(TrainingRow)}
 
 
 def expand_inputs(spec: str | Sequence[str]) -> list[str]:
-  """Files of comma-separated paths/globs (directories give their *.jsonl/*.parquet/*.tfrecord)."""
+  """Files of comma-separated paths/globs (directories give their *.jsonl/*.parquet/*.tfrecord; a
+  BRIGHT dataset directory gives its documents/ files)."""
   items = [p for p in spec.split(",") if p] if isinstance(spec, str) else list(spec)
   paths: list[str] = []
   for item in items:
-    if os.path.isdir(item):
+    if os.path.isdir(os.path.join(item, "documents")):
+      try:
+        paths.extend(bright_data.documents_files(item))
+      except FileNotFoundError as e:
+        raise FileNotFoundError(f"--input {item!r}: {e}") from None
+    elif os.path.isdir(item):
       found = sorted(p for ext in ("jsonl", "json", "parquet", "tfrecord")
                      for p in glob.glob(os.path.join(item, f"*.{ext}")))
       if not found:
@@ -41,6 +54,17 @@ def expand_inputs(spec: str | Sequence[str]) -> list[str]:
   if not paths:
     raise FileNotFoundError(f"--input {spec!r}: no input files")
   return paths
+
+
+_BRIGHT_FILE = re.compile(r"^(?P<task>[a-z_]+?)(-\d+-of-\d+)?\.(parquet|jsonl)$")
+
+
+def bright_task_of(path: str) -> str | None:
+  """The BRIGHT task a `documents/<task>[-0000i-of-0000n].(parquet|jsonl)` file holds, else None."""
+  if os.path.basename(os.path.dirname(os.path.abspath(path))) != "documents":
+    return None
+  m = _BRIGHT_FILE.match(os.path.basename(path))
+  return m.group("task") if m and m.group("task") in bright_data.TASKS else None
 
 
 def stable_hash(key: str) -> int:
@@ -73,8 +97,11 @@ def _iter_records(path: str):
   """(location, dict) for each record of a .jsonl/.json or .parquet file."""
   if path.endswith(".parquet"):
     import pyarrow.parquet as pq
-    for i, rec in enumerate(pq.read_table(path).to_pylist()):
-      yield f"{path}[row {i}]", rec
+    i = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # streamed, not whole
+      for rec in batch.to_pylist():
+        yield f"{path}[row {i}]", rec
+        i += 1
   else:
     for lineno, rec in _iter_jsonl(path):
       yield f"{path}:{lineno}", rec
@@ -90,6 +117,7 @@ def iter_documents(spec: str | Sequence[str]):
   """read_documents, streaming: one document at a time (only the ids are remembered)."""
   seen = {}
   for path in expand_inputs(spec):
+    file_task = bright_task_of(path)
     for where, rec in _iter_records(path):
       if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected a JSON object")
@@ -98,13 +126,16 @@ def iter_documents(spec: str | Sequence[str]):
       text = rec.get("text", rec.get("content"))
       if not isinstance(text, str):
         raise ValueError(f"{where}: needs a string field 'text' (or 'content', BRIGHT layout)")
-      doc_id = str(rec["id"])
+      doc_id = str(rec["id"]) if file_task is None else f"{file_task}/{rec['id']}"
       if doc_id in seen:
         raise ValueError(f"{where}: duplicate id {doc_id!r} (first at {seen[doc_id]})")
       seen[doc_id] = where
       doc = {"id": doc_id, "text": text}
       if rec.get("domain"):
         doc["domain"] = str(rec["domain"])
+      task = rec.get("task") or file_task
+      if task:
+        doc["task"] = str(task)
       if rec.get("quality_score") is not None:  # written by `python -m data_gen filter`
         doc["quality_score"] = float(rec["quality_score"])
       yield doc

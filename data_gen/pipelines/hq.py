@@ -1,17 +1,20 @@
 """HQ: reasoning-intensive queries written from seed documents; the document is the positive.
 
-Seed documents are filtered first (length bounds, exact and near-duplicate removal, an optional
-quality scorer with a threshold and top N); every shard machine filters the full input the same
-way, then takes its shard.
+Seed documents are selected first as the public ReasonIR pipeline does (exact duplicates removed
+within each BRIGHT task, an educational-quality classifier's raw score >= 1, the top N of each
+task), with optional length bounds and near-duplicate removal of our own; every shard machine
+filters the full input the same way, then takes its shard.
 """
 from __future__ import annotations
 
 import collections
 import json
+import logging
 from typing import Callable, Iterable, Sequence
 
 from data_gen import prompts, prompts_public
-from data_gen.filters import exact_dedup, length_filter, near_dedup, normalize, quality_filter
+from data_gen.filters import (by_score, exact_dedup, length_filter, near_dedup, normalize,
+                              scored, top_per_task)
 from data_gen.generate import run_step
 from data_gen.parsing import AnswerError, require_keys, require_standalone, require_text
 from data_gen.pipelines.common import rejected
@@ -19,13 +22,37 @@ from data_gen.runner import Generation, Pipeline
 from data_gen.stage import Outcome
 from reasonir_jax.data.schema import TrainingRow
 
+log = logging.getLogger(__name__)
 
-def filter_documents(docs: Iterable[dict], *, min_words: int = 50,
-                     max_words: int | None = 2000, near_dup_threshold: float | None = 0.8,
+
+QUALITY_FLAGS_HELP = (
+    "give --quality-model DIR (a FineWeb-Edu style classifier: the published selection keeps raw "
+    "score >= --min-quality, then the --top-n best of each BRIGHT task) or --quality-scorer "
+    "module:function; or add --take-first to keep the first --top-n documents of each task by "
+    "id, unscored")
+
+
+def filter_documents(docs: Iterable[dict], *, min_words: int = 1,
+                     max_words: int | None = None, near_dup_threshold: float | None = None,
                      scorer: Callable[[list[str]], Sequence[float]] | None = None,
-                     min_score: float = 1.0, top_n: int | None = None) -> tuple[list[dict], dict]:
-  """The filtered documents and a report of how many each filter kept. Streams: `docs` may be
-  an iterator, and only the kept documents (with a scorer and top N: ~2N) are held."""
+                     min_score: float = 1.0, top_n: int | None = None,
+                     take_first: bool = False,
+                     batch_size: int = 256) -> tuple[list[dict], dict]:
+  """The filtered documents and a report of how many each filter kept. The defaults are the
+  public ReasonIR seed selection (only empty documents dropped, exact duplicates removed within
+  each task, then with a scorer: score >= `min_score`, the `top_n` best of each task); length
+  bounds and near-duplicate removal are ours, off unless asked for. `top_n` without a scorer is
+  refused unless `take_first` (the first N of each task by id, logged as a warning). Streams:
+  `docs` may be an iterator; only the kept documents (with `top_n`: ~2N per task) are held."""
+  if top_n is not None and top_n < 1:
+    raise ValueError(f"--top-n must be >= 1, got {top_n}")
+  if take_first and scorer is not None:
+    raise ValueError("--take-first keeps documents unscored: drop it, or drop the quality scorer")
+  if take_first and top_n is None:
+    raise ValueError("--take-first needs --top-n N (the number of documents kept per task)")
+  if top_n is not None and scorer is None and not take_first:
+    raise ValueError(f"--top-n {top_n} without a quality scorer would keep documents by id, not "
+                     f"quality: {QUALITY_FLAGS_HELP}")
   counts = collections.Counter()
 
   def counted(stage, items):
@@ -36,26 +63,38 @@ def filter_documents(docs: Iterable[dict], *, min_words: int = 50,
   stream = counted("input", docs)
   stream = counted("after_length", length_filter(stream, min_words, max_words))
   stream = counted("after_exact_dedup", exact_dedup(stream))
+  names = ["input", "after_length", "after_exact_dedup"]
   if near_dup_threshold is not None:
     stream = counted("after_near_dedup", near_dedup(stream, threshold=near_dup_threshold))
+    names.append("after_near_dedup")
   if scorer is not None:
-    kept = quality_filter(stream, scorer, min_score=min_score, top_n=top_n)
-    counts["after_quality"] = len(kept)
-  elif top_n is not None:
-    kept = []
-    for d in stream:  # the first N by id, keeping at most ~2N
-      kept.append(d)
-      if len(kept) > 2 * top_n:
-        kept = sorted(kept, key=lambda d: d["id"])[:top_n]
-    kept = sorted(kept, key=lambda d: d["id"])[:top_n]
-    counts["after_top_n"] = len(kept)
+    stream = counted("after_min_quality", (d for d in scored(stream, scorer, batch_size)
+                                           if d["quality_score"] >= min_score))
+    names.append("after_min_quality")
+    kept = top_per_task(stream, by_score, top_n, batch_size)
+  elif take_first:
+    kept = top_per_task(stream, lambda d: d["id"], top_n, batch_size)
   else:
     kept = list(stream)
-  names = ["input", "after_length", "after_exact_dedup"]
-  names += ["after_near_dedup"] if near_dup_threshold is not None else []
-  names += ["after_quality"] if scorer is not None else []
-  names += ["after_top_n"] if scorer is None and top_n is not None else []
-  return kept, {k: counts[k] for k in names}
+    log.warning("seed filter: no quality scorer, so all %d documents left after deduplication "
+                "are kept unscored (the published selection scores them: --quality-model)",
+                len(kept))
+  if top_n is not None:
+    counts["after_top_n"] = len(kept)
+    names.append("after_top_n")
+  if take_first:
+    by_task = collections.defaultdict(list)
+    for d in kept:
+      by_task[d.get("task") or "(no task)"].append(d["id"])
+    log.warning("--take-first: kept the first %d documents of each task BY ID, NOT BY QUALITY "
+                "(no quality scorer ran): %s", top_n,
+                "; ".join(f"{t}: {len(ids)} ({ids[0]} .. {ids[-1]})"
+                          for t, ids in sorted(by_task.items())) or "none")
+  report = {k: counts[k] for k in names}
+  per_task = collections.Counter(d["task"] for d in kept if d.get("task"))
+  if per_task:
+    report["kept_per_task"] = dict(sorted(per_task.items()))
+  return kept, report
 
 
 PROMPT_STYLES = ("ours", "public")
@@ -145,8 +184,9 @@ class HQPipeline(Pipeline):
         meta = self.gen.metadata(self.prompt_name, pipeline="hq", doc_id=doc_id,
                                  query_index=k, attempts=result.attempts[doc_id],
                                  **prompts.custom_wording(self.prompts, self.prompt_spec))
-        if "quality_score" in doc:
-          meta["quality_score"] = doc["quality_score"]
+        for field in ("quality_score", "task"):
+          if field in doc:
+            meta[field] = doc[field]
         rows.append(TrainingRow(
             row_id=f"hq/{doc_id}/{k}", source="hq", query=query, positives=[doc["text"]],
             query_instruction=prompts.query_instruction(domain, "question"),

@@ -1,8 +1,9 @@
 """Multi-turn hard negatives: turn 1 the LLM analyses what the query needs and what the positive
 gives; turn 2 (same conversation) it writes a document of >= N words that looks related but
 lacks those ideas. The answer is checked for length and for low lexical overlap with the
-positive; each turn gets up to `max_attempts` tries. Output: the input rows with the negative
-appended.
+positive; each turn gets up to `max_attempts` tries. Output: the input rows with the negative as
+their only negative, replacing any they had, as the public script does (`append=True` keeps
+their negatives and appends it).
 
 With `prompt_style="public"` it is one turn instead (the public code's structure, see
 prompts_public): instruction + query and instruction + positive in, reasoning allowed, the
@@ -29,7 +30,8 @@ class NegativesPipeline(Pipeline):
   name = "negatives"
 
   def __init__(self, gen: Generation, min_words: int = 300, max_words: int | None = 2000,
-               max_overlap: float = 0.4, prompt_style: str = "ours", prompts=None):
+               max_overlap: float = 0.4, prompt_style: str = "ours", prompts=None,
+               append: bool = False):
     if prompt_style not in ("ours", "public"):
       raise ValueError(f"--prompt-style {prompt_style!r}: choose from ('ours', 'public')")
     self.prompt_style = prompt_style
@@ -43,6 +45,7 @@ class NegativesPipeline(Pipeline):
     self.min_words = min_words
     self.max_words = max_words
     self.max_overlap = max_overlap
+    self.append = append
 
   def input_id(self, row: TrainingRow) -> str:
     return row.row_id
@@ -50,6 +53,7 @@ class NegativesPipeline(Pipeline):
   def settings(self) -> dict:
     return {**self.gen.settings(), "prompt": self.prompt_names,
             "negative_words": [self.min_words, self.max_words], "max_overlap": self.max_overlap,
+            "negatives": "append" if self.append else "replace",
             **prompts.custom_wording(self.prompts, self.prompt_spec)}
 
   @property
@@ -103,9 +107,11 @@ class NegativesPipeline(Pipeline):
       provenance = self.gen.metadata(
           self.prompt_names, attempts={k: v["attempts"] for k, v in steps.items()},
           overlap=round(lexical_overlap(negative, row.positives[0]), 4),
+          negatives="append" if self.append else "replace",
+          negatives_before=len(row.negatives),
           **prompts.custom_wording(self.prompts, self.prompt_spec))
       new = dataclasses.replace(
-          row, negatives=[*row.negatives, negative],
+          row, negatives=[*row.negatives, negative] if self.append else [negative],
           metadata=merge_metadata(row.metadata, "hard_negative", provenance))
       outcomes.append(Outcome(input_id=row_id, rows=[new.validate()], steps=steps))
     return outcomes

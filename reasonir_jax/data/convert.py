@@ -1,12 +1,15 @@
 """Converts reference JSON-lines training data into our sharded TFRecords.
 
   python -m reasonir_jax.data.convert --input ROWS.jsonl --output DIR --num-shards N \
-      [--name NAME] [--source SOURCE] [--documents BRIGHT_DOCS.(jsonl|parquet)]
+      [--name NAME] [--source SOURCE] [--documents BRIGHT_DIR | DOCS.(jsonl|parquet),...]
 
 Input lines: {"query": [instruction, text], "pos": [[instruction, text], ...],
               "neg": [[instruction, text], ...]}  (optional "id" and "source" keys are kept).
-In the released HQ rows a positive is a BRIGHT document id; with --documents (a file of `id`,
-`content` rows) such ids are replaced by the document text. A positive that is not found (or
+In the released HQ rows a positive is a BRIGHT document id, from any of the 12 BRIGHT corpora;
+with --documents (a local copy of the BRIGHT dataset, whose documents/ files of every task are
+read, or comma-separated files of `id`, `content` rows) such ids are replaced by the document
+text. Only the ids the input names are held; an id found with two different texts is ambiguous
+and joins nothing. A positive that is not found (or
 that looks like an id when no --documents is given) is never written as text: the row is
 rejected, counted, and listed in DIR/NAME.rejects.jsonl. A malformed line is an error naming
 the file and line number.
@@ -33,26 +36,81 @@ class ConvertError(ValueError):
   pass
 
 
-def load_documents(path: str) -> dict[str, str]:
-  """id -> content from a BRIGHT documents file (.parquet or .jsonl)."""
+def document_files(spec: str) -> list[str]:
+  """--documents: a local BRIGHT dataset copy (its documents/ files, every task present), or
+  comma-separated .parquet / .jsonl files."""
+  from reasonir_jax.eval import bright_data
+  if os.path.isdir(os.path.join(spec, "documents")):
+    try:
+      return bright_data.documents_files(spec)
+    except FileNotFoundError as e:
+      raise ConvertError(f"--documents {spec!r}: {e}") from None
+  files = [p for p in spec.split(",") if p]
+  for path in files:
+    if not os.path.isfile(path):
+      raise ConvertError(f"--documents {path!r}: no such file (give files or a BRIGHT dataset directory)")
+  return files
+
+
+def _iter_documents(path: str):
+  """(id, content) of one BRIGHT documents file (.parquet or .jsonl)."""
   if path.endswith(".parquet"):
     import pyarrow.parquet as pq
-    table = pq.read_table(path)
+    table = pq.ParquetFile(path)
+    names = table.schema_arrow.names
     for col in ("id", "content"):
-      if col not in table.column_names:
-        raise ConvertError(f"{path}: no column {col!r} (has {table.column_names})")
-    return dict(zip(table.column("id").to_pylist(), table.column("content").to_pylist()))
-  docs = {}
+      if col not in names:
+        raise ConvertError(f"{path}: no column {col!r} (has {names})")
+    for batch in table.iter_batches(columns=["id", "content"], batch_size=4096):
+      yield from zip(map(str, batch.column("id").to_pylist()), batch.column("content").to_pylist())
+    return
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
         obj = json.loads(line)
-        docs[str(obj["id"])] = obj["content"]
+        yield str(obj["id"]), obj["content"]
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConvertError(f"{path}:{lineno}: bad document line ({e!r})") from None
+
+
+def load_documents(spec: str, wanted: set[str] | None = None) -> dict[str, str]:
+  """id -> content from BRIGHT documents (see document_files); with `wanted`, only those ids.
+  An id that two files give different texts is left out (ambiguous), with a warning."""
+  docs: dict[str, str] = {}
+  where: dict[str, str] = {}
+  ambiguous: dict[str, list[str]] = {}
+  for path in document_files(spec):
+    for doc_id, content in _iter_documents(path):
+      if wanted is not None and doc_id not in wanted:
+        continue
+      if doc_id in ambiguous:
+        ambiguous[doc_id].append(path)
+      elif doc_id in docs and docs[doc_id] != content:
+        ambiguous[doc_id] = [where.pop(doc_id), path]
+        del docs[doc_id]
+      elif doc_id not in docs:
+        docs[doc_id], where[doc_id] = content, path
+  if ambiguous:
+    shown = "; ".join(f"{i!r} in {', '.join(p)}" for i, p in list(ambiguous.items())[:5])
+    log.warning("%d document ids have different texts in different files and join nothing: %s",
+                len(ambiguous), shown)
   return docs
+
+
+def _wanted_ids(input_path: str) -> set[str]:
+  """The id-like positives of the input (a first pass; malformed lines are left to the second)."""
+  wanted = set()
+  with open(input_path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        pos = json.loads(line).get("pos") or []
+        wanted.update(p[1] for p in pos if isinstance(p, list) and len(p) == 2 and
+                      isinstance(p[1], str) and _looks_like_id(p[1]))
+      except (json.JSONDecodeError, AttributeError, TypeError):
+        continue
+  return wanted
 
 
 def _looks_like_id(text: str) -> bool:
@@ -144,7 +202,7 @@ def convert(input_path: str, output_dir: str, num_shards: int, name: str | None 
     raise ConvertError(f"--input {input_path!r}: no such file")
   name = name or os.path.splitext(os.path.basename(input_path))[0]
   source = source or name
-  documents = load_documents(documents_path) if documents_path else None
+  documents = load_documents(documents_path, _wanted_ids(input_path)) if documents_path else None
   rejects: list[dict] = []
   counter = {"rows": 0}
 
@@ -175,7 +233,9 @@ def main(argv=None) -> int:
   parser.add_argument("--num-shards", type=int, required=True)
   parser.add_argument("--name", default=None, help="shard file prefix (default: input file name)")
   parser.add_argument("--source", default=None, help="source name stored in rows (default: --name)")
-  parser.add_argument("--documents", default=None, help="BRIGHT documents (.jsonl or .parquet) to join ids")
+  parser.add_argument("--documents", default=None,
+                      help="BRIGHT documents to join HQ ids: a local BRIGHT dataset directory (the "
+                      "documents/ files of every task) or comma-separated .parquet/.jsonl files")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:

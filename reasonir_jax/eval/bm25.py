@@ -121,7 +121,8 @@ class BM25Index:
 
   def search(self, queries: Sequence[str], k: int,
              query_block: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [q, k'], corpus indices [q, k']) with k' = min(k, corpus size), best first."""
+    """(scores [q, k'], corpus indices [q, k']) with k' = min(k, corpus size), best first; with
+    the reference protocol equal scores keep corpus order (zero-score documents included)."""
     k = min(k, self.n)
     if self.protocol == "ours":
       tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self.stemmer,
@@ -131,11 +132,21 @@ class BM25Index:
     out_s, out_i = [], []
     for start in range(0, len(queries), query_block):
       s = self.model.scores([self.analyzer(q) for q in queries[start:start + query_block]])
-      top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < self.n else np.tile(np.arange(self.n), (len(s), 1))
-      top_s = np.take_along_axis(s, top, axis=1)
-      order = np.argsort(-top_s, axis=1, kind="stable")
-      out_i.append(np.take_along_axis(top, order, axis=1))
-      out_s.append(np.take_along_axis(top_s, order, axis=1))
+      top = np.stack([top_k_indices(row, k) for row in s]) if len(s) else np.zeros((0, k), np.int64)
+      out_i.append(top)
+      out_s.append(np.take_along_axis(s, top, axis=1))
     if not out_s:
       return np.zeros((0, k), np.float64), np.zeros((0, k), np.int64)
     return np.concatenate(out_s), np.concatenate(out_i)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+  """The indices of the k highest scores, best first, equal scores in index order: the same
+  ranking on every machine, also among the many zero-score documents. O(n + k log k)."""
+  if k >= len(scores):
+    return np.argsort(-scores, kind="stable")
+  kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th highest score
+  above = np.flatnonzero(scores > kth)
+  above = above[np.argsort(-scores[above], kind="stable")]
+  tied = np.flatnonzero(scores == kth)[:k - len(above)]  # ascending index
+  return np.concatenate([above, tied]).astype(np.int64)

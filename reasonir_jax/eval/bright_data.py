@@ -117,6 +117,20 @@ def split_file(data_dir: str, split: str, task: str) -> list[str]:
       f"(looked for {task}-*.parquet, {task}.parquet, {task}.jsonl); {LAYOUT_HELP}")
 
 
+def documents_files(data_dir: str) -> list[str]:
+  """The `documents/` files of every task present (seeds and HQ id joins span all 12 corpora)."""
+  found = []
+  for task in TASKS:
+    try:
+      found += split_file(data_dir, "documents", task)
+    except FileNotFoundError:
+      continue
+  if not found:
+    raise FileNotFoundError(f"BRIGHT data: no task file in {paths.join(data_dir, 'documents')}; "
+                            f"{LAYOUT_HELP}")
+  return found
+
+
 def read_rows(files: Sequence[str]) -> list[dict]:
   rows = []
   for path in files:

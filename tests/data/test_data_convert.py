@@ -65,6 +65,43 @@ def test_hq_document_ids_are_joined_and_missing_ids_reported(tmp_path, fmt):
   assert report["rows_written"] == 0 and report["rows_rejected"] == 3
 
 
+def test_hq_ids_join_over_a_bright_directory_or_several_files(tmp_path, caplog):
+  # HQ ids span the BRIGHT corpora: one documents file per task, all read.
+  docs_dir = tmp_path / "bright" / "documents"
+  docs_dir.mkdir(parents=True)
+  pq.write_table(pa.Table.from_pylist([
+      {"id": "bio_1.txt", "content": "Osmosis moves water."},
+      {"id": "shared.txt", "content": "The same text in two corpora."},
+      {"id": "clash.txt", "content": "Biology's text."}]),
+      docs_dir / "biology-00000-of-00001.parquet")
+  _write_jsonl(docs_dir / "leetcode.jsonl", [
+      {"id": "leetcode_7.txt", "content": "Reverse the digits of an integer."},
+      {"id": "shared.txt", "content": "The same text in two corpora."},
+      {"id": "clash.txt", "content": "LeetCode's text."}])
+  _write_jsonl(tmp_path / "hq.jsonl", [
+      {"query": ["", "Why do cells swell?"], "pos": [["", "bio_1.txt"]]},
+      {"query": ["", "How to reverse 123?"], "pos": [["", "leetcode_7.txt"]]},
+      {"query": ["", "Shared?"], "pos": [["", "shared.txt"]]},
+      {"query": ["", "Which one?"], "pos": [["", "clash.txt"]]}])
+  for spec in (str(tmp_path / "bright"),
+               f"{docs_dir}/biology-00000-of-00001.parquet,{docs_dir}/leetcode.jsonl"):
+    out = tmp_path / f"out{len(spec)}"
+    with caplog.at_level("WARNING"):
+      report = convert.convert(str(tmp_path / "hq.jsonl"), str(out), 1, source="hq",
+                               documents_path=spec, progress=False)
+    rows = sorted(read_rows(report["paths"]), key=lambda r: r.query)
+    assert [r.positives for r in rows] == [["Reverse the digits of an integer."],
+                                           ["The same text in two corpora."],
+                                           ["Osmosis moves water."]]
+    # An id two corpora give different texts joins nothing: the row is rejected, not guessed.
+    assert report["missing_document_ids"] == ["clash.txt"]
+    assert "clash.txt" in caplog.text and "different texts" in caplog.text
+  # Only the ids the input names are held.
+  assert set(convert.load_documents(str(tmp_path / "bright"), {"bio_1.txt"})) == {"bio_1.txt"}
+  with pytest.raises(convert.ConvertError, match="nowhere.parquet"):
+    convert.load_documents(str(tmp_path / "nowhere.parquet"))
+
+
 @pytest.mark.parametrize("line,match", [
     ("{not json", "bad.jsonl:2: not valid JSON"),
     ('{"pos": [["", "p"]]}', "bad.jsonl:2: missing field 'query'"),

@@ -7,6 +7,7 @@ import pytest
 from data_gen import filters, inputs
 from data_gen.parsing import (AnswerError, extract_json_object, require_keys, require_standalone,
                               require_text)
+from data_gen.pipelines.hq import filter_documents
 
 
 @pytest.mark.parametrize("text", [
@@ -68,8 +69,8 @@ def test_quality_scorer_hook(tmp_path, monkeypatch):
       "def score(texts):\n  return [float(len(t.split())) for t in texts]\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   fn = filters.load_callable("my_scorer:score")
-  docs = [{"id": f"d{i}", "text": " ".join(["w"] * n)} for i, n in enumerate((1, 3, 2, 3, 5))]
-  kept = filters.quality_filter(docs, fn, min_score=2, top_n=3, batch_size=2)
+  docs = [{"id": f"d{i}", "text": " ".join([f"w{i}"] * n)} for i, n in enumerate((1, 3, 2, 3, 5))]
+  kept, _ = filter_documents(docs, scorer=fn, min_score=2, top_n=3, batch_size=2)
   # score >= 2, best first, ties broken by id, then the top 3.
   assert [(d["id"], d["quality_score"]) for d in kept] == [("d4", 5.0), ("d1", 3.0), ("d3", 3.0)]
   with pytest.raises(ValueError, match="module:function"):

@@ -92,7 +92,7 @@ def test_hq_end_to_end(tmp_path, tokenizer_dir):
   with ScriptedChatServer(_hq_responder(script), model="gen-70b") as server:
     rc = main(["hq", "--input", inp, "--output-dir", out, "--backend", "openai",
                "--base-url", server.base_url, "--model", "gen-70b", "--queries-per-doc", "2",
-               "--min-doc-words", "10", "--request-timeout", "0.4", "--batch-size", "4", "--retry-backoff", "0.01",
+               "--min-doc-words", "10", "--near-dup-threshold", "0.8", "--request-timeout", "0.4", "--batch-size", "4", "--retry-backoff", "0.01",
                "--temperature", "0.5", "--seed", "7", "--log-level", "WARNING"])
   assert rc == 0
   rows, manifest, rejects = _outputs(out, "hq")
@@ -230,9 +230,9 @@ def test_negatives_end_to_end(tmp_path):
                                   for r in second)
 
 
-def test_mine_picks_first_non_gold_at_min_rank(tmp_path):
-  import bm25s
-  # Documents mention "volcano" fewer times the later they come: a known BM25 order.
+def test_mine_picks_first_non_gold_from_start_index(tmp_path):
+  # Every document has 15 tokens and mentions "volcano" fewer times the later it comes, so the
+  # BM25 order is d0, d1, ..., d9 (worked by hand: equal lengths, the score grows with tf).
   corpus = [{"id": f"d{i}", "text": " ".join(["volcano"] * (12 - i) + ["filler"] * (i + 3))}
             for i in range(10)]
   gold_text = corpus[3]["text"]
@@ -244,30 +244,36 @@ def test_mine_picks_first_non_gold_at_min_rank(tmp_path):
                              [{"id": d["id"], "content": d["text"]} for d in corpus])
   out = str(tmp_path / "out")
   assert main(["mine", "--input", inp, "--corpus", corpus_path, "--output-dir", out,
-               "--min-rank", "4", "--log-level", "WARNING"]) == 0
+               "--start-index", "3", "--log-level", "WARNING"]) == 0
   mined, manifest, rejects = _outputs(out, "mine")
-  # Independent ranking: rank 4 (1-based) is the gold d3, so the pick is rank 5 = d4.
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize([d["text"] for d in corpus], show_progress=False),
-                  show_progress=False)
-  order, _ = retriever.retrieve(bm25s.tokenize(["volcano eruption"], return_ids=False,
-                                               show_progress=False), k=10, show_progress=False)
-  assert [corpus[i]["id"] for i in order[0][:5]] == ["d0", "d1", "d2", "d3", "d4"]
-  [row] = mined
-  assert row.row_id == "q0" and row.negatives == [corpus[4]["text"]]
-  assert json.loads(row.metadata)["mined_negative"]["ranks"] == [5]
-  assert [r["input_id"] for r in rejects] == ["q1"]  # no scored candidate
-  assert manifest["steps"]["mine"] == {"accepted": 1, "rejected": 1, "retried": 0}
+  by_id = {r.row_id: r for r in mined}
+  # Index 3 (0-based) is the gold d3, so the pick is index 4 = d4.
+  assert by_id["q0"].negatives == [corpus[4]["text"]]
+  meta = json.loads(by_id["q0"].metadata)["mined_negative"]
+  assert meta["indices"] == [4] and meta["doc_ids"] == ["d4"] and meta["scores"][0] > 0
+  # "zebra" matches nothing: every score is 0, the ranking is corpus order, and zero scores are
+  # allowed (as in the public miner), so index 3 = d3 is taken.
+  assert by_id["q1"].negatives == [corpus[3]["text"]]
+  assert json.loads(by_id["q1"].metadata)["mined_negative"]["scores"] == [0.0]
+  assert rejects == [] and manifest["steps"]["mine"] == {"accepted": 2, "rejected": 0,
+                                                         "retried": 0}
+  assert manifest["settings"]["protocol"] == "reference" and manifest["settings"]["top_k"] == 1000
+  # --skip-zero-scores: "zebra" gets nothing.
+  assert main(["mine", "--input", inp, "--corpus", corpus_path, "--output-dir", out, "--name",
+               "skip", "--start-index", "3", "--skip-zero-scores", "--log-level", "WARNING"]) == 0
+  mined, _, rejects = _outputs(out, "skip")
+  assert [r.row_id for r in mined] == ["q0"] and [r["input_id"] for r in rejects] == ["q1"]
+  assert "non-zero score" in rejects[0]["reason"]
   # Without --corpus the corpus is the rows' positives; a row's own positive is never picked.
   rows = [{"row_id": f"r{i}", "source": "public", "query": f"volcano {i}",
            "positives": [corpus[i]["text"]]} for i in range(6)]
   inp = _write_jsonl(tmp_path / "rows2.jsonl", rows)
-  assert main(["mine", "--input", inp, "--output-dir", out, "--name", "mine2", "--min-rank", "1",
-               "--log-level", "WARNING"]) == 0
+  assert main(["mine", "--input", inp, "--output-dir", out, "--name", "mine2", "--start-index",
+               "0", "--log-level", "WARNING"]) == 0
   mined, manifest, _ = _outputs(out, "mine2")
   assert manifest["settings"]["corpus"] == "input positives"
   by_id = {r.row_id: r for r in mined}
-  assert by_id["r0"].negatives == [corpus[1]["text"]]  # rank 1 is itself (gold), then d1
+  assert by_id["r0"].negatives == [corpus[1]["text"]]  # index 0 is itself (gold), then d1
   assert by_id["r3"].negatives == [corpus[0]["text"]]
 
 
@@ -288,8 +294,9 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   (tmp_path / "edu_scorer.py").write_text(
       "def score(texts):\n  return [2.0 if 'enzyme' in t else 0.5 for t in texts]\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  docs = [{"id": f"e{i}", "text": f"TAG=e{i} enzyme " + _words(12, f"k{i}")} for i in range(3)]
-  docs += [{"id": "low", "text": "TAG=low pottery " + _words(12, "z")}]
+  docs = [{"id": f"e{i}", "text": f"TAG=e{i} enzyme " + _words(12, f"k{i}"), "task": "biology"}
+          for i in range(3)]
+  docs += [{"id": "low", "text": "TAG=low pottery " + _words(12, "z"), "task": "biology"}]
   inp = _write_jsonl(tmp_path / "docs.jsonl", docs)
   kept = str(tmp_path / "kept.jsonl")
   assert main(["filter", "--input", inp, "--output", kept, "--min-doc-words", "5",
@@ -297,7 +304,8 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   with open(kept) as f:
     assert [json.loads(line)["id"] for line in f] == ["e0", "e1"]  # score >= 1, top 2 by id
   with open(kept + ".report.json") as f:
-    assert json.load(f)["after_quality"] == 2
+    report = json.load(f)
+  assert (report["after_min_quality"], report["after_top_n"]) == (3, 2)
   answer = json.dumps({"hard_query": ["When my enzyme assay stalls at low pH, what changed?"]})
   out = str(tmp_path / "out")
   with ScriptedChatServer(lambda req: answer) as server:
@@ -307,4 +315,5 @@ def test_filter_once_then_hq_without_filtering(tmp_path, monkeypatch):
   rows, manifest, _ = _outputs(out, "hq")
   assert sorted(r.row_id for r in rows) == ["hq/e0/0", "hq/e1/0"]
   assert all(json.loads(r.metadata)["quality_score"] == 2.0 for r in rows)
+  assert all(json.loads(r.metadata)["task"] == "biology" for r in rows)
   assert manifest["filters"]["filtered"] == "before (--no-filter)"

@@ -99,3 +99,12 @@ def test_bm25_run_reference_keeps_zero_scores_and_drops_excluded(bright_dir):
   assert len(run["b0"]) == len(ids) - 1 and "bio_dup" not in run["b0"]  # every document but the excluded
   ours = bright.bm25_run("biology", examples, ids, docs, top_k=1000, protocol_name="ours")
   assert all(s > 0 for s in ours["b0"].values()) and len(ours["b0"]) < len(run["b0"])
+
+
+def test_equal_scores_keep_corpus_order():
+  # The same ranking on every machine, zero-score documents included (the miner takes from them).
+  s = np.array([0.0, 2.0, 0.0, 2.0, 1.0, 0.0])
+  assert bm25.top_k_indices(s, 4).tolist() == [1, 3, 4, 0]
+  assert bm25.top_k_indices(s, 6).tolist() == [1, 3, 4, 0, 2, 5]
+  scores, indices = bm25.BM25Index(["alpha", "beta", "gamma", "delta"]).search(["zzz", "gamma"], 3)
+  assert indices.tolist() == [[0, 1, 2], [2, 0, 1]] and scores[0].tolist() == [0, 0, 0]
