@@ -48,8 +48,6 @@ def check_mode(mode: str) -> str:
 class WeightedMixer:
   """Sources drawn with replacement by weight; per-source read cursors (today's state)."""
 
-  mode = "weighted"
-
   def __init__(self, names: list[str], weights: list[float], local_sizes: list[int],
                local_batch: int, process_index: int, seed: int, single_source: bool):
     self.names = names
@@ -137,8 +135,6 @@ class EpochPlan:
 class ReferenceMixer:
   """GritLM's epoch plan (module docstring); the state is (epoch, batch within the epoch)."""
 
-  mode = "reference"
-
   def __init__(self, names: list[str], counts: np.ndarray, local_batch: int,
                process_index: int, seed: int):
     self.names = names
@@ -183,8 +179,8 @@ class ReferenceMixer:
 
   def set_state(self, state: dict[str, Any]) -> None:
     if "records" not in state:
-      raise ValueError("input pipeline state was written with config.data.mixing='weighted' "
-                       "(it has no reference batch plan); resume with --config.data.mixing=weighted")
+      raise ValueError("input pipeline state was written with config.data.mixing='weighted' (it "
+                       "has no reference batch plan); resume with --config.data.mixing=weighted")
     if sorted(state["records"]) != sorted(self.names):
       raise ValueError(f"input pipeline state has sources {sorted(state['records'])}, "
                        f"config.data.sources has {sorted(self.names)}")

@@ -1,10 +1,11 @@
-"""Training sources: parsing `config.data.sources`, per-process file sharding, and the offset
-index that gives Grain random access to TFRecord records.
+"""Training sources: parsing `config.data.sources`, per-process file sharding, the offset index
+that gives Grain random access to TFRecord records, and the record counts of every process
+(which the mixing plan, mixing.py, is made from).
 
 Why an offset index rather than a sequential TFRecord reader: with the byte offset of every
 record known, a record is one seek + read, so Grain can shuffle globally (a fresh permutation of
-all local records each epoch) and the reading position is a single integer per source, which
-makes the iterator state tiny, exact and cheap to restore.
+all local records each epoch) and any record of any epoch is one integer (stream position
+epoch * n + k), which makes the iterator state tiny, exact and cheap to restore.
 
 Remote files (gs://...) are staged, not streamed: each process copies its own share of the files
 to local disk once (one sequential, buffered download per file; reused after a restart), then
