@@ -144,7 +144,8 @@ def records_per_process(local_counts: list[int], paths: list[list[str]], process
   import jax
   if jax.process_count() == process_count:
     from jax.experimental import multihost_utils
-    counts = np.asarray(multihost_utils.process_allgather(local), np.int64)
+    # int32: what JAX carries without x64.
+    counts = np.asarray(multihost_utils.process_allgather(local.astype(np.int32)), np.int64)
     return counts.reshape(process_count, len(local))
   counts = np.zeros((process_count, len(local)), np.int64)
   for p in range(process_count):
