@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
       sources="sample",
       # "reference" (GritLM's sampler, as ReasonIR trains): each epoch, every source shuffled and
       # cut into single-source global batches, the remainders into mixed ones, all batches
-      # shuffled; sources in proportion to their size, each record once per epoch.
+      # shuffled; sources in proportion to their size, without replacement within an epoch.
       # "weighted": each global batch's source drawn with replacement by the sources' weights.
       mixing="reference",
       # mixing="weighted" only: False draws every row's source instead of every batch's.
