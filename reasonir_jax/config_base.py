@@ -73,10 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict(dict(
-      # Comma-separated "name=glob[:weight]" entries, e.g. "public=/d/pub-*.tfrecord:0.5,hq=/d/hq-*:0.5".
-      # "sample" is the small training set shipped with the package.
+      # Comma-separated "name=glob[:weight]" entries, e.g. "public=/d/pub-*.tfrecord,hq=/d/hq-*".
+      # "sample" is the small training set shipped with the package. Weights need mixing="weighted".
       sources="sample",
-      # Each global batch drawn from one source (as the reference does).
+      # "reference" (GritLM's sampler, as ReasonIR trains): each epoch, every source shuffled and
+      # cut into single-source global batches, the remainders into mixed ones, all batches
+      # shuffled; sources in proportion to their size, without replacement within an epoch.
+      # "weighted": each global batch's source drawn with replacement by the sources' weights.
+      mixing="reference",
+      # mixing="weighted" only: False draws every row's source instead of every batch's.
       single_source_batches=True,
       tokenizer="",  # "" = the model directory's tokenizer, else the shipped sample tokenizer.
       max_length=2048,

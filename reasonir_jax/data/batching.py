@@ -1,7 +1,8 @@
 """One process's share of each training batch, as numpy arrays: the host side of the pipeline.
 
-`HostBatchIterator` picks the source of each batch (weighted, from a plan every process computes
-identically), reads rows through Grain (sources.py), samples one positive and group_size-1
+`HostBatchIterator` takes the records of each batch from a plan every process computes
+identically (mixing.py: the reference's epoch plan, or weighted draws), reads rows through Grain
+(sources.py), samples one positive and group_size-1
 negatives (with repetition when a row has too few), drops rows whose instruction alone fills
 max_length (counted), tokenizes with `PromptTokenizer` and pads to bucket lengths, or with
 config.data.packing packs the texts into fixed [rows, max_length] budgets (reasonir_jax.packing).
@@ -9,7 +10,8 @@ A batch whose texts do not fit its budget has its longest texts cut to the large
 length that fits, never into the template prefix (no row or text is dropped); such batches,
 texts and cut tokens are counted in stats() ("packing_*") and logged.
 
-Its state is a small JSON dict (the batch counter, one read position per source, the stats);
+Its state is a small JSON dict (the batch counter, the mixing mode and its position: epoch and
+batch within it, or one read cursor per source; the stats);
 every batch is a pure function of (seed, state), so restoring the state continues exactly.
 Planning (`plan_next`: reading, sampling) is sequential and cheap; `tokenize` is a pure
 function that worker threads may run (prefetch.py).
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from reasonir_jax.data import mixing as mixing_lib
 from reasonir_jax.data import sources as sources_lib
 from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_row
 from reasonir_jax.data.reader import expand_paths
@@ -35,7 +38,8 @@ from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+# 2: the mixing mode and its position; a version 1 state is a weighted one.
+STATE_VERSION = 2
 # Packing counters in stats() (with config.data.packing): batches with a cut, texts cut, tokens
 # cut, and kept tokens / token slots (the fill rate). Resumable, like every other counter.
 PACKING_STATS = ("packing_overflow_batches", "packing_cut_texts", "packing_cut_tokens",
@@ -94,7 +98,7 @@ class HostBatchIterator:
     self.buckets = tuple(int(b) for b in d.bucket_lengths)
     self.packing = bool(d.get("packing", False))
     self.packed_rows = packed_rows_per_side(config, self.batch_size) if self.packing else None
-    self.single_source_batches = bool(d.single_source_batches)
+    self.mixing = mixing_lib.check_mode(d.get("mixing", "reference"))
     self.skip_corrupt = bool(d.skip_corrupt)
     self.seed = int(config.seed) * 1_000_003 + int(d.shuffle_seed)
     self.tok = _as_prompt_tokenizer(tokenizer, config)
@@ -102,16 +106,16 @@ class HostBatchIterator:
     self._local = threading.local()
 
     self.specs = sources_lib.parse_sources(d.sources)
-    weights = np.asarray([s.weight for s in self.specs], np.float64)
-    self.weights = weights / weights.sum()
     self.datasets, self.record_sources = [], []
     self._stats = {"batches": 0, "rows_read": 0, "rows_used": 0, "dropped_long_instruction": 0,
                    "skipped_corrupt": 0, "rows_without_negatives": 0,
                    "rows_per_source": {s.name: 0 for s in self.specs}}
     if self.packing:
       self._stats.update(dict.fromkeys(PACKING_STATS, 0))
+    all_paths = []
     for i, spec in enumerate(self.specs):
       paths = expand_paths(_resolve_pattern(spec.pattern))
+      all_paths.append(paths)
       local = sources_lib.shard_files(paths, self.process_index, self.process_count, spec.name)
       src = sources_lib.TFRecordIndexSource(local, skip_corrupt=self.skip_corrupt)
       self._stats["skipped_corrupt"] += len(src.corrupt_tails)
@@ -119,31 +123,53 @@ class HostBatchIterator:
       self.datasets.append(sources_lib.shuffled_records(src, seed=self.seed * 131 + i))
       log.info("source %s: %d of %d files, %d records on process %d/%d", spec.name, len(local),
                len(paths), len(src), self.process_index, self.process_count)
-    self._cursors = [0] * len(self.specs)
+    self.mixer = self._make_mixer(config, all_paths)
     self._batch_index = 0
+
+  def _make_mixer(self, config, all_paths):
+    names = [s.name for s in self.specs]
+    local = [len(src) for src in self.record_sources]
+    if self.mixing == "weighted":
+      return mixing_lib.WeightedMixer(names, [s.weight for s in self.specs], local,
+                                      self.batch_size, self.process_index, self.seed,
+                                      bool(config.data.single_source_batches))
+    weighted = [f"{s.name}:{s.weight:g}" for s in self.specs if s.weight != 1.0]
+    if weighted:
+      raise ValueError(
+          f"config.data.sources gives weights ({', '.join(weighted)}) but config.data.mixing is "
+          f"'reference', which draws sources in proportion to their size; drop the weights or "
+          f"set --config.data.mixing=weighted")
+    if not config.data.single_source_batches:
+      raise ValueError("config.data.single_source_batches=False needs config.data.mixing="
+                       "'weighted' (the reference plan mixes sources only in remainder batches)")
+    counts = sources_lib.records_per_process(local, all_paths, self.process_index,
+                                             self.process_count, self.skip_corrupt)
+    return mixing_lib.ReferenceMixer(names, counts, self.batch_size, self.process_index,
+                                     self.seed)
 
   # -- state ---------------------------------------------------------------------------------
   def get_state(self) -> dict[str, Any]:
-    return {"version": STATE_VERSION, "batch_index": self._batch_index,
-            "cursors": {s.name: c for s, c in zip(self.specs, self._cursors)},
-            "process_index": self.process_index, "process_count": self.process_count,
-            "stats": json.loads(json.dumps(self._stats))}
+    return {"version": STATE_VERSION, "batch_index": self._batch_index, "mixing": self.mixing,
+            **self.mixer.get_state(self._batch_index), "process_index": self.process_index,
+            "process_count": self.process_count, "stats": json.loads(json.dumps(self._stats))}
 
   def set_state(self, state: dict[str, Any] | bytes | str) -> None:
     if isinstance(state, (bytes, str)):
       state = json.loads(state)
-    if state.get("version") != STATE_VERSION:
+    if state.get("version") == 1:
+      state = {**state, "mixing": "weighted"}
+    elif state.get("version") != STATE_VERSION:
       raise ValueError(f"input pipeline state version {state.get('version')!r}, expected {STATE_VERSION}")
-    names = [s.name for s in self.specs]
-    if sorted(state["cursors"]) != sorted(names):
-      raise ValueError(f"input pipeline state has sources {sorted(state['cursors'])}, "
-                       f"config.data.sources has {sorted(names)}")
+    if state["mixing"] != self.mixing:
+      raise ValueError(f"input pipeline state was written with config.data.mixing="
+                       f"{state['mixing']!r}, this run has {self.mixing!r}; resume with "
+                       f"--config.data.mixing={state['mixing']}")
     if (state["process_index"], state["process_count"]) != (self.process_index, self.process_count):
       raise ValueError(
           f"input pipeline state is of process {state['process_index']}/{state['process_count']},"
           f" this is {self.process_index}/{self.process_count}")
+    self.mixer.set_state(state)
     self._batch_index = int(state["batch_index"])
-    self._cursors = [int(state["cursors"][n]) for n in names]
     self._stats = json.loads(json.dumps(state["stats"]))
     if self.packing:
       for k in PACKING_STATS:
@@ -153,19 +179,8 @@ class HostBatchIterator:
     return json.loads(json.dumps(self._stats))
 
   # -- batches -------------------------------------------------------------------------------
-  def source_plan(self, batch_index: int) -> np.ndarray:
-    """Source id of every local row of a batch. With single_source_batches the choice depends
-    only on (seed, batch_index), so every process picks the same source for a global batch."""
-    if self.single_source_batches:
-      rng = np.random.default_rng([self.seed, batch_index])
-      return np.full(self.batch_size, rng.choice(len(self.specs), p=self.weights))
-    rng = np.random.default_rng([self.seed, batch_index, self.process_index, 1])
-    return rng.choice(len(self.specs), size=self.batch_size, p=self.weights)
-
-  def _next_record(self, s: int) -> tuple[TrainingRow, int] | None:
-    """Reads the next record of source s; None if it was corrupt and skipped."""
-    pos = self._cursors[s]
-    self._cursors[s] += 1
+  def _read(self, s: int, pos: int) -> tuple[TrainingRow, int] | None:
+    """Reads the record of source s at stream position pos; None if it was corrupt and skipped."""
     try:
       path, offset, data = self.datasets[s][pos]
     except CorruptRecordError as e:
@@ -223,12 +238,16 @@ class HostBatchIterator:
 
   def plan_next(self) -> "RawBatch":
     """Reads and samples the next batch's texts (sequential, cheap) and advances the state."""
-    plan = self.source_plan(self._batch_index)
     rows: list[tuple[TrainingRow, int, int]] = []
-    for s in plan:
-      s = int(s)
-      for _ in range(len(self.record_sources[s]) + 1):
-        got = self._next_record(s)
+    taken = set()
+    for s, positions in self.mixer.rows(self._batch_index):
+      # The row's record, else (too long an instruction, corrupt) the next ones of the source;
+      # never a record the batch already holds.
+      for pos in positions:
+        if (s, pos) in taken:
+          continue
+        taken.add((s, pos))
+        got = self._read(s, pos)
         if got is None:
           continue
         row, pos = got
@@ -237,7 +256,8 @@ class HostBatchIterator:
         self._stats["dropped_long_instruction"] += 1
       else:  # a whole epoch without a usable row: would loop forever
         raise ValueError(
-            f"source {self.specs[s].name!r}: no usable row in a full pass over its "
+            f"source {self.specs[s].name!r}: no usable row (not already in the batch) in a "
+            f"full pass over its "
             f"{len(self.record_sources[s])} local records (all corrupt, or every instruction "
             f"reaches max_length {self.query_max_length}/{self.passage_max_length}); "
             f"stats: {self._stats}")

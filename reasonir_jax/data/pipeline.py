@@ -3,7 +3,9 @@
 Stages (per JAX process):
   1. sources.py: each source's files are split between processes; an offset index gives Grain
      random access; Grain shuffles all local records (new permutation each epoch, per seed).
-  2. batching.py (HostBatchIterator): per-batch source choice, row parsing, positive/negative
+     mixing.py: which records make up each batch (the reference's epoch plan, every process
+     the same, from the record counts of all processes; or weighted source draws).
+  2. batching.py (HostBatchIterator): reading the planned records, row parsing, positive/negative
      sampling, dropping of over-long instructions, tokenization, bucket padding.
   3. prefetch.py (PrefetchIterator): a background thread keeps `prefetch` batches ready, with
      `num_workers` tokenizer threads.

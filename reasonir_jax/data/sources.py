@@ -1,10 +1,11 @@
-"""Training sources: parsing `config.data.sources`, per-process file sharding, and the offset
-index that gives Grain random access to TFRecord records.
+"""Training sources: parsing `config.data.sources`, per-process file sharding, the offset index
+that gives Grain random access to TFRecord records, and the record counts of every process
+(which the mixing plan, mixing.py, is made from).
 
 Why an offset index rather than a sequential TFRecord reader: with the byte offset of every
 record known, a record is one seek + read, so Grain can shuffle globally (a fresh permutation of
-all local records each epoch) and the reading position is a single integer per source, which
-makes the iterator state tiny, exact and cheap to restore.
+all local records each epoch) and any record of any epoch is one integer (stream position
+epoch * n + k), which makes the iterator state tiny, exact and cheap to restore.
 
 Remote files (gs://...) are staged, not streamed: each process copies its own share of the files
 to local disk once (one sequential, buffered download per file; reused after a restart), then
@@ -128,6 +129,34 @@ class TFRecordIndexSource(grain.sources.RandomAccessDataSource):
 
   def __repr__(self) -> str:
     return f"TFRecordIndexSource({len(self.paths)} files, {len(self)} records)"
+
+
+def records_per_process(local_counts: list[int], paths: list[list[str]], process_index: int,
+                        process_count: int, skip_corrupt: bool = False) -> np.ndarray:
+  """counts[p, s]: the records of source s that process p reads (source s's files are
+  `paths[s]`; this process's counts are `local_counts`). In a multi-process JAX run the counts
+  come from every process's own offset index (one small all-gather at start-up, in program
+  order on every process). Processes simulated in one (tests, `process_count` given without a
+  JAX cluster of that size) count the other shares' records themselves, from their headers."""
+  local = np.asarray(local_counts, np.int64)
+  if process_count == 1:
+    return local[None, :]
+  import jax
+  if jax.process_count() == process_count:
+    from jax.experimental import multihost_utils
+    # int32: what JAX carries without x64.
+    counts = np.asarray(multihost_utils.process_allgather(local.astype(np.int32)), np.int64)
+    return counts.reshape(process_count, len(local))
+  counts = np.zeros((process_count, len(local)), np.int64)
+  for p in range(process_count):
+    for s, source_paths in enumerate(paths):
+      if p == process_index:
+        counts[p, s] = local[s]
+      else:
+        share = source_paths[p::process_count]
+        counts[p, s] = sum(len(build_offset_index(f, skip_corrupt=skip_corrupt).offsets)
+                           for f in share)
+  return counts
 
 
 def shuffled_records(source: TFRecordIndexSource, seed: int) -> grain.MapDataset:

@@ -101,32 +101,36 @@ def test_fast_encoding_equals_plain_tokenizer_call(fixture, tok, tokenizer_dir):
     assert t.encode(texts, insts, max_length) == expected
 
 
-def test_same_seed_same_batches_and_exact_restore(two_sources, tok):
-  spec = f"alpha={two_sources['alpha']}:3,beta={two_sources['beta']}:1"
-  c = _config(spec, batch=8)
+@pytest.mark.parametrize("mixing", ["reference", "weighted"])
+def test_same_seed_same_batches_and_exact_restore(two_sources, tok, mixing):
+  weights = (":3", ":1") if mixing == "weighted" else ("", "")
+  spec = f"alpha={two_sources['alpha']}{weights[0]},beta={two_sources['beta']}{weights[1]}"
+  c = _config(spec, batch=8, mixing=mixing)
   a = pipeline.make_host_iterator(c, tok, process_index=0, process_count=1, prefetch=2)
   first = _batches(a, 3)
   state = json.loads(json.dumps(a.get_state()))  # JSON-serialisable
-  rest = _batches(a, 6)  # crosses an epoch boundary (alpha 24 rows, beta 16 rows)
+  # Crosses an epoch boundary (alpha 24 rows, beta 16 rows; reference: 5 batches an epoch).
+  rest = _batches(a, 6)
   # Same batches with tokenizer worker threads.
   b = pipeline.make_host_iterator(c, tok, process_index=0, process_count=1, prefetch=2, num_workers=2)
   assert all(_same(x, y) for x, y in zip(first, _batches(b, 3)))
   b.set_state(state)
   assert all(_same(x, y) for x, y in zip(rest, _batches(b, 6)))
   assert b.stats() == a.stats()
-  other = pipeline.make_host_iterator(_config(f"alpha={two_sources['alpha']}", batch=8), tok,
-                                      process_index=0, process_count=1)
+  other = pipeline.make_host_iterator(_config(f"alpha={two_sources['alpha']}", batch=8,
+                                              mixing=mixing), tok, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="sources"):
     other.set_state(state)
-  c2 = _config(spec, batch=8, shuffle_seed=1)
+  c2 = _config(spec, batch=8, shuffle_seed=1, mixing=mixing)
   d = pipeline.make_host_iterator(c2, tok, process_index=0, process_count=1)
   assert not all(_same(x, y) for x, y in zip(first, _batches(d, 3)))
   a.close(), b.close()
 
 
-def test_single_source_batches_and_weights(two_sources, tok):
+def test_weighted_mixing_single_source_batches_and_weights(two_sources, tok):
   spec = f"alpha={two_sources['alpha']}:3,beta={two_sources['beta']}:1"
-  it = pipeline.make_host_iterator(_config(spec, batch=4), tok, process_index=0, process_count=1)
+  it = pipeline.make_host_iterator(_config(spec, batch=4, mixing="weighted"), tok,
+                                   process_index=0, process_count=1)
   kinds = []
   for _ in range(40):
     b = next(it)
@@ -135,7 +139,8 @@ def test_single_source_batches_and_weights(two_sources, tok):
     kinds.append(names.pop())
   assert 20 <= kinds.count("alpha") <= 38 and kinds.count("beta") >= 2
   assert it.stats()["rows_per_source"] == {"alpha": 4 * kinds.count("alpha"), "beta": 4 * kinds.count("beta")}
-  mixed = pipeline.make_host_iterator(_config(spec, batch=8, single_source_batches=False), tok,
+  mixed = pipeline.make_host_iterator(_config(spec, batch=8, mixing="weighted",
+                                              single_source_batches=False), tok,
                                       process_index=0, process_count=1)
   seen = set()
   for b in _batches(mixed, 5):
@@ -181,7 +186,9 @@ def test_negatives_with_repetition_and_in_batch_fallback(tmp_path, tok):
 def test_long_instruction_rows_are_dropped_and_counted(tmp_path, tok):
   rows = _rows("ok", 6) + _rows("long", 3, inst="very long instruction " * 60)
   write_rows(rows, str(tmp_path), "d", 1)
-  it = pipeline.make_host_iterator(_config(f"d={tmp_path}/d-*", batch=6), tok, process_index=0, process_count=1)
+  # Weighted mixing reads each source as one stream: every record once, in order.
+  it = pipeline.make_host_iterator(_config(f"d={tmp_path}/d-*", batch=6, mixing="weighted"), tok,
+                                   process_index=0, process_count=1)
   b = next(it)
   assert {_text(tok, i, m).split()[0] for i, m in zip(b["query"]["input_ids"], b["query"]["pool_mask"])} == {"ok"}
   stats = it.stats()
