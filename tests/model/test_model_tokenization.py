@@ -104,12 +104,34 @@ def test_truncation_keeps_the_prefix(llama3, prompt_tok):
   assert ids == llama3(prompt_prefix(None) + ("ab " * 1000)[:300])["input_ids"][:30]
 
 
-def test_encode_equals_sentence_transformers_export(llama3, hf_model_factory, tmp_path):
+def test_merged_texts_keep_padding_and_packing_invariants(prompt_tok):
+  """A text can end up with no token to pool ("\n\n" merges into the prefix's last token):
+  padding and packing (with a cut) still mask exactly the first prefix_len tokens."""
+  from reasonir_jax.packing import cut_lengths, fit_to_rows, packed_arrays
+  from reasonir_jax.tokenization import pad_batch
+  enc = prompt_tok.encode(TEXTS, None, 40)
+  lengths = [len(ids) for ids, _ in enc]
+  assert [len(ids) - n for ids, n in enc][5:7] == [0, 0]  # "\n\n" and ""
+  padded = pad_batch(enc, 40, prompt_tok.pad_id)
+  assert padded["pool_mask"].sum(1).tolist() == [max(0, len(ids) - n) for ids, n in enc]
+  mins = [n + 1 for _, n in enc]  # as the input pipeline asks: never cut into the prefix
+  rows, cap = fit_to_rows(lengths, 40, 2, mins)
+  kept = cut_lengths(lengths, cap, mins)
+  assert cap is not None and all(min(n, m) <= k <= n for k, n, m in zip(kept, lengths, mins))
+  packed = packed_arrays(enc, rows, 40, prompt_tok.pad_id, lengths=kept)
+  pooled = [(packed["pool_ids"] == i).sum() for i in range(len(enc))]
+  assert pooled == [max(0, k - n) for k, (_, n) in zip(kept, enc)]
+
+
+def test_encode_equals_sentence_transformers_export(llama3, prompt_tok, hf_model_factory,
+                                                    tmp_path):
   """A tiny random model over the real tokenizer's 128256 ids: `Encoder.encode` gives the
   export's sentence-transformers embeddings (include_prompt=False, the exported prompts), and
   those of the PyTorch reference."""
+  import torch
   from sentence_transformers import SentenceTransformer
   from reasonir_jax import Encoder
+  from reasonir_jax.hf.load import load_hf
   from reasonir_jax.hf.torch_reference import encode as torch_encode
   from reasonir_jax.tokenization import prompt_prefix
   hf_dir, export = str(tmp_path / "hf"), str(tmp_path / "export")
@@ -118,8 +140,8 @@ def test_encode_equals_sentence_transformers_export(llama3, hf_model_factory, tm
                            head_dim=8, bos_token_id=BOS, eos_token_id=128001,
                            pad_token_id=128004)
   model.save_pretrained(hf_dir)
-  llama3.save_pretrained(hf_dir)
-  encoder = Encoder.from_pretrained(hf_dir, dtype="float32", show_progress=False)
+  jax_model, cfg = load_hf(hf_dir, show_progress=False, param_dtype="float32", dtype="float32")
+  encoder = Encoder(jax_model, prompt_tok, cfg)
   # An instruction given with GritLM's strippable ends exports the stripped prompt.
   encoder.save_pretrained(export, prompts={"biology": f" {INSTRUCTION}: \n"}, max_length=48)
   config = json.load(open(os.path.join(export, "config_sentence_transformers.json")))
@@ -132,8 +154,8 @@ def test_encode_equals_sentence_transformers_export(llama3, hf_model_factory, tm
     np.testing.assert_allclose(torch_encode(model, llama3, texts, instruction, max_length=48).numpy(),
                                ours, atol=1e-5)
     # Prefix and text tokenized apart give "\n\nfoo" another embedding: the test can tell.
-    prefix = list(encoder.prompt_tokenizer.prefix_ids(instruction))
+    prefix = list(prompt_tok.prefix_ids(instruction))
     apart = prefix + llama3("\n\nfoo", add_special_tokens=False)["input_ids"]
-    hidden = np.asarray(encoder.model(np.array([apart], np.int32), np.ones((1, len(apart)), np.int32)))
-    mean = hidden[0, len(prefix):].mean(0)
-    assert np.abs(ours[0] - mean / np.linalg.norm(mean)).max() > 1e-3
+    with torch.no_grad():
+      mean = model(input_ids=torch.tensor([apart])).last_hidden_state[0, len(prefix):].mean(0)
+    assert np.abs(ours[0] - (mean / mean.norm()).numpy()).max() > 1e-3
