@@ -86,6 +86,11 @@ def test_instruction_stripping_and_document_template(prompt_tok):
   assert (prompt_tok.encode(texts, " Given a post: \n", 64)
           == prompt_tok.encode(texts, "Given a post", 64))
   assert prompt_tok.prefix_ids(" \t") == prompt_tok.prefix_ids(None)
+  # The export strips its prompts the same way, and refuses one that strips to nothing.
+  from reasonir_jax.hf.sentence_transformers_files import prompts_for
+  assert prompts_for({"q": " Given a post: \n"})["q"] == "<|user|>\nGiven a post\n<|embed|>\n"
+  with pytest.raises(ValueError, match="export prompt 'q'.*not empty once stripped"):
+    prompts_for({"q": ":\n "})
 
 
 def test_truncation_keeps_the_prefix(llama3, prompt_tok):
