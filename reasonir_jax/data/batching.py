@@ -300,7 +300,8 @@ class HostBatchIterator:
             ) -> dict[str, np.ndarray]:
     """Packed rows of one side; pool ids are global text indices (this process's block)."""
     lengths = [len(ids) for ids, _ in encoded]
-    # A cut never reaches into the template prefix: every text keeps a token to pool.
+    # A cut never reaches into the template prefix: a text keeps a token to pool if it had one
+    # (one whose first characters merged into the prefix's last token may have none).
     mins = [prefix_len + 1 for _, prefix_len in encoded]
     rows, cap = fit_to_rows(lengths, row_length, self.packed_rows[side], mins)
     kept = cut_lengths(lengths, cap, mins)

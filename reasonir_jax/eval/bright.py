@@ -35,6 +35,7 @@ import numpy as np
 from reasonir_jax import paths
 from reasonir_jax.eval import (bright_data, cache, encode_plan, llm, llm_cache, metrics, protocol, published,
                                retrieval)
+from reasonir_jax.tokenization import prompt_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,22 @@ def default_cache_dir() -> str:
 BUDGET_LENGTH = 2048
 
 
+def _may_exceed(texts, instruction, length: int) -> list[int]:
+  """Indices of the texts whose `BOS + prefix + text` could exceed `length` tokens: a byte-level
+  BPE token holds at least one UTF-8 byte, so only those with more bytes are tokenized."""
+  prefix = len(prompt_prefix(instruction).encode()) + 1  # + 1: BOS
+  return [i for i, t in enumerate(texts) if prefix + len(t.encode()) > length]
+
+
 def encode_by_length(encoder, texts, *, instruction, batch_size: int, max_length: int,
                      show_progress: bool = False) -> np.ndarray:
   texts = list(texts)
   tok = getattr(encoder, "prompt_tokenizer", None)
-  # A token holds at least one character: only texts longer than the budget in characters can
-  # exceed it in tokens, and only those are tokenized here.
-  long = [i for i, t in enumerate(texts) if len(t) > BUDGET_LENGTH] if tok and max_length > BUDGET_LENGTH else []
+  long = _may_exceed(texts, instruction, BUDGET_LENGTH) if tok and max_length > BUDGET_LENGTH else []
   shift = {}
   if long:
-    prefix = len(tok.prefix_ids(instruction))
-    for i, ids in zip(long, tok.text_ids([texts[i] for i in long])):
-      n = min(len(ids) + prefix, max_length)
+    for i, e in zip(long, tok.encode([texts[i] for i in long], instruction, max_length)):
+      n = len(e[0]) if e is not None else 0  # None: encode() below names the text
       if n > BUDGET_LENGTH:
         shift[i] = int(np.ceil(np.log2(n / BUDGET_LENGTH)))
   if not shift:
@@ -133,14 +138,13 @@ def bm25_run(task: str, examples, doc_ids, docs, top_k: int = TOP_K,
 
 
 def count_truncated(encoder, docs, max_length: int) -> int:
-  """How many documents (with the document template) exceed max_length tokens. Only texts with
-  more characters than the budget are tokenized: a token holds at least one character."""
+  """How many documents exceed max_length tokens as `BOS + document prefix + text` (tokenized as
+  `Encoder.encode` does). Only texts with more UTF-8 bytes than that are tokenized."""
   tok = getattr(encoder, "prompt_tokenizer", None)
   if tok is None:
     return 0
-  budget = max_length - len(tok.prefix_ids(None))
-  long = [d for d in docs if len(d) > budget]
-  return sum(len(ids) > budget for ids in tok.text_ids(long)) if long else 0
+  long = [docs[i] for i in _may_exceed(docs, None, max_length)]
+  return sum(len(ids) > max_length for ids in tok.full_ids(long, None)) if long else 0
 
 
 def average(results: dict[str, dict]) -> dict[str, float]:

@@ -53,6 +53,15 @@ LONG_TASKS = ("biology", "earth_science", "economics", "psychology", "robotics",
               "sustainable_living", "pony")
 LONG_MAX_LENGTH = 32768
 
+# --- Retriever input [G-col] ----------------------------------------------------------
+# [G-col] ContextualAI/gritlm gritlm/training/data.py (CustomCollator), which ReasonIR trains with.
+# The prefix is "<|user|>\n{instruction}\n<|embed|>\n" before a query, "<|embed|>\n" before a
+# document; the instruction is stripped of "\t\n :" at both ends, and one that is then empty
+# gives the document prefix. BOS + prefix + text is tokenized as one string and cut to max_length
+# tokens (the text is cut); the mean leaves out as many leading tokens as BOS + prefix have
+# tokenized alone. sentence-transformers' mean Pooling with include_prompt=False counts a prompt
+# the same way. Implemented once, in reasonir_jax/tokenization.py (PromptTokenizer).
+
 # --- Metrics and outputs [B-ret] [B-run] ----------------------------------------------
 # pytrec_eval with map_cut, ndcg_cut, recall and P at these cut-offs plus recip_rank; each mean
 # over the evaluated queries, rounded to 5 decimals, keys "NDCG@k", "MAP@k", "Recall@k", "P@k",

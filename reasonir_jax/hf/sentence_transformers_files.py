@@ -12,7 +12,7 @@ import json
 import os
 
 from reasonir_jax import paths
-from reasonir_jax.tokenization import prompt_prefix
+from reasonir_jax.tokenization import INSTRUCTION_STRIP, clean_instruction, prompt_prefix
 
 DOCUMENT_PROMPT = "document"
 MODULES = [
@@ -23,12 +23,14 @@ MODULES = [
 
 
 def prompts_for(instructions: dict[str, str]) -> dict[str, str]:
-  """Prompt name -> the text placed before each input (no BOS: the tokenizer adds it)."""
+  """Prompt name -> the text placed before each input (no BOS: the tokenizer adds it); each
+  instruction stripped as our tokenization strips it."""
   prompts = {DOCUMENT_PROMPT: prompt_prefix(None)}
   for name, instruction in instructions.items():
-    if name == DOCUMENT_PROMPT or not instruction:
-      raise ValueError(f"export prompt {name!r}: needs a non-empty instruction and a name other "
-                       f"than {DOCUMENT_PROMPT!r}")
+    if name == DOCUMENT_PROMPT or not clean_instruction(instruction):
+      raise ValueError(f"export prompt {name!r}: needs an instruction that is not empty once "
+                       f"stripped of {INSTRUCTION_STRIP!r}, and a name other than "
+                       f"{DOCUMENT_PROMPT!r}")
     prompts[name] = prompt_prefix(instruction)
   return prompts
 

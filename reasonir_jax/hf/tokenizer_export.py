@@ -1,8 +1,8 @@
 """The exported tokenizer: one that adds BOS itself and has a pad token.
 
-Our own tokenization (`PromptTokenizer`) always puts BOS in front and tokenizes with
-`add_special_tokens=False`, so it never doubles BOS whatever the tokenizer does. Plain users and
-sentence-transformers call the tokenizer with special tokens on; for them to see
+Our own tokenization (`PromptTokenizer`) tokenizes `prefix + text` as one string and lets a
+tokenizer that adds BOS itself do so (else it puts BOS in front), so it never doubles BOS.
+Plain users and sentence-transformers call the tokenizer with special tokens on; for them to see
 `BOS + prompt + text` the tokenizer must add exactly one BOS (and nothing else), as Llama-3's
 does. A tokenizer that adds nothing gets a `TemplateProcessing` post-processor that does.
 """
@@ -11,15 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from reasonir_jax.tokenization import PAD_TOKEN
+from reasonir_jax.tokenization import PAD_TOKEN, adds_bos_only
 
-PROBE = "probe text"
-
-
-def adds_bos_only(tokenizer) -> bool:
-  """Whether tokenizing with special tokens gives exactly BOS + the plain ids."""
-  plain = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-  return tokenizer(PROBE)["input_ids"] == [tokenizer.bos_token_id] + plain
+__all__ = ["adds_bos_only", "prepare_tokenizer"]
 
 
 def prepare_tokenizer(tokenizer: Any):

@@ -30,6 +30,7 @@ def key_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.
 
 
 def prompt_prefix(instruction: str | None) -> str:
+  instruction = (instruction or "").strip("\t\n :")  # as GritLM: empty -> document template
   return f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n"
 
 
@@ -37,14 +38,13 @@ def prompt_prefix(instruction: str | None) -> str:
 def encode(model, tokenizer, texts: list[str], instruction: str | None = None,
            max_length: int = 2048) -> torch.Tensor:
   """[len(texts), hidden] float32 L2-normalised ReasonIR embeddings."""
-  # BOS + prefix tokens, tokenized apart from the text so the prefix length is exact
-  # (and with add_special_tokens=False so there is only one BOS).
-  prefix = [tokenizer.bos_token_id] + tokenizer(prompt_prefix(instruction),
-                                                 add_special_tokens=False)["input_ids"]
-  rows = []
-  for text in texts:
-    text_ids = tokenizer(text[: 10 * max_length], add_special_tokens=False)["input_ids"]
-    rows.append(prefix + text_ids[: max_length - len(prefix)])
+  # As GritLM's collator: the BOS token's text, the prefix and the text are tokenized as one
+  # string with no special tokens added (so exactly one BOS, whatever the tokenizer adds), and
+  # the mean leaves out as many leading tokens as BOS + prefix have alone.
+  prefix = tokenizer.bos_token + prompt_prefix(instruction)
+  skip = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+  rows = [tokenizer(prefix + text[: 10 * max_length], add_special_tokens=False)["input_ids"]
+          [:max_length] for text in texts]
   length = max(len(r) for r in rows)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
   input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
@@ -53,7 +53,7 @@ def encode(model, tokenizer, texts: list[str], instruction: str | None = None,
     input_ids[i, : len(r)] = torch.tensor(r)
     attention_mask[i, : len(r)] = 1
   pool_mask = attention_mask.clone()
-  pool_mask[:, : len(prefix)] = 0  # the instruction prefix is not pooled
+  pool_mask[:, :skip] = 0  # BOS and the instruction prefix are not pooled
 
   dtype = next(model.parameters()).dtype
   hidden = model(input_ids=input_ids, attention_mask=key_padding_mask(attention_mask, dtype)

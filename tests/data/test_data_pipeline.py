@@ -11,7 +11,7 @@ from reasonir_jax.data.sample import sample_tokenizer_dir
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.data.tfrecord import CorruptRecordError, build_offset_index
 from reasonir_jax.data.writer import write_rows
-from reasonir_jax.tokenization import PromptTokenizer, prompt_prefix
+from reasonir_jax.tokenization import BOS_TOKEN, PromptTokenizer, prompt_prefix
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +89,16 @@ def test_fast_encoding_equals_plain_tokenizer_call(fixture, tok, tokenizer_dir):
   t = tok if fixture == "sample" else PromptTokenizer(tokenizer_dir)
   texts = ["Ελληνικά 東京 café 🙂 ∑∫√ <|embed|> x", "", "long " * 400, "a\n\nb  c\td", "<|begin_of_text|>hi"]
   insts = ["Given a biology post, retrieve relevant passages", None, "", "x " * 200, "inst"]
+  assert not t.adds_bos  # these tokenizers add nothing: BOS is put in front
   for max_length in (8, 64, 512):
-    cut = [x[: 10 * max_length] for x in texts]
-    plain = t.tokenizer(cut, add_special_tokens=False)["input_ids"]  # the slow, offset-tracking call
-    assert t.text_ids(cut) == plain
-    expected = []
-    for ids, inst in zip(plain, insts):
-      prefix = list(t.prefix_ids(inst or None))
-      expected.append(None if len(prefix) >= max_length
-                      else (prefix + ids[: max_length - len(prefix)], len(prefix)))
+    # BOS + prefix + text (cut to 10 x max_length characters) as one string, by the slow,
+    # offset-tracking call; the prefix count is BOS + the prefix alone.
+    joined = [prompt_prefix(i) + x[: 10 * max_length] for x, i in zip(texts, insts)]
+    plain = t.tokenizer([BOS_TOKEN + x for x in joined], add_special_tokens=False)["input_ids"]
+    prefixes = t.tokenizer([BOS_TOKEN + prompt_prefix(i) for i in insts],
+                           add_special_tokens=False)["input_ids"]
+    expected = [None if len(p) >= max_length else (ids[:max_length], len(p))
+                for ids, p in zip(plain, prefixes)]
     assert t.encode(texts, insts, max_length) == expected
 
 

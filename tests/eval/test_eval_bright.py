@@ -156,15 +156,12 @@ def test_long_document_mode(bright_dir, tmp_path):
 def test_max_length_default_and_truncation_count(caplog):
   assert bright.build_parser().parse_args(["--out", "x"]).max_length == 32768
 
-  class Tok:
-    def prefix_ids(self, instruction):
-      return (1, 2)
-
-    def text_ids(self, texts):
-      return [t.split() for t in texts]
+  class Tok:  # BOS + the prefix are 2 tokens, then one per word
+    def full_ids(self, texts, instruction):
+      return [[1, 2] + t.split() for t in texts]
 
   enc = type("E", (), {"prompt_tokenizer": Tok()})()
-  docs = ["a b c", "a b c d e f g h i j k", "x" * 50]  # 3, 11 and 1 tokens
+  docs = ["a b c", "a b c d e f g h i j k", "x" * 50]  # 5, 13 and 3 tokens
   assert bright.count_truncated(enc, docs, max_length=8) == 1
   assert bright.count_truncated(enc, docs, max_length=100) == 0
 
@@ -192,11 +189,8 @@ def test_long_texts_get_smaller_batches():
   calls = []
 
   class Tok:
-    def prefix_ids(self, instruction):
-      return (1,)
-
-    def text_ids(self, texts):
-      return [[0] * len(t) for t in texts]  # one token per character
+    def encode(self, texts, instruction, max_length):  # BOS, then one token per character
+      return [(([1] + [0] * len(t))[:max_length], 1) for t in texts]
 
   class Enc:
     prompt_tokenizer = Tok()
