@@ -90,6 +90,9 @@ def test_shard_writer_is_atomic(tmp_path):
 def test_invalid_rows_are_rejected():
   with pytest.raises(ValueError, match="empty query"):
     row_to_example_bytes(TrainingRow(row_id="x", source="s", query="", positives=["p"]))
+  with pytest.raises(ValueError, match=r"row 'x': empty query, positives\[1\], negatives\[0\]"):
+    row_to_example_bytes(TrainingRow(row_id="x", source="s", query=" ", positives=["p", "\n"],
+                                     negatives=["\t", "n"]))
   with pytest.raises(TypeError, match="negatives"):
     row_to_example_bytes(TrainingRow(row_id="x", source="s", query="q", positives=["p"],
                                      negatives="not a list"))
