@@ -73,3 +73,20 @@ def test_nan_batches_are_skipped_then_stop_the_run_with_a_finite_checkpoint(
     assert np.isfinite(np.asarray(x)).all()
     np.testing.assert_array_equal(np.asarray(x), y)  # steps 4 and 5 changed nothing
   np.testing.assert_array_equal(jax.tree.leaves(params_at[2])[0], jax.tree.leaves(params_at[1])[0])
+
+
+def test_guard_counts_runs_and_describes_unknown_iterators():
+  from reasonir_jax.training.nonfinite import NonFiniteError, NonFiniteGuard, describe_rows
+  with pytest.raises(ValueError, match="max_consecutive_nonfinite must be >= 1, got 0"):
+    NonFiniteGuard(0)
+  guard = NonFiniteGuard(2)
+  guard.skipped(3, "rows a", float("nan"), float("nan"))
+  guard.finite()  # a finite step ends the run of skips
+  guard.skipped(5, "rows b", float("nan"), float("inf"))
+  with pytest.raises(NonFiniteError, match=r"step 6: 2 consecutive steps \(from step 5\)") as err:
+    guard.skipped(6, "rows c", 1.0, float("inf"))
+  assert err.value.batches == [(5, "rows b"), (6, "rows c")] and guard.total == 3
+  assert "step 5: rows b\n  step 6: rows c" in str(err.value)
+  # An iterator without the pipeline's cursors: its states are quoted as they are.
+  assert describe_rows(object(), {"i": 4}, {"i": 5}) == (
+      "input pipeline state before the batch {'i': 4}, after it {'i': 5}")
