@@ -98,8 +98,9 @@ def parse_line(obj, where: str, source: str, row_id: str,
   positives, missing, empty = [], [], []
   for i, (_, text) in enumerate(pos):
     if documents is not None and text in documents:
-      positives.append(documents[text])
-      if not str(documents[text]).strip():
+      doc = documents[text]
+      positives.append(doc)
+      if not isinstance(doc, str) or not doc.strip():  # a null parquet cell counts as empty
         empty.append(f"pos[{i}] (document {text!r})")
     elif _looks_like_id(text):
       missing.append(text)

@@ -18,7 +18,8 @@ def _normalise(sum_nd: jax.Array, count_n1: jax.Array) -> jax.Array:
   The norm's gradient is mean / norm, 0/0 at the zero vector, and a NaN there poisons every
   parameter's gradient even when the output is masked. So a zero mean takes a stand-in of ones
   into the norm and the result is chosen by `jnp.where` on both sides of the division. Other
-  texts go through the very same operations as without the guard: bitwise the same embedding.
+  texts go through the same operations as without the guard (bitwise equal in the tests; no
+  eps added).
   """
   mean_nd = sum_nd / jnp.maximum(count_n1, 1.0)
   nonzero_n1 = jnp.sum(mean_nd * mean_nd, axis=-1, keepdims=True) > 0
