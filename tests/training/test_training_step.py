@@ -98,12 +98,16 @@ def test_steps_lower_the_loss_on_a_fixed_batch(make_tiny_config, make_random_bat
   assert jax.tree.leaves(state.params)[0].sharding == jax.tree.leaves(trainer.param_shardings)[0]
 
 
+@pytest.mark.parametrize("grad_cache_chunk", [0, 8])
 def test_a_non_finite_step_changes_nothing_and_the_next_step_updates_normally(
-    make_tiny_config, make_random_batch, poisoned_encoder):
+    make_tiny_config, make_random_batch, poisoned_encoder, grad_cache_chunk):
   """Parameters and optimiser state bitwise unchanged after a NaN batch, the skip flagged, and
-  [good, NaN, good] ends exactly where [good, good] does (the schedule did not move on)."""
-  cfg = make_tiny_config("mesh.shape=(4,2,1)", "train.num_steps=40")  # 4 warmup steps
+  [good, NaN, good] ends exactly where [good, good] does (the schedule did not move on); full
+  batch and GradCache."""
+  cfg = make_tiny_config("mesh.shape=(2,4,1)", "train.num_steps=40",  # 4 warmup steps
+                         f"train.grad_cache_chunk={grad_cache_chunk}")
   trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
+  assert trainer.chunk == grad_cache_chunk
   good = [trainer.place_batch(make_random_batch(16, 2, 8, 12, seed=s)) for s in (4, 5)]
   poisoned = make_random_batch(16, 2, 8, 12, seed=6)
   poisoned["passage"]["input_ids"][3, 4] = poisoned_encoder
