@@ -126,6 +126,8 @@ def iter_documents(spec: str | Sequence[str]):
       text = rec.get("text", rec.get("content"))
       if not isinstance(text, str):
         raise ValueError(f"{where}: needs a string field 'text' (or 'content', BRIGHT layout)")
+      if not text.strip():  # it would become an empty positive
+        raise ValueError(f"{where}: document {rec['id']!r} has an empty or whitespace-only text")
       doc_id = str(rec["id"]) if file_task is None else f"{file_task}/{rec['id']}"
       if doc_id in seen:
         raise ValueError(f"{where}: duplicate id {doc_id!r} (first at {seen[doc_id]})")

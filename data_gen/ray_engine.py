@@ -46,13 +46,14 @@ def _import_ray():
   return ray
 
 
-def _read_parts(parts_dir: str):
-  """(input_id, record) of every committed part, in part-name order."""
+def _read_parts(parts_dir: str, where: bool = False):
+  """(input_id, record) of every committed part, in part-name order; with `where`,
+  (input_id, record, "path:line")."""
   for path in sorted(glob.glob(os.path.join(glob.escape(parts_dir), "part-*.jsonl"))):
     with open(path, encoding="utf-8") as f:
-      for line in f:
+      for lineno, line in enumerate(f, 1):
         rec = json.loads(line)
-        yield rec["input_id"], rec
+        yield (rec["input_id"], rec, f"{path}:{lineno}") if where else (rec["input_id"], rec)
 
 
 def done_ids(parts_dir: str) -> set[str]:
@@ -152,7 +153,7 @@ def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, starte
        atomic_writer(os.path.join(stage_dir, "ledger.jsonl")) as ledger:
 
     def rows():
-      for input_id, rec in _read_parts(parts_dir):
+      for input_id, rec, where in _read_parts(parts_dir, where=True):
         if input_id in kept:
           counts["duplicates"] += 1  # a rerun task committed this input again: keep the first
           continue
@@ -164,8 +165,11 @@ def _merge(parts_dir, stage_dir, output_dir, base, name, seen, processed, starte
                                 "status": "rejected" if rec["reject"] else "ok",
                                 "rows": len(rec["rows"]), "steps": rec["steps"]}))
         counts["rows"] += len(rec["rows"])
-        for r in rec["rows"]:
-          yield TrainingRow(**r)
+        for k, r in enumerate(rec["rows"]):
+          try:  # e.g. an empty text: refused before any output file gets its final name
+            yield TrainingRow(**r).validate()
+          except ValueError as e:
+            raise ValueError(f"{where}: row {k} of input {input_id!r}: {e}") from None
 
     paths = write_rows(rows(), output_dir, base, output_shards)
   manifest = {

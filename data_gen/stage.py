@@ -7,6 +7,8 @@ entry is the commit: a row or reject counts only if the ledger holds its input i
 batch key. After a crash (even kill -9) a restart truncates each file's trailing partial line,
 skips the ids in the ledger, and redoes the rest; rows of an uncommitted batch are ignored.
 So every input appears exactly once in the final output, none lost, none duplicated.
+A row with an empty or whitespace-only text is refused (`TrainingRow.validate`): at commit,
+before anything of its batch is written, or on reading back an older stage (file and line).
 """
 from __future__ import annotations
 
@@ -60,15 +62,28 @@ def _repair_tail(path: str) -> None:
 
 
 def _read_jsonl(path: str) -> Iterator[dict]:
+  for _, rec in _read_jsonl_numbered(path):
+    yield rec
+
+
+def _read_jsonl_numbered(path: str) -> Iterator[tuple[int, dict]]:
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if line.strip():
         try:
-          yield json.loads(line)
+          yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{lineno}: corrupt stage record ({e})") from None
+
+
+def _check_row(row: TrainingRow, where: str, input_id: str) -> TrainingRow:
+  """The row, validated (no empty or whitespace-only text); an error names where it is."""
+  try:
+    return row.validate()
+  except ValueError as e:
+    raise ValueError(f"{where} (input {input_id!r}): {e}") from None
 
 
 class Stage:
@@ -106,6 +121,10 @@ class Stage:
     for o in outcomes:
       if o.input_id in self.ledger:
         raise ValueError(f"input {o.input_id!r} is already committed")
+      # Refused before anything of the batch is written: its inputs stay to do.
+      for k, r in enumerate(o.rows):
+        _check_row(r, f"{self.rows_path} (batch not written, its inputs stay to do): row {k}",
+                   o.input_id)
       rows += [{"input_id": o.input_id, "batch": batch, "row": dataclasses.asdict(r)}
                for r in o.rows]
       if o.reject is not None:
@@ -119,19 +138,21 @@ class Stage:
     for e in entries:
       self.ledger[e["id"]] = e
 
-  def _committed(self, path: str) -> Iterator[dict]:
-    for rec in _read_jsonl(path):
+  def _committed(self, path: str) -> Iterator[tuple[int, dict]]:
+    for lineno, rec in _read_jsonl_numbered(path):
       entry = self.ledger.get(rec["input_id"])
       if entry is not None and entry["batch"] == rec["batch"]:
-        yield rec
+        yield lineno, rec
 
   def committed_rows(self) -> Iterator[tuple[str, TrainingRow]]:
-    """(input id, row) of every committed row, in the order they were generated."""
-    for rec in self._committed(self.rows_path):
-      yield rec["input_id"], TrainingRow(**rec["row"])
+    """(input id, row) of every committed row, in the order they were generated; a row with an
+    empty text (a stage written before rows were checked) is an error naming file and line."""
+    for lineno, rec in self._committed(self.rows_path):
+      yield rec["input_id"], _check_row(TrainingRow(**rec["row"]), f"{self.rows_path}:{lineno}",
+                                        rec["input_id"])
 
   def committed_rejects(self) -> Iterator[dict]:
-    for rec in self._committed(self.rejects_path):
+    for _, rec in self._committed(self.rejects_path):
       yield {k: v for k, v in rec.items() if k != "batch"}
 
   def step_counts(self, ids: set[str] | None = None) -> dict[str, dict[str, int]]:

@@ -123,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
       # Peak bf16 FLOP/s of one device for MFU (0 = look it up from the device kind).
       peak_flops_per_device=0.0,
+      # A step whose loss or gradient norm is not finite skips its update (parameters and
+      # optimiser state unchanged); this many such steps in a row stop the run with an error
+      # naming their batches' rows (1 = stop at the first).
+      max_consecutive_nonfinite=3,
       # Refuse to start on the shipped sample data/tokenizer (set by the 8B recipe).
       require_explicit_data=False,
   ))

@@ -12,6 +12,10 @@ data; global arrays are built from process-local data.
 The workdir, data globs and init_from may be remote (gs://BUCKET/...; see reasonir_jax/paths.py).
 On SIGTERM (or a preemption sync point on a pod) the run checkpoints the step it reached and
 exits with status 75, which the launcher takes as "preempted: restart" (training/preemption.py).
+
+A step whose loss or gradient norm is not finite changes nothing (training/step.py) and is not
+checkpointed; `train.max_consecutive_nonfinite` such steps in a row stop the run with an error
+naming the steps and their batches' records (training/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -101,6 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training import flops as flops_lib
   from reasonir_jax.training import metrics as metrics_lib
+  from reasonir_jax.training import nonfinite
   from reasonir_jax.training import preemption
   from reasonir_jax.training.step import build_trainer
 
@@ -152,14 +157,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
           f"mesh {dict(mesh.shape)}, global batch {trainer.global_batch} x group {group}"
           + ("" if peak else " (device peak FLOP/s unknown: no MFU)"), flush=True)
   last_saved = latest
+  guard = nonfinite.NonFiniteGuard(config.train.max_consecutive_nonfinite)
   watch = preemption.PreemptionWatch(manager).__enter__()
   step_starts = [time.monotonic()] * 2  # the last two steps' start times
   try:
     while step < num_steps:
       step_starts = [step_starts[1], time.monotonic()]
+      data_before = data_iterator.get_state()
       batch = next(data_iterator)
       state, metrics = trainer.train_step(state, batch)
       step += 1
+      # The step skipped a non-finite update (its state is the previous one with the counters
+      # moved on); too many in a row stop the run here, before anything of theirs is saved.
+      skipped = bool(jax.device_get(metrics["skipped_nonfinite"]))
+      if skipped:
+        guard.skipped(step, nonfinite.describe_rows(data_iterator, data_before,
+                                                    data_iterator.get_state()),
+                      float(metrics["loss"]), float(metrics["grad_norm"]))
+      else:
+        guard.finite()
       lq = batch["query"]["input_ids"].shape[1]
       lp = batch["passage"]["input_ids"].shape[1]
       # Packed rows hold several texts: count the rows the step encodes, not one per text.
@@ -171,11 +187,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
                                            rows),
                 flops_lib.hardware_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp,
                                               group, trainer.chunk, rows))
-      if manager.save(state, data_iterator.get_state(), step=step):
+      if not skipped and manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
       if step % log_every == 0 or step == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars.update(meter.report())
+        scalars["skipped_nonfinite_steps"] = guard.total
         # Packing's fit counters (batches that overflowed the budget, texts and tokens cut).
         if hasattr(data_iterator, "stats"):
           scalars.update({k: float(v) for k, v in data_iterator.stats().items()

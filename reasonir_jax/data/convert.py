@@ -11,8 +11,9 @@ read, or comma-separated files of `id`, `content` rows) such ids are replaced by
 text. Only the ids the input names are held; an id found with two different texts is ambiguous
 and joins nothing. A positive that is not found (or
 that looks like an id when no --documents is given) is never written as text: the row is
-rejected, counted, and listed in DIR/NAME.rejects.jsonl. A malformed line is an error naming
-the file and line number.
+rejected, counted, and listed in DIR/NAME.rejects.jsonl. A malformed line, or one whose query,
+positive or negative text is empty or whitespace only (`neg[0]`, ...), is an error naming the
+file, line number and field; then no output file is written.
 """
 from __future__ import annotations
 
@@ -152,14 +153,24 @@ def parse_line(obj, where: str, source: str, row_id: str,
   q_inst, query = _pair(obj["query"], where, "query")
   pos = _pairs(obj, where, "pos", required=True)
   neg = _pairs(obj, where, "neg", required=False)
-  positives, missing = [], []
-  for _, text in pos:
+  positives, missing, empty = [], [], []
+  for i, (_, text) in enumerate(pos):
     if documents is not None and text in documents:
-      positives.append(documents[text])
+      doc = documents[text]
+      positives.append(doc)
+      if not isinstance(doc, str) or not doc.strip():  # a null parquet cell counts as empty
+        empty.append(f"pos[{i}] (document {text!r})")
     elif _looks_like_id(text):
       missing.append(text)
     else:
       positives.append(text)
+      if not text.strip():
+        empty.append(f"pos[{i}]")
+  # A text with no token embeds to nothing: refused like any malformed line.
+  empty = (["query"] if not query.strip() else []) + empty
+  empty += [f"neg[{i}]" for i, (_, text) in enumerate(neg) if not text.strip()]
+  if empty:
+    raise ConvertError(f"{where}: empty or whitespace-only text in {', '.join(empty)}")
   if missing:
     return None, missing
   row = TrainingRow(

@@ -21,11 +21,25 @@ class TrainingRow:
   # Free-form JSON provenance, e.g. {"generator": ..., "prompt": ..., "sampling": {...}}.
   metadata: str = ""
 
+  def empty_texts(self) -> list[str]:
+    """The texts that are empty or whitespace only, by field: "query", "positives[0]", ...
+
+    Such a text has no token to mean-pool, so it would embed to nothing; no writer accepts one.
+    """
+    texts = [("query", self.query)]
+    for name in ("positives", "negatives"):
+      values = getattr(self, name)
+      if isinstance(values, (list, tuple)):  # other types are the codec's TypeError
+        texts += [(f"{name}[{i}]", t) for i, t in enumerate(values)]
+    return [field for field, text in texts if isinstance(text, str) and not text.strip()]
+
   def validate(self) -> "TrainingRow":
     if not self.row_id:
       raise ValueError("row has an empty row_id")
-    if not self.query:
-      raise ValueError(f"row {self.row_id!r}: empty query")
-    if not self.positives or not all(self.positives):
-      raise ValueError(f"row {self.row_id!r}: needs at least one non-empty positive")
+    if not self.positives:
+      raise ValueError(f"row {self.row_id!r}: needs at least one positive")
+    empty = self.empty_texts()
+    if empty:
+      raise ValueError(f"row {self.row_id!r}: empty {', '.join(empty)} (empty or whitespace-only "
+                       "text)")
     return self

@@ -13,13 +13,24 @@ NORM_EPS = 1e-12
 
 
 def _normalise(sum_nd: jax.Array, count_n1: jax.Array) -> jax.Array:
+  """mean / ||mean||, and exactly 0 (value and gradient) for a text with no pooled token.
+
+  The norm's gradient is mean / norm, 0/0 at the zero vector, and a NaN there poisons every
+  parameter's gradient even when the output is masked. So a zero mean takes a stand-in of ones
+  into the norm and the result is chosen by `jnp.where` on both sides of the division. Other
+  texts go through the same operations as without the guard (bitwise equal in the tests; no
+  eps added).
+  """
   mean_nd = sum_nd / jnp.maximum(count_n1, 1.0)
-  norm_n1 = jnp.linalg.norm(mean_nd, axis=-1, keepdims=True)
-  return mean_nd / jnp.maximum(norm_n1, NORM_EPS)
+  nonzero_n1 = jnp.sum(mean_nd * mean_nd, axis=-1, keepdims=True) > 0
+  safe_nd = jnp.where(nonzero_n1, mean_nd, 1.0)
+  norm_n1 = jnp.linalg.norm(safe_nd, axis=-1, keepdims=True)
+  return jnp.where(nonzero_n1, safe_nd / jnp.maximum(norm_n1, NORM_EPS), 0.0)
 
 
 def mean_pool(hidden_bld: jax.Array, pool_mask_bl: jax.Array) -> jax.Array:
-  """fp32 mean over tokens where pool_mask is 1, then L2-normalised. An empty text gives zeros."""
+  """fp32 mean over tokens where pool_mask is 1, then L2-normalised. An empty text gives zeros
+  (with a zero, finite gradient)."""
   mask_bl = pool_mask_bl.astype(jnp.float32)
   sum_bd = jnp.einsum("bld,bl->bd", hidden_bld.astype(jnp.float32), mask_bl,
                       precision=jax.lax.Precision.HIGHEST)

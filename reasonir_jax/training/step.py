@@ -4,7 +4,8 @@
 report need: `init_state(seed)`, `abstract_state()`, `abstract_batch(query_len, passage_len)` and
 `train_step`, a `jax.jit` of `(state, batch) -> (state, metrics)` with its in/out shardings set
 and the state donated. One step encodes queries and passages (optionally with GradCache), scores
-every query against every passage of the global batch in fp32 and applies AdamW.
+every query against every passage of the global batch in fp32 and applies AdamW, unless the loss
+or the gradient norm is not finite: then the update is skipped (metric `skipped_nonfinite`).
 """
 from __future__ import annotations
 
@@ -107,10 +108,19 @@ class Trainer:
   def _train_step(self, state: TrainState, batch: dict):
     batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.batch_sharding), batch)
     (loss, metrics), grads = self.loss_and_grads(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient norm never reaches the parameters or the optimiser state:
+    # both stay bitwise as they were, so the optimiser's count (the learning-rate schedule and
+    # Adam's bias correction) does not advance either. `step` still counts the batch consumed.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_skipped = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_if_skipped, params, state.params)
+    opt_state = jax.tree.map(keep_if_skipped, opt_state, state.opt_state)
     rng, _ = jax.random.split(state.rng)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step),
+    metrics = dict(metrics, grad_norm=grad_norm, lr=self.schedule(applied_updates(state.opt_state)),
+                   skipped_nonfinite=jnp.logical_not(finite).astype(jnp.float32),
                    **token_counts(batch))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
@@ -155,6 +165,17 @@ class Trainer:
     """Puts a host (NumPy) global batch into the batch sharding; jax.Arrays pass through."""
     return jax.tree.map(
         lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.batch_sharding), batch)
+
+
+def applied_updates(opt_state) -> jax.Array:
+  """Updates the optimiser has applied: the count its learning-rate schedule reads (skipped
+  non-finite steps leave it where it was, so it can trail `TrainState.step`)."""
+  counts = [v for path, v in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+            if any(getattr(k, "tuple_name", "") == "ScaleByScheduleState" for k in path)]
+  if len(counts) != 1:
+    raise ValueError(f"expected one learning-rate schedule count in the optimiser state, found "
+                     f"{len(counts)}")
+  return counts[0]
 
 
 def token_counts(batch: dict) -> dict[str, jax.Array]:

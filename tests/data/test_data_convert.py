@@ -108,6 +108,11 @@ def test_hq_ids_join_over_a_bright_directory_or_several_files(tmp_path, caplog):
     ('{"query": ["i", "q"], "pos": []}', "bad.jsonl:2: 'pos' must be a non-empty list"),
     ('{"query": ["i"], "pos": [["", "p q"]]}', r"bad.jsonl:2: 'query' must be \[instruction, text\]"),
     ('{"query": ["i", "q"], "pos": [["", "p q"]], "neg": [["a", "n"], ["b", "m"]]}', "share one instruction"),
+    # Empty or whitespace-only texts (a text with no token would embed to nothing).
+    ('{"query": ["i", "q"], "pos": [["", "p q"]], "neg": [["", ""]]}', r"bad.jsonl:2: .* in neg\[0\]$"),
+    ('{"query": ["i", " \\n\\t"], "pos": [["", "p q"]]}', r"bad.jsonl:2: .* in query$"),
+    ('{"query": ["i", "q"], "pos": [["", "p q"], ["", " "]], "neg": [["", "n"], ["", "\\n"]]}',
+     r"bad.jsonl:2: empty or whitespace-only text in pos\[1\], neg\[1\]$"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, line, match):
   path = tmp_path / "bad.jsonl"
@@ -149,3 +154,18 @@ def test_shipped_sample_data(tmp_path):
   from reasonir_jax.tokenization import load_tokenizer
   tok = load_tokenizer(sample.sample_tokenizer_dir())
   assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2) and len(tok) <= 2048
+
+
+def test_empty_texts_are_refused_by_the_command_and_joined_documents_checked(tmp_path, capsys):
+  path = tmp_path / "rows.jsonl"
+  _write_jsonl(path, [{"query": ["i", "q"], "pos": [["", "fine text"]], "neg": [["", "n n"]]}] * 3
+               + [{"query": ["i", "q"], "pos": [["", "fine text"]], "neg": [["", "n"], ["", ""]]}])
+  assert convert.main(["--input", str(path), "--output", str(tmp_path / "out"),
+                       "--num-shards", "2"]) == 2
+  assert f"error: {path}:4: empty or whitespace-only text in neg[1]" in capsys.readouterr().err
+  assert not list(tmp_path.glob("out/*.tfrecord"))
+  docs = tmp_path / "docs.jsonl"
+  _write_jsonl(docs, [{"id": "doc_1", "content": "  "}])
+  _write_jsonl(path, [{"query": ["i", "q"], "pos": [["", "doc_1"]]}])
+  with pytest.raises(convert.ConvertError, match=r"rows.jsonl:1: .* in pos\[0\] \(document 'doc_1'\)"):
+    convert.convert(str(path), str(tmp_path / "out"), 1, documents_path=str(docs), progress=False)

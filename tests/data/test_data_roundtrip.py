@@ -90,6 +90,23 @@ def test_shard_writer_is_atomic(tmp_path):
 def test_invalid_rows_are_rejected():
   with pytest.raises(ValueError, match="empty query"):
     row_to_example_bytes(TrainingRow(row_id="x", source="s", query="", positives=["p"]))
+  with pytest.raises(ValueError, match=r"row 'x': empty query, positives\[1\], negatives\[0\]"):
+    row_to_example_bytes(TrainingRow(row_id="x", source="s", query=" ", positives=["p", "\n"],
+                                     negatives=["\t", "n"]))
   with pytest.raises(TypeError, match="negatives"):
     row_to_example_bytes(TrainingRow(row_id="x", source="s", query="q", positives=["p"],
                                      negatives="not a list"))
+
+
+def test_a_row_with_an_empty_text_in_older_files_reads_as_corrupt(tmp_path, monkeypatch):
+  from reasonir_jax.data.tfrecord import CorruptRecordError
+  rows = [TrainingRow(row_id=f"r{i}", source="s", query="q", positives=["p"],
+                      negatives=["" if i == 1 else "n"]) for i in range(3)]
+  monkeypatch.setattr(TrainingRow, "validate", lambda self: self)  # a writer without the check
+  [path] = write_rows(rows, str(tmp_path), "old", 1)
+  monkeypatch.undo()
+  with pytest.raises(CorruptRecordError, match=r"old-00000-of-00001.tfrecord.*negatives\[0\]"):
+    list(read_rows(path))
+  stats = {}
+  assert [r.row_id for r in read_rows(path, skip_corrupt=True, stats=stats)] == ["r0", "r2"]
+  assert stats["skipped_corrupt"] == 1

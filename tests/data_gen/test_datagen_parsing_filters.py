@@ -104,6 +104,14 @@ def test_read_documents_formats_and_errors(tmp_path):
     inputs.read_documents(str(tmp_path / "broken.jsonl"))
   with pytest.raises(FileNotFoundError, match="no files match"):
     inputs.read_documents(str(tmp_path / "*.nothing"))
+  (tmp_path / "blank.jsonl").write_text('{"id": "a", "text": "t"}\n{"id": "b", "text": " \\n"}\n')
+  with pytest.raises(ValueError, match=r"blank.jsonl:2: document 'b' has an empty"):
+    inputs.read_documents(str(tmp_path / "blank.jsonl"))
+  # Training-row inputs (negatives, mine): an empty text names file, line and field.
+  (tmp_path / "rows.jsonl").write_text(json.dumps(
+      {"query": ["i", "q"], "pos": [["", "p"]], "neg": [["", "n"], ["", ""]]}) + "\n")
+  with pytest.raises(ValueError, match=r"rows.jsonl:1: .*empty negatives\[1\]"):
+    inputs.read_training_rows(str(tmp_path / "rows.jsonl"))
 
 
 def test_read_training_rows_from_tfrecord_and_jsonl(tmp_path):

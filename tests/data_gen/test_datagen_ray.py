@@ -147,3 +147,22 @@ def test_merge_streams_rows_and_keeps_the_first_commit(tmp_path):
   [reject] = [json.loads(line) for line in (tmp_path / manifest["rejects_file"]).open()]
   assert reject["input_id"] == "d1" and reject["reason"] == "bad"
   assert not list(tmp_path.glob("*.tmp-*")) and not list(stage.glob("*.tmp-*"))
+
+
+def test_merge_refuses_a_row_with_an_empty_text_naming_part_and_line(tmp_path):
+  from data_gen.ray_engine import _merge
+  from reasonir_jax.data.writer import write_rows
+  parts = tmp_path / "parts"
+  parts.mkdir()
+  rows = [{"row_id": f"hq/d{i}/0", "source": "hq", "query": "q", "positives": ["p"],
+           "negatives": ["n", "\t" if i == 1 else "m"]} for i in range(2)]
+  (parts / "part-a.jsonl").write_text("".join(
+      json.dumps({"input_id": f"d{i}", "rows": [r], "reject": None, "steps": {}}) + "\n"
+      for i, r in enumerate(rows)))
+  stage = tmp_path / "_stage" / "hq"
+  stage.mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"part-a.jsonl:2: row 0 of input 'd1': .*negatives\[1\]"):
+    _merge(str(parts), str(stage), str(tmp_path), "hq-shard00000of00001", "hq", 2, 2, 0.0, 1,
+           write_rows)
+  assert not list(tmp_path.glob("*.tfrecord")) and not (stage / "ledger.jsonl").exists()
+  assert (parts / "part-a.jsonl").exists()  # the parts, all that was generated, are kept

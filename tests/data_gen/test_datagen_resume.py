@@ -132,3 +132,52 @@ def test_shards_split_inputs_disjointly_and_stably(tmp_path):
   ids = _row_ids(out)
   assert sorted(ids) == sorted(f"hq/d{i}/0" for i in range(10))
   assert len([p for p in os.listdir(out) if p.endswith(".tfrecord")]) == 4
+
+
+def test_rows_with_empty_texts_are_refused_and_nothing_is_lost(tmp_path):
+  """A pipeline row with an empty text is refused at commit (nothing of its batch written, the
+  inputs stay to do); a stage holding such a row from before is refused at the final write,
+  naming the file, line and field, and no output file appears."""
+  import dataclasses
+  from data_gen.runner import Pipeline, run_pipeline
+  from data_gen.stage import Outcome
+  from reasonir_jax.data.schema import TrainingRow
+
+  class Echo(Pipeline):
+    name = "echo"
+
+    def __init__(self, bad):
+      self.bad = bad
+
+    def input_id(self, item):
+      return item
+
+    def process(self, batch):
+      return [Outcome(input_id=i, rows=[TrainingRow(
+          row_id=f"echo/{i}", source="echo", query=f"query {i}", positives=[f"positive {i}"],
+          negatives=[" " if i in self.bad else f"negative {i}"])]) for i in batch]
+
+  out = str(tmp_path / "out")
+  items = [f"i{k}" for k in range(4)]
+  with pytest.raises(ValueError, match=r"rows.jsonl \(batch not written, its inputs stay to do\): "
+                                       r"row 0 \(input 'i2'\): .*empty negatives\[0\]"):
+    run_pipeline(Echo({"i2"}), items, out, batch_size=2)
+  stage = Stage(os.path.join(out, "_stage", "echo-shard00000of00001"))
+  assert sorted(stage.done_ids) == ["i0", "i1"]  # the first batch is kept, the second is to do
+  assert not [f for f in os.listdir(out) if f.endswith(".tfrecord")]
+  manifest = run_pipeline(Echo(set()), items, out, batch_size=2)
+  assert manifest["rows"] == 4 and sorted(_row_ids_of(out, "echo")) == [f"echo/{i}" for i in items]
+
+  # A stage written before rows were checked: the bad row is named by file and line.
+  stage = Stage(str(tmp_path / "old"))
+  row = dataclasses.asdict(TrainingRow(row_id="r", source="s", query="q", positives=["p"],
+                                       negatives=["n", ""]))
+  stage._append(stage.rows_path, [{"input_id": "x", "batch": "b", "row": row}])
+  stage._append(stage.ledger_path, [{"id": "x", "batch": "b", "status": "ok", "rows": 1,
+                                     "steps": {}}])
+  with pytest.raises(ValueError, match=r"old/rows.jsonl:1 \(input 'x'\): .*empty negatives\[1\]"):
+    list(Stage(str(tmp_path / "old")).committed_rows())
+
+
+def _row_ids_of(out, name):
+  return [r.row_id for r in read_rows(os.path.join(out, f"{name}-shard*.tfrecord"))]

@@ -31,6 +31,24 @@ def make_random_batch():
   return random_batch
 
 
+POISON_ID = -7  # an input id no tokenizer gives
+
+
+@pytest.fixture
+def poisoned_encoder(monkeypatch):
+  """Test hook for non-finite steps: the train step's embeddings (so its loss and gradients) are
+  NaN for a side whose input_ids hold POISON_ID (the returned id). Patch before the first step
+  is traced."""
+  import jax.numpy as jnp
+  from reasonir_jax.training import step as step_lib
+  real = step_lib.embed
+
+  def embed(model, input_ids, *rest):
+    return real(model, input_ids, *rest) * jnp.where(jnp.any(input_ids == POISON_ID), jnp.nan, 1.0)
+  monkeypatch.setattr(step_lib, "embed", embed)
+  return POISON_ID
+
+
 @pytest.fixture(scope="session")
 def small_model_overrides():
   return list(SMALL_MODEL)

@@ -96,3 +96,42 @@ def test_steps_lower_the_loss_on_a_fixed_batch(make_tiny_config, make_random_bat
   assert float(metrics["grad_norm"]) > 0 and float(metrics["lr"]) == pytest.approx(1e-3)
   # The donated state comes back in the same shardings.
   assert jax.tree.leaves(state.params)[0].sharding == jax.tree.leaves(trainer.param_shardings)[0]
+
+
+@pytest.mark.parametrize("grad_cache_chunk", [0, 8])
+def test_a_non_finite_step_changes_nothing_and_the_next_step_updates_normally(
+    make_tiny_config, make_random_batch, poisoned_encoder, grad_cache_chunk):
+  """Parameters and optimiser state bitwise unchanged after a NaN batch, the skip flagged, and
+  [good, NaN, good] ends exactly where [good, good] does (the schedule did not move on); full
+  batch and GradCache."""
+  cfg = make_tiny_config("mesh.shape=(2,4,1)", "train.num_steps=40",  # 4 warmup steps
+                         f"train.grad_cache_chunk={grad_cache_chunk}")
+  trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
+  assert trainer.chunk == grad_cache_chunk
+  good = [trainer.place_batch(make_random_batch(16, 2, 8, 12, seed=s)) for s in (4, 5)]
+  poisoned = make_random_batch(16, 2, 8, 12, seed=6)
+  poisoned["passage"]["input_ids"][3, 4] = poisoned_encoder
+  poisoned = trainer.place_batch(poisoned)
+  host = lambda state: jax.device_get((state.params, state.opt_state))
+
+  def run(batches):
+    state = trainer.state_from_params(host_params(cfg))
+    out = []
+    for batch in batches:
+      before = host(state)
+      state, metrics = trainer.train_step(state, batch)
+      out.append((before, host(state), jax.device_get(metrics)))
+    return state, out
+
+  state, out = run([good[0], poisoned, good[1]])
+  before, after, metrics = out[1]
+  assert not np.isfinite(metrics["loss"]) and not np.isfinite(metrics["grad_norm"])
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
+  assert [m["skipped_nonfinite"] for _, _, m in out] == [0.0, 1.0, 0.0]
+  assert int(state.step) == 3  # batches consumed; the optimiser applied 2 updates
+  reference, ref_out = run(good)
+  for x, y in zip(jax.tree.leaves(host(state)), jax.tree.leaves(host(reference))):
+    np.testing.assert_array_equal(x, y)
+  # The third step ran at the second step's learning rate (warmup: it differs from the third's).
+  assert out[2][2]["lr"] == ref_out[1][2]["lr"] != float(trainer.schedule(2))
