@@ -208,15 +208,6 @@ def provenance() -> dict[str, str]:
   return out
 
 
-def bucket_shapes(config) -> list[tuple[int, int]]:
-  """Every (query, passage) padded shape a run can meet: the buckets up to each max length."""
-  buckets = sorted(int(b) for b in config.data.bucket_lengths)
-  q_max, p_max = int(config.data.query_max_length), int(config.data.passage_max_length)
-  queries = [b for b in buckets if b < q_max] + [q_max]
-  passages = [b for b in buckets if b < p_max] + [p_max]
-  return [(q, p) for q in queries for p in passages]
-
-
 def _fmt(nbytes: float) -> str:
   if nbytes >= 1024**3:
     return f"{nbytes / 1024**3:8.2f} GiB"
@@ -345,8 +336,9 @@ def worst_bucket_report(config, slice_: tpu_topologies.Slice, num_slices: int = 
                         log=print) -> dict:
   """Compiles every bucket shape; the report of the one needing the most memory per chip, with
   all shapes' totals under "buckets"."""
+  from reasonir_jax.training.step import step_shapes  # pylint: disable=import-outside-toplevel
   reports = []
-  for q, p in bucket_shapes(config):
+  for q, p in step_shapes(config):
     reports.append(run_report(config, slice_, num_slices, q, p, log=log))
     log(f"[aot] bucket q={q} p={p}: {reports[-1]['per_chip_bytes'] / 2**30:.2f} GiB per chip")
   worst = dict(max(reports, key=lambda r: r["per_chip_bytes"]))

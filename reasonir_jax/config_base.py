@@ -121,6 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
       # GradCache chunk size per sub-batch (0 = off: one full-batch backward).
       grad_cache_chunk=0,
       log_every=10,
+      # Compile the step for every shape the run can meet (training.step.step_shapes: one
+      # with packing, one per bucket pair otherwise) before the first step, cached in
+      # WORKDIR/jax_cache for restarts, so no compile stalls the run later.
+      precompile=True,
       # Peak bf16 FLOP/s of one device for MFU (0 = look it up from the device kind).
       peak_flops_per_device=0.0,
       # A step whose loss or gradient norm is not finite skips its update (parameters and

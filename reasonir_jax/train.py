@@ -111,6 +111,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
 
   check_required(config)
   paths.check_writable(workdir)
+  enable_compilation_cache(config, workdir)
   if config.init_from:
     if not paths.isdir(config.init_from):
       raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory")
@@ -146,6 +147,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
 
   num_steps = int(config.train.num_steps)
   step = int(jax.device_get(state.step))
+  # Every step shape compiled now, not when a batch of a new bucket first comes mid-run.
+  compiled = (trainer.compile_steps(log=log.info)
+              if config.train.get("precompile", False) and step < num_steps else None)
   writer = metrics_lib.MetricWriter(workdir)
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                            float(config.train.peak_flops_per_device))
@@ -165,7 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
       step_starts = [step_starts[1], time.monotonic()]
       data_before = data_iterator.get_state()
       batch = next(data_iterator)
-      state, metrics = trainer.train_step(state, batch)
+      state, metrics = compiled_step(trainer, compiled, batch)(state, batch)
       step += 1
       # The step skipped a non-finite update (its state is the previous one with the counters
       # moved on); too many in a row stop the run here, before anything of theirs is saved.
@@ -224,6 +228,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
     if hasattr(data_iterator, "close"):
       data_iterator.close()
   return state
+
+
+def compiled_step(trainer, compiled: dict | None, batch: dict):
+  """The step for this batch's shape: precompiled (config.train.precompile), else the jit."""
+  if compiled is None:
+    return trainer.train_step
+  shape = (batch["query"]["input_ids"].shape[1], batch["passage"]["input_ids"].shape[1])
+  if shape not in compiled:
+    raise ValueError(f"a batch of row lengths {shape} is not one of the step shapes compiled "
+                     f"before the run ({sorted(compiled)}, from config.data): the input pipeline "
+                     "and training.step.step_shapes disagree")
+  return compiled[shape]
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """With precompiling, compiled steps go to WORKDIR/jax_cache (unless a cache is set already),
+  so a restarted run reads them back instead of compiling them again."""
+  import jax
+  from reasonir_jax import paths
+  if not config.train.get("precompile", False) or jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", paths.join(workdir, "jax_cache"))
 
 
 def last_committed(manager) -> int | None:

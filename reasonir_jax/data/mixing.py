@@ -83,13 +83,18 @@ class WeightedMixer:
     return {"cursors": dict(zip(self.names, self.cursors))}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    if "cursors" not in state:
-      raise ValueError("input pipeline state was written with config.data.mixing='reference' (it "
-                       "has no read cursors); resume with --config.data.mixing=reference")
-    if sorted(state["cursors"]) != sorted(self.names):
-      raise ValueError(f"input pipeline state has sources {sorted(state['cursors'])}, "
-                       f"config.data.sources has {sorted(self.names)}")
+    _check_state(state, "cursors", "read cursors", "reference", self.names)
     self.cursors = [int(state["cursors"][n]) for n in self.names]
+
+
+def _check_state(state: dict, key: str, what: str, other_mode: str, names) -> None:
+  """A saved state of this mode (it has `key`) over the configured sources, or a clear error."""
+  if key not in state:
+    raise ValueError(f"input pipeline state was written with config.data.mixing='{other_mode}' "
+                     f"(it has no {what}); resume with --config.data.mixing={other_mode}")
+  if sorted(state[key]) != sorted(names):
+    raise ValueError(f"input pipeline state has sources {sorted(state[key])}, "
+                     f"config.data.sources has {sorted(names)}")
 
 
 def reference_layout(counts: np.ndarray, local_batch: int) -> tuple[np.ndarray, int]:
@@ -178,12 +183,7 @@ class ReferenceMixer:
             "records": {n: self.counts[:, i].tolist() for i, n in enumerate(self.names)}}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    if "records" not in state:
-      raise ValueError("input pipeline state was written with config.data.mixing='weighted' (it "
-                       "has no reference batch plan); resume with --config.data.mixing=weighted")
-    if sorted(state["records"]) != sorted(self.names):
-      raise ValueError(f"input pipeline state has sources {sorted(state['records'])}, "
-                       f"config.data.sources has {sorted(self.names)}")
+    _check_state(state, "records", "reference batch plan", "weighted", self.names)
     for i, name in enumerate(self.names):
       if list(state["records"][name]) != self.counts[:, i].tolist():
         raise ValueError(

@@ -9,6 +9,9 @@ or the gradient norm is not finite: then the update is skipped (metric `skipped_
 """
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -161,6 +164,20 @@ class Trainer:
               for k in keys}
     return {"query": side(rows["query"], query_len), "passage": side(rows["passage"], passage_len)}
 
+  def compile_steps(self, log=print) -> dict[tuple[int, int], Any]:
+    """The train step compiled for every shape of `step_shapes`, before the run's first step:
+    a shape first met mid-run would leave the whole pod idle while it compiles (minutes at 8B).
+    With a persistent compilation cache a restart reads them back instead."""
+    shapes = step_shapes(self.config)
+    compiled = {}
+    for i, (q, p) in enumerate(shapes):
+      t0 = time.perf_counter()
+      compiled[q, p] = self.train_step.lower(self.abstract_state(),
+                                             self.abstract_batch(q, p)).compile()
+      log(f"compiled the train step for shape {i + 1}/{len(shapes)} (query {q}, passage {p}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return compiled
+
   def place_batch(self, batch: dict) -> dict:
     """Puts a host (NumPy) global batch into the batch sharding; jax.Arrays pass through."""
     return jax.tree.map(
@@ -176,6 +193,19 @@ def applied_updates(opt_state) -> jax.Array:
     raise ValueError(f"expected one learning-rate schedule count in the optimiser state, found "
                      f"{len(counts)}")
   return counts[0]
+
+
+def step_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """Every (query, passage) row length a run's batches can have: the packed budget's one, or
+  each padded bucket up to the max lengths (a batch pads each side to its longest text's bucket)."""
+  d = config.data
+  q_max, p_max = int(d.query_max_length), int(d.passage_max_length)
+  if d.get("packing", False):
+    return [(q_max, p_max)]
+  buckets = sorted(int(b) for b in d.bucket_lengths)
+  queries = [b for b in buckets if b < q_max] + [q_max]
+  passages = [b for b in buckets if b < p_max] + [p_max]
+  return [(q, p) for q in queries for p in passages]
 
 
 def token_counts(batch: dict) -> dict[str, jax.Array]:

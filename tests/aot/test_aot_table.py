@@ -87,9 +87,13 @@ def test_the_table_file_is_written_once_after_every_row(tmp_path, monkeypatch):
   assert not (tmp_path / "t.jsonl.partial").exists()
 
 
-def test_bucket_shapes_cover_every_padded_shape_up_to_the_max_lengths():
+def test_step_shapes_cover_every_padded_shape_up_to_the_max_lengths():
+  from reasonir_jax.training.step import step_shapes
   config = load_config("tiny", ["data.bucket_lengths=(32,64,128)", "data.query_max_length=64"])
-  assert aot.bucket_shapes(config) == [(q, p) for q in (32, 64) for p in (32, 64, 128)]
+  assert step_shapes(config) == [(q, p) for q in (32, 64) for p in (32, 64, 128)]
+  # Packed rows have one shape: the budget of each side.
+  config = load_config("tiny", ["data.packing=True", "data.query_max_length=64"])
+  assert step_shapes(config) == [(64, 128)]
 
 
 def test_the_bucket_sweep_reports_the_worst_shape(monkeypatch):
