@@ -57,19 +57,28 @@ def describe_rows(data_iterator, before: dict | None, after: dict | None) -> str
   """The records the input pipeline read for one batch, from its state before and after it:
   source, position in the source's shuffled order, and where resolvable the file, byte offset
   and row id (this process's share of the global batch)."""
-  if not (isinstance(before, dict) and isinstance(after, dict)
-          and isinstance(before.get("cursors"), dict) and isinstance(after.get("cursors"), dict)):
-    return f"input pipeline state before the batch {before!r:.300}, after it {after!r:.300}"
   host = _host_batch_iterator(data_iterator)
+  if (isinstance(before, dict) and isinstance(after, dict)
+      and isinstance(before.get("cursors"), dict) and isinstance(after.get("cursors"), dict)):
+    # Weighted mixing: each source's read cursor moved over the batch's records.
+    spans = {name: range(int(before["cursors"].get(name, 0)), int(end))
+             for name, end in after["cursors"].items()}
+  elif isinstance(before, dict) and "records" in before and host is not None:
+    # Reference mixing: the batch's records are its rows in the epoch's plan (a row dropped for
+    # its instruction was replaced by a later record of its source, not listed here).
+    spans = {}
+    for s, positions in host.mixer.rows(int(before["batch_index"])):
+      spans.setdefault(host.specs[s].name, []).append(next(iter(positions)))
+  else:
+    return f"input pipeline state before the batch {before!r:.300}, after it {after!r:.300}"
   parts = []
-  for name, end in after["cursors"].items():
-    start = int(before["cursors"].get(name, 0))
-    if int(end) <= start:
+  for name, positions in spans.items():
+    if not len(positions):
       continue
-    positions = range(start, int(end))
     records = [_record(host, name, pos) for pos in positions[:_MAX_LISTED]]
     more = f", and {len(positions) - _MAX_LISTED} more" if len(positions) > _MAX_LISTED else ""
-    parts.append(f"source {name!r} records {start}..{int(end) - 1} [{'; '.join(records)}{more}]")
+    span = (f"{positions[0]}..{positions[-1]} " if isinstance(positions, range) else "")
+    parts.append(f"source {name!r} records {span}[{'; '.join(records)}{more}]")
   where = (f"batch {before.get('batch_index')} of process {before.get('process_index')}/"
            f"{before.get('process_count')}")
   return f"{where}: " + (", ".join(parts) or "no record read")
