@@ -1,13 +1,16 @@
 """gs:// end to end on a GCS emulator (fake-gcs-server, tests/conftest.py), through the clients
 users run: gcsfs for our paths and epath, google-cloud-storage for Orbax's bucket checks,
-TensorStore's gcs driver for Orbax's arrays. Train 6 steps from data there, checkpoint there,
-resume from there past step 7 (where a run once hung on its TensorBoard upload) to step 8,
-bitwise equal to a local run, with every TensorBoard scalar readable there; export from there;
+TensorStore's gcs driver for Orbax's arrays. Train from data there, checkpoint there, kill -9 at
+step 7 (where a run once hung on its TensorBoard upload), resume from there to step 8, bitwise
+equal to a local run, with the TensorBoard scalars readable there; export from there;
 bad buckets, globs and workdirs (and a tokenizer larger than the embedding) fail naming the path
 or flag; gs:// goes through gcsfs even where TensorFlow is importable."""
 import os
+import re
+import signal
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -26,20 +29,33 @@ def bucket(gcs_emulator, tmp_path, monkeypatch):
   return gcs_emulator.bucket()
 
 
-def read_scalars(logdir, tag):
-  """{step: value} of `tag` over every event object under `logdir`, in name order."""
+def read_steps(logdir, tag):
+  """{event file: [steps logged with `tag`]} over every object under `logdir`, the parts of one
+  event file (NAME, NAME.000001, ...) read in name order as one file."""
   from reasonir_jax.data.tfrecord import iter_records
   from tensorboardX.proto import event_pb2
   out = {}
   for name in paths.listdir(logdir):
     assert "tfevents" in name, name
+    base = re.sub(r"\.\d{6}$", "", name)
     for _, data in iter_records(paths.join(logdir, name)):  # checks both CRCs of every record
       event = event_pb2.Event.FromString(data)
-      for value in event.summary.value:
-        if value.tag == tag:
-          assert event.step not in out, (tag, event.step)  # no record uploaded twice
-          out[event.step] = value.simple_value
+      out.setdefault(base, []).extend(event.step for v in event.summary.value if v.tag == tag)
   return out
+
+
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    from reasonir_jax import train
+    from reasonir_jax.config import load_config
+    from reasonir_jax.training import tensorboard_remote
+    tensorboard_remote.UPLOAD_SECS = 0.0  # an upload at every flush, from both threads
+    overrides, workdir, kill_at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    def callback(step, state, metrics):
+      if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, no final save
+    train.run(load_config("tiny", overrides), workdir, step_callback=callback)
+    """)
 
 
 def _upload_sample(prefix):
@@ -50,39 +66,47 @@ def _upload_sample(prefix):
   return f"{prefix}/*.tfrecord"
 
 
-@pytest.mark.timeout(400)
-def test_train_checkpoint_resume_export_on_a_bucket(bucket, make_tiny_config, tmp_path, capsys,
-                                                     monkeypatch):
+@pytest.mark.timeout(500)
+def test_train_kill_resume_export_on_a_bucket(bucket, make_tiny_config, small_model_overrides,
+                                              make_child_env, start_child_trainer, tmp_path, capsys,
+                                              monkeypatch):
   from reasonir_jax import export, train
   from reasonir_jax.data.sample import default_sample_tfrecords
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training import tensorboard_remote
   from safetensors.numpy import load_file
 
-  # An upload at every flush: each logged step's event file part, from the training thread and
-  # from tensorboardX's event thread, is a new object.
-  monkeypatch.setattr(tensorboard_remote, "UPLOAD_SECS", 0.0)
   sources = f"remote={_upload_sample(f'{bucket}/data')}"
   workdir = f"{bucket}/runs/one"
-  train.run(make_tiny_config(*RUN, "train.num_steps=6", f"data.sources={sources}"), workdir)
-  assert paths.exists(f"{workdir}/checkpoints/6/commit_success.txt")
-  assert paths.exists(f"{workdir}/data_state/6/process_0-of-1.json")
-  assert not os.path.exists("gs:")  # nothing landed in a local ./gs:/ folder
-  assert sorted(os.listdir(tmp_path / "stage"))  # the process's files were staged locally
-
-  resumed = train.run(make_tiny_config(*RUN, "train.num_steps=8", f"data.sources={sources}"), workdir)
-  out = capsys.readouterr().out
-  assert "from step 6" in out and "step 7 " in out and "step 8 " in out
-  assert "step 1 " in out.split("from step 6")[0]
-  assert ckpt_lib.CheckpointManager(workdir).all_steps() == [6, 8]  # checkpoint.keep=2
-  loss = read_scalars(f"{workdir}/tensorboard", "train/loss")
-  assert sorted(loss) == list(range(1, 9)) and all(np.isfinite(list(loss.values())))
+  run = [*RUN, "train.num_steps=8", f"data.sources={sources}"]
+  # Killed with SIGKILL at step 7, right after its step-6 checkpoint (where a run to gs:// once
+  # hung on its TensorBoard upload); the local reference trains meanwhile.
+  child = start_child_trainer(CHILD, [*small_model_overrides, *run], workdir, 7, tmp_path,
+                              make_child_env(tmp_path))
   local = train.run(make_tiny_config(*RUN, "train.num_steps=8",
                                      f"data.sources=remote={default_sample_tfrecords()}"),
                     str(tmp_path / "local"))
+  out, _ = child.communicate(timeout=400)
+  assert child.returncode == -signal.SIGKILL and "step 7 " in out, out
+  steps = ckpt_lib.CheckpointManager(workdir).all_steps()
+  assert steps in ([3], [3, 6]), (steps, out)  # step 6's asynchronous save may not have committed
+  assert paths.exists(f"{workdir}/checkpoints/3/commit_success.txt")
+  assert paths.exists(f"{workdir}/data_state/3/process_0-of-1.json")
+  assert not os.path.exists("gs:")  # nothing landed in a local ./gs:/ folder
+  assert sorted(os.listdir(tmp_path / "stage"))  # the process's files were staged locally
+
+  monkeypatch.setattr(tensorboard_remote, "UPLOAD_SECS", 0.0)
+  resumed = train.run(make_tiny_config(*run), workdir)
+  assert f"from step {steps[-1]}" in capsys.readouterr().out
+  assert ckpt_lib.CheckpointManager(workdir).all_steps() == [6, 8]  # checkpoint.keep=2
   for got, want in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(local.params)):
     assert np.isfinite(np.asarray(want)).all()
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # The resumed run's scalars all there, each once, in order; the killed run's up to the step
+  # before its last flush (SummaryWriter.flush does not wait for events still in its queue).
+  killed, again = sorted(read_steps(f"{workdir}/tensorboard", "train/loss").values())
+  assert killed and killed == list(range(1, len(killed) + 1)), killed
+  assert again == list(range(steps[-1] + 1, 9)), again
 
   export.main(["--workdir", workdir, "--out", str(tmp_path / "hf")])
   tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
