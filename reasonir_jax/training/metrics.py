@@ -85,8 +85,9 @@ class MetricWriter:
     if self.enabled and workdir:
       from tensorboardX import SummaryWriter
       from reasonir_jax import paths
+      from reasonir_jax.training import tensorboard_remote
       logdir = paths.join(workdir, "tensorboard")
-      paths.register_tensorboard(logdir)  # gs:// event files go through fsspec
+      tensorboard_remote.register(logdir)  # gs:// event files go through fsspec, in parts
       self._tb = SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:

@@ -166,22 +166,23 @@ def test_max_length_default_and_truncation_count(caplog):
   assert bright.count_truncated(enc, docs, max_length=100) == 0
 
 
-def test_remote_data_and_out_on_a_fake_bucket(bright_dir, tmp_path, monkeypatch):
-  import shutil
-  import sys
-  sys.path.insert(0, "tests")
-  import fake_bucket
-  fake_bucket.install(str(tmp_path))
-  shutil.copytree(bright_dir, tmp_path / "bkt" / "bright")
-  bright.main(["--retriever", "bm25", "--data", "gs://bkt/bright", "--out", "gs://bkt/out", "--tasks", "biology"])
-  local = tmp_path / "bkt" / "out"
-  assert json.load(open(local / "results.json"))["biology"]["ndcg@10"] > 0.6
-  assert (local / "biology_bm25_long_False" / "score.json").is_file()
-  assert metrics.read_trec_run("gs://bkt/out/biology.run") == metrics.read_trec_run(str(local / "biology.run"))
+def test_remote_data_and_out_on_the_gcs_emulator(bright_dir, tmp_path, monkeypatch, gcs_emulator):
+  from reasonir_jax import paths
+  bucket = gcs_emulator.bucket()
+  gcs_emulator.upload(bright_dir, f"{bucket}/bright")
+  bright.main(["--retriever", "bm25", "--data", f"{bucket}/bright", "--out", f"{bucket}/out",
+               "--tasks", "biology"])
+  local = tmp_path / "out"
+  bright.main(["--retriever", "bm25", "--data", bright_dir, "--out", str(local), "--tasks", "biology"])
+  results = json.loads(paths.read_text(f"{bucket}/out/results.json"))
+  assert results["biology"]["ndcg@10"] > 0.6
+  assert results == json.load(open(local / "results.json"))
+  assert paths.isfile(f"{bucket}/out/biology_bm25_long_False/score.json")
+  assert metrics.read_trec_run(f"{bucket}/out/biology.run") == metrics.read_trec_run(str(local / "biology.run"))
   # A remote stage output keeps its append-only answer cache on local disk.
   from reasonir_jax.eval import llm_cache
   monkeypatch.setenv("REASONIR_CACHE", str(tmp_path / "cache"))
-  entry = llm_cache.open_cache("gs://bkt/out/rerank", "biology")
+  entry = llm_cache.open_cache(f"{bucket}/out/rerank", "biology")
   assert entry.path.startswith(str(tmp_path / "cache"))
 
 

@@ -240,7 +240,7 @@ def _training_workdir(encoder, tokenizer_dir, path):
   return cfg
 
 
-def test_training_workdir_loads_sharded(encoder, tokenizer_dir, tmp_path, monkeypatch):
+def test_training_workdir_loads_sharded(encoder, tokenizer_dir, tmp_path, gcs_emulator):
   import ml_collections
   from reasonir_jax import Encoder
   from reasonir_jax import sharding as shd
@@ -254,21 +254,11 @@ def test_training_workdir_loads_sharded(encoder, tokenizer_dir, tmp_path, monkey
   assert emb.addressable_shards[0].data.shape == (512 // 2, 64 // 4)
   np.testing.assert_allclose(loaded.encode(TEXTS, max_length=64),
                              encoder.encode(TEXTS, max_length=64), atol=1e-5)
-  # The same workdir in a bucket, restored in bf16 (the default) straight into the sharding.
-  import shutil
-  import sys
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  import fake_bucket  # gs://bkt/... served from tmp_path/bkt to fsspec, no network
-  import fake_gcs_server  # ... and to TensorStore, which reads Orbax's arrays
-  fake_bucket.install(str(tmp_path))
-  shutil.copytree(workdir, tmp_path / "bkt" / "run")
-  server, env = fake_gcs_server.start(tmp_path)
-  for k, v in env.items():
-    monkeypatch.setenv(k, v)
-  try:
-    bf16 = Encoder.from_pretrained("gs://bkt/run", mesh=mesh, show_progress=False)
-  finally:
-    server.shutdown()
+  # The same workdir in a bucket (Orbax's metadata read with gcsfs, its arrays with TensorStore's
+  # gcs driver), restored in bf16 (the default) straight into the sharding.
+  remote = f"{gcs_emulator.bucket()}/run"
+  gcs_emulator.upload(workdir, remote)
+  bf16 = Encoder.from_pretrained(remote, mesh=mesh, show_progress=False)
   assert bf16.model_cfg.param_dtype == "bfloat16"
   emb16 = bf16.model.embed_tokens[...]
   assert str(emb16.dtype) == "bfloat16" and emb16.sharding == emb.sharding
@@ -276,27 +266,24 @@ def test_training_workdir_loads_sharded(encoder, tokenizer_dir, tmp_path, monkey
                                 np.asarray(emb).astype(emb16.dtype))
 
 
-def test_remote_hf_dir_loads_sharded_and_exports(encoder, export_dir, tmp_path):
-  import shutil
-  import sys
+def test_remote_hf_dir_loads_sharded_and_exports(encoder, export_dir, gcs_emulator):
   import ml_collections
   from reasonir_jax import Encoder
+  from reasonir_jax import paths
   from reasonir_jax import sharding as shd
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  import fake_bucket  # gs://bkt/... served from tmp_path/bkt, no network
-  fake_bucket.install(str(tmp_path))
-  shutil.copytree(export_dir, tmp_path / "bkt" / "model")
+  bucket = gcs_emulator.bucket()
+  gcs_emulator.upload(export_dir, f"{bucket}/model")
   mesh = shd.make_mesh(ml_collections.ConfigDict({"shape": (1, 8, 1),
                                                   "axes": ("data", "fsdp", "tensor")}))
-  remote = Encoder.from_pretrained("gs://bkt/model", dtype="float32", mesh=mesh,
+  remote = Encoder.from_pretrained(f"{bucket}/model", dtype="float32", mesh=mesh,
                                    show_progress=False)
   emb = remote.model.embed_tokens[...]
   assert emb.addressable_shards[0].data.shape == (512, 8)  # sharded on load, not on one host
   np.testing.assert_array_equal(np.asarray(emb), np.asarray(encoder.model.embed_tokens[...]))
   np.testing.assert_allclose(remote.encode(TEXTS, INSTRUCTION, max_length=64),
                              encoder.encode(TEXTS, INSTRUCTION, max_length=64), atol=1e-5)
-  remote.save_pretrained("gs://bkt/again", prompts={"biology": INSTRUCTION}, max_length=64)
-  again = tmp_path / "bkt" / "again"
+  remote.save_pretrained(f"{bucket}/again", prompts={"biology": INSTRUCTION}, max_length=64)
   for name in ("config.json", "model.safetensors", "modules.json", "tokenizer.json",
                "config_sentence_transformers.json", "1_Pooling/config.json"):
-    assert (again / name).read_bytes() == open(os.path.join(export_dir, name), "rb").read(), name
+    with paths.open(f"{bucket}/again/{name}", "rb") as f:
+      assert f.read() == open(os.path.join(export_dir, name), "rb").read(), name

@@ -189,20 +189,15 @@ def test_export_config_has_both_rope_layouts_and_is_bidirectional(hf_dir, tmp_pa
 
 @pytest.mark.parametrize("transform,ours", [("identity", (6, 4)), ("transpose", (6, 4)),
                                             ("in_heads", (8, 4, 2)), ("out_heads", (4, 2, 8))])
-def test_block_reads_match_whole_tensor_local_and_remote(tmp_path, transform, ours):
-  import sys
+def test_block_reads_match_whole_tensor_local_and_remote(tmp_path, transform, ours, gcs_emulator):
   import ml_dtypes
   import numpy as np
   from reasonir_jax.hf import mapping
   from reasonir_jax.hf.safetensors_io import SafetensorsFile, write_safetensors
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  sys.path.insert(0, os.path.join(repo, "tests"))
-  import fake_bucket
-  fake_bucket.install(str(tmp_path))
-  (tmp_path / "bkt").mkdir()
+  bucket = gcs_emulator.bucket()
   want = np.arange(np.prod(ours), dtype=np.float32).reshape(ours).astype(ml_dtypes.bfloat16)
   hf = mapping.to_hf(transform, want)
-  for path in (str(tmp_path / "t.safetensors"), "gs://bkt/t.safetensors"):
+  for path in (str(tmp_path / "t.safetensors"), f"{bucket}/t.safetensors"):
     write_safetensors(path, [("w", hf.shape, hf.dtype)], lambda _: hf)
     st = SafetensorsFile(path)
     view = mapping.view_shape(transform, ours)
