@@ -109,20 +109,13 @@ def topology_devices(slice_: tpu_topologies.Slice, num_slices: int = 1) -> list:
 
 
 def build_mesh(config, devices: list, num_slices: int = 1):
-  """The config's mesh on these devices; across slices the data axis is multiplied (DCN)."""
-  from reasonir_jax.sharding import make_mesh  # pylint: disable=import-outside-toplevel
-  if num_slices == 1:
-    return make_mesh(config.mesh, devices)
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-  per_slice = make_mesh(config.mesh, devices[:len(devices) // num_slices])
-  axes = tuple(config.mesh.axes)
-  if "data" not in axes:
-    raise BadArgument(f"--num_slices needs a 'data' mesh axis; config.mesh.axes is {axes}")
-  ici = tuple(per_slice.shape[a] for a in axes)
-  dcn = tuple(num_slices if a == "data" else 1 for a in axes)
-  device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
-  return jax.sharding.Mesh(device_array, axes)
+  """The trainer's mesh (`sharding.make_mesh`, `config.mesh.shape` within each slice and
+  `config.mesh.dcn_shape` across slices) on the topology's devices."""
+  from reasonir_jax import sharding  # pylint: disable=import-outside-toplevel
+  found = len({getattr(d, "slice_index", 0) for d in devices})
+  if found != num_slices:
+    raise RuntimeError(f"libtpu described devices in {found} slices, expected {num_slices}")
+  return sharding.make_mesh(config.mesh, devices)
 
 
 def per_device_bytes(tree: Any) -> int:

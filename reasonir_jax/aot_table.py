@@ -4,8 +4,9 @@
   python -m reasonir_jax.aot_table OUT.jsonl --rows v5p-128:0 v5p-64:32 [-- --config.x=y ...]
   python -m reasonir_jax.aot_table docs/scaling_8b.jsonl --render   # the table only
 
-Each row `TOPOLOGY:CHUNK` (CHUNK = config.train.grad_cache_chunk, 0 = GradCache off) is one
-`python -m reasonir_jax.aot` process (libtpu describes one topology per process); its JSON report
+Each row `TOPOLOGY:CHUNK` (CHUNK = config.train.grad_cache_chunk, 0 = GradCache off;
+`NxTOPOLOGY` = N slices joined over DCN, `--num_slices=N`) is one `python -m reasonir_jax.aot`
+process (libtpu describes one topology per process); its JSON report
 replaces the row of the same topology, chunk and overrides in OUT.jsonl. The markdown table is
 printed from the whole file. CONFIG (default configs/llama3_8b.py) comes from the environment.
 """
@@ -21,16 +22,29 @@ from typing import Sequence
 # The rows of docs/scaling.md: every slice without GradCache and with the smallest chunk.
 DEFAULT_ROWS = ("v5p-128:0", "v5p-64:0", "v5p-256:0", "v5p-512:0", "v6e-256:0", "v5e-256:0",
                 "v5p-64:32", "v5p-128:64", "v5p-256:128", "v5p-512:256", "v5e-256:256",
-                "v6e-256:256")
-_SLICE_ORDER = ("v5p-64", "v5p-128", "v5p-256", "v5p-512", "v5e-256", "v6e-256")
+                "v6e-256:256", "2xv5p-64:0")
+_SLICE_ORDER = ("v5p-64", "v5p-128", "2xv5p-64", "v5p-256", "v5p-512", "v5e-256", "v6e-256")
 
 
 def parse_row(row: str) -> tuple[str, int]:
   topology, _, chunk = row.partition(":")
   try:
+    split_topology(topology)
     return topology, int(chunk or 0)
   except ValueError:
-    raise ValueError(f"--rows entry {row!r} is not TOPOLOGY:CHUNK (e.g. v5p-128:64)") from None
+    raise ValueError(f"--rows entry {row!r} is not [NUMx]TOPOLOGY:CHUNK (e.g. v5p-128:64, "
+                     f"2xv5p-64:0)") from None
+
+
+def split_topology(topology: str) -> tuple[str, int]:
+  """("v5p-64", 2) from "2xv5p-64" (the report's name for two slices); ("v5p-64", 1) from
+  "v5p-64"."""
+  count, sep, name = topology.partition("x")
+  if sep and count.isdigit():
+    if int(count) < 1 or not name:
+      raise ValueError(f"bad multi-slice topology {topology!r}")
+    return name, int(count)
+  return topology, 1
 
 
 def _chunk(report: dict) -> int:
@@ -105,8 +119,9 @@ def markdown_table(reports: Sequence[dict]) -> str:
 
 def run_row(topology: str, chunk: int, overrides: Sequence[str], config: str) -> dict | None:
   """One AOT report in its own process; None when it failed for another reason than memory."""
-  cmd = [sys.executable, "-m", "reasonir_jax.aot", f"--config={config}", f"--topology={topology}",
-         f"--config.train.grad_cache_chunk={chunk}", *overrides]
+  name, num_slices = split_topology(topology)
+  cmd = [sys.executable, "-m", "reasonir_jax.aot", f"--config={config}", f"--topology={name}",
+         f"--num_slices={num_slices}", f"--config.train.grad_cache_chunk={chunk}", *overrides]
   print(f"== {topology} chunk={chunk} {' '.join(overrides)}", file=sys.stderr, flush=True)
   proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
   if proc.returncode not in (0, 3):
@@ -126,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("out", help="JSON lines file of reports (rows are replaced in place)")
   parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS),
-                      help="TOPOLOGY:CHUNK entries (default: every row of docs/scaling.md)")
+                      help="[NUMx]TOPOLOGY:CHUNK entries (default: every row of "
+                           "docs/scaling.md)")
   parser.add_argument("--render", action="store_true", help="print the table of OUT only")
   args = parser.parse_args(argv)
   try:
