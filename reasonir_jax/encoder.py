@@ -27,6 +27,7 @@ from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
 from reasonir_jax.packing import pack_lengths, packed_arrays
 from reasonir_jax.model.sharded import shard_model
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
+from reasonir_jax.training import flops
 
 MIN_BUCKET = 32
 PACK_ROW_MULTIPLE = 64  # packed rows are a multiple of this long
@@ -202,11 +203,10 @@ class Encoder:
 
   def _row_cost(self, num_rows: int, row_length: int) -> float:
     """Estimated cost of num_rows rows of row_length tokens: dense FLOPs plus weighted
-    attention FLOPs (quadratic in the row length)."""
+    attention FLOPs over every row_length^2 pair (what the kernels run, masked or not)."""
     c = self.model_cfg
-    n, k, h, d, f = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
-    dense_per_token = 2 * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)
-    return num_rows * row_length * (dense_per_token + ATTN_COST_WEIGHT * 4 * n * h * row_length)
+    return (flops.dense_forward_flops(c, num_rows * row_length)
+            + ATTN_COST_WEIGHT * flops.attention_forward_flops(c, num_rows * row_length**2))
 
   def _padded_cost(self, lengths: list[int], batch_size: int, max_length: int) -> float:
     """The estimated cost of the padded path (sorted batches padded to bucket lengths)."""

@@ -156,17 +156,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
       batch = next(data_iterator)
       state, metrics = trainer.train_step(state, batch)
       step += 1
-      lq = batch["query"]["input_ids"].shape[1]
-      lp = batch["passage"]["input_ids"].shape[1]
-      # Packed rows hold several texts: count the rows the step encodes, not one per text.
-      rows = ((trainer.packed_rows["query"], trainer.packed_rows["passage"])
-              if trainer.packed_rows else None)
-      meter.add(trainer.global_batch,
-                flops_lib.tokens_per_step(trainer.global_batch, lq, lp, group, rows),
-                flops_lib.train_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp, group,
-                                           rows),
-                flops_lib.hardware_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp,
-                                              group, trainer.chunk, rows))
+      # Packed rows: the rows the step encodes, and only the attention within each text.
+      meter.add(trainer.global_batch, *flops_lib.step_counts(
+          trainer.model_cfg, batch, trainer.global_batch, group, trainer.chunk,
+          trainer.packed_rows))
       if manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
       if step % log_every == 0 or step == num_steps:
