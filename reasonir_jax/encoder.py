@@ -82,11 +82,11 @@ class Encoder:
 
     self._embed = jax.jit(run)
 
-    def run_packed(state, input_ids, segment_ids, positions, pool_ids, num_texts):
+    def run_packed(state, input_ids, segment_ids, positions, pool_ids, num_texts, max_segments):
       return embed_packed(nnx.merge(graphdef, state), input_ids, segment_ids, positions,
-                          pool_ids, num_texts)
+                          pool_ids, num_texts, max_segments)
 
-    self._embed_packed = jax.jit(run_packed, static_argnums=5)
+    self._embed_packed = jax.jit(run_packed, static_argnums=(5, 6))
 
   @property
   def tokenizer(self):
@@ -241,6 +241,9 @@ class Encoder:
     calls = [rows[s: s + rows_per_call] for s in range(0, len(rows), rows_per_call)]
     # The same text count in every call (a multiple of the data-parallel size): one compile.
     num_texts = _round_up(max(sum(len(r) for r in call) for call in calls), 8 * self._dp)
+    # The most texts one row holds, rounded up to a power of two (few compiled shapes): the
+    # cudnn attention backend sizes its packed layout by it.
+    max_segments = 1 << (max(len(r) for r in rows) - 1).bit_length()
     out = np.zeros((len(encoded), self.model_cfg.hidden_size), np.float32)
     if show_progress is None:
       show_progress = len(calls) > 8
@@ -265,7 +268,7 @@ class Encoder:
       inputs = self._place([arrays[k] for k in ("input_ids", "segment_ids", "positions",
                                                 "pool_ids")])
       # Dispatched before the previous call's result is fetched: host packing overlaps it.
-      job = (idx, self._embed_packed(self._state, *inputs, num_texts),
+      job = (idx, self._embed_packed(self._state, *inputs, num_texts, max_segments),
              sum(lengths[i] for i in idx))
       if pending is not None:
         finish(pending)
