@@ -13,7 +13,8 @@ Backends (`IMPLEMENTATIONS`, `config.model.attention`):
   splash  the Pallas TPU splash kernel (jax.experimental.pallas.ops.tpu.splash_attention);
           `interpret=True` runs it on CPU (tests).
   cudnn   cuDNN fused attention (NVIDIA GPUs): key lengths for padded rows, the packed layout
-          (per-text lengths and offsets; Hopper or newer) for packed rows; no dense mask.
+          (per-text lengths and offsets) for packed rows; no dense mask, except for packed
+          rows before Hopper (no packed layout there).
   auto    splash on TPU, cudnn on GPU, xla otherwise; the platform is that of the active mesh
           (so an AOT compile for a TPU topology on a CPU host picks splash).
 """
@@ -349,17 +350,31 @@ def _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm, offsets_bm):
       mask_type=cudnn_fa.MaskType.PADDING, qkv_layout="BTNH")
 
 
+def _packed_layout_supported() -> bool:
+  """Whether cuDNN's packed layout runs here (jax 0.10.2 allows it from Hopper, sm 9.0, up)."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+    return bool(cudnn_fa.check_compute_capability("9.0"))
+  except Exception:  # pylint: disable=broad-except
+    return False  # no CUDA backend
+
+
 def _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
                      implementation: str | None = "cudnn", max_segments: int | None = None):
   """cuDNN fused attention. Padded rows: jax.nn.dot_product_attention with the key lengths
   (every query, padding included, attends the row's real keys, as the xla path does), GQA
   native. Packed rows: the packed layout over `packed_segments`, with M = max_segments + 1 (the
-  padding run) capped at t. `implementation="xla"` runs the padded path through jax's XLA
-  implementation (CPU tests; the packed kernel has none)."""
+  padding run) capped at t; before Hopper, which lacks it, a [b, 1, t, s] segment mask.
+  `implementation="xla"` runs the padded path through jax's XLA implementation (CPU tests; the
+  packed kernel has none)."""
   if q_segment_ids_bt is None:
     return jax.nn.dot_product_attention(
         q_btnh, k_bskh, v_bskh, key_value_seq_lengths=_padded_key_lengths(kv_segment_ids_bs),
         implementation=implementation).astype(q_btnh.dtype)
+  if not _packed_layout_supported():
+    mask = _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs)[:, None]
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask,
+                                        implementation=implementation).astype(q_btnh.dtype)
   t = q_btnh.shape[1]
   m = t if max_segments is None else min(t, int(max_segments) + 1)
   lengths_bm, offsets_bm = packed_segments(kv_segment_ids_bs, m)

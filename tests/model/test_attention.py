@@ -88,6 +88,7 @@ def test_xla_and_cudnn_masking_match_reference(groups, packed, monkeypatch):
       lambda q, kk, v: attn.attention(q, kk, v, q_ids, ids, implementation="xla"), q, kk, v, cot)
   _check_same(xla, ref, ids)
   monkeypatch.setattr(attn, "_cudnn_packed_kernel", _emulated_packed_kernel)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
   cudnn_args = _value_and_grads(
       lambda q, kk, v: attn._cudnn_attention(q, kk, v, q_ids, ids, implementation="xla",
                                              max_segments=3),
@@ -130,6 +131,7 @@ def test_cudnn_packed_rows_pass_segment_lengths_and_offsets(monkeypatch, max_seg
     return _emulated_packed_kernel(q, k, v, lengths, offsets)
 
   monkeypatch.setattr(attn, "_cudnn_packed_kernel", recording)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
   got = _value_and_grads(
       lambda q, kk, v: attn.attention(q, kk, v, ids, ids, implementation="cudnn",
                                       max_segments=max_segments), q, kk, v, cot)
@@ -146,6 +148,25 @@ def test_cudnn_packed_rows_pass_segment_lengths_and_offsets(monkeypatch, max_seg
   ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, ids, ids),
                          q, kk, v, cot)
   _check_same(got, ref, ids)
+
+
+def test_cudnn_packed_rows_before_hopper_fall_back_to_a_mask(monkeypatch):
+  import jax
+  from reasonir_jax.model import attention as attn
+  assert not attn._packed_layout_supported()  # CPU: no CUDA backend
+  q, kk, v, ids, cot = _inputs(4, packed=True, seed=6)
+  calls, real = [], jax.nn.dot_product_attention
+
+  def recording(*args, **kwargs):
+    calls.append(kwargs["mask"].shape)
+    return real(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  got = _value_and_grads(
+      lambda q, kk, v: attn.attention(q, kk, v, ids, ids, implementation="cudnn"), q, kk, v, cot)
+  assert calls[0] == (3, 1, 128, 128)
+  _check_same(got, _value_and_grads(
+      lambda q, kk, v: attn.reference_attention(q, kk, v, ids, ids), q, kk, v, cot), ids)
 
 
 def _shapes_in(jaxpr):
@@ -173,6 +194,7 @@ def test_cudnn_path_builds_no_dense_mask(monkeypatch, packed):
   stand_in = lambda q, k, v, *args, **kwargs: q * jnp.sum(k) * jnp.sum(v)  # noqa: E731
   monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
   monkeypatch.setattr(attn, "_cudnn_packed_kernel", stand_in)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
   q_ids = ids if packed else None
 
   def loss(q, kk, v):
