@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--topology", required=True,
                       help="TPU slice name, e.g. v5p-128, v5e-256, v6e-256, v4-64")
   parser.add_argument("--num_slices", type=int, default=1,
-                      help="multi-slice: slices joined over DCN (the data axis spans them)")
+                      help="multi-slice: slices joined over DCN (config.mesh.dcn_shape spans "
+                           "them; default the data axis)")
   parser.add_argument("--query_len", type=int, default=0,
                       help="query length (default: config.data.query_max_length)")
   parser.add_argument("--passage_len", type=int, default=0,
