@@ -310,17 +310,19 @@ def run_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
   group = int(config.data.group_size)
   batch_size = int(config.train.global_batch_size)
   step_flops = flops.train_step_flops(config.model, batch_size, query_len, passage_len, group)
-  hardware_flops = flops.hardware_step_flops(config.model, batch_size, query_len, passage_len,
-                                             group, int(config.train.grad_cache_chunk))
-  tokens = flops.tokens_per_step(batch_size, query_len, passage_len, group)
   from reasonir_jax.model.attention import resolve_implementation  # pylint: disable=import-outside-toplevel
+  attention = resolve_implementation(str(config.model.attention), "tpu")
+  hardware_flops = flops.hardware_step_flops(config.model, batch_size, query_len, passage_len,
+                                             group, int(config.train.grad_cache_chunk),
+                                             attention=attention)
+  tokens = flops.tokens_per_step(batch_size, query_len, passage_len, group)
   return {
       "topology": slice_.name if num_slices == 1 else f"{num_slices}x{slice_.name}",
       "chips": chips,
       "query_len": query_len,
       "passage_len": passage_len,
       "grad_cache_chunk": int(config.train.grad_cache_chunk),
-      "attention": resolve_implementation(str(config.model.attention), "tpu"),
+      "attention": attention,
       "kernel_calls": kernel_calls,
       "per_chip_bytes": int(memory["total"]),
       "hbm_bytes": int(hbm),

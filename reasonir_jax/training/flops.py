@@ -24,9 +24,11 @@ remat. `hardware_step_flops` is what the step executes, what HFU divides (`recom
                       policy, so its two matmuls rerun;
       dots_no_batch   weight matmuls are saved; the attention matmuls (batched) rerun;
   - attention's backward recomputing the q.k^T scores (every backend here is flash-style: the
-    forward keeps row statistics, not the weights).
-The recompute counts were checked against XLA's cost analysis of an unscanned model
-(tests/aot/test_aot_flops.py).
+    forward keeps row statistics, not the weights): once in the xla and cudnn backends (5
+    [pairs x head_dim] matmuls where autodiff's count has 4), and in splash, whose dq and dk/dv
+    kernels are separate, q.k^T and dO.v^T in both (7 matmuls).
+The recompute counts of the xla backend were checked against XLA's cost analysis of an
+unscanned model (tests/aot/test_aot_flops.py); the splash kernel's were read from its source.
 """
 from __future__ import annotations
 
@@ -72,20 +74,30 @@ def encoder_forward_flops(model_cfg, batch: int, length: int, pairs=None) -> flo
   return dense_forward_flops(model_cfg, batch * length) + attention_forward_flops(model_cfg, pairs)
 
 
-def recomputed_flops(model_cfg, tokens, pairs, remat_policy: str | None = None) -> float:
+# Extra [pairs x head_dim] matmuls in each backend's attention backward (module docstring).
+_ATTENTION_BACKWARD_EXTRA = {"xla": 1, "cudnn": 1, "splash": 3}
+
+
+def recomputed_flops(model_cfg, tokens, pairs, remat_policy: str | None = None,
+                     attention: str = "xla") -> float:
   """FLOPs the backward pass executes again for `tokens` slots and `pairs` attention pairs:
-  remat's recomputed forward (module docstring) plus attention's score recompute."""
+  remat's recomputed forward (module docstring) plus what the `attention` backend (resolved:
+  xla, splash or cudnn) recomputes."""
   policy = _get(model_cfg, "remat_policy") if remat_policy is None else remat_policy
-  attention = attention_forward_flops(model_cfg, pairs)
-  scores = attention / 2  # q.k^T again in the backward of every backend
+  if attention not in _ATTENTION_BACKWARD_EXTRA:
+    raise ValueError(f"attention backend {attention!r} is not one of "
+                     f"{sorted(_ATTENTION_BACKWARD_EXTRA)}")
+  forward = attention_forward_flops(model_cfg, pairs)
+  # Each extra backward matmul is one of the forward's two.
+  backward = _ATTENTION_BACKWARD_EXTRA[attention] * forward / 2
   if policy == "none":
-    return scores
+    return backward
   if policy in ("full", "offload"):
     per_layer, down = _layer_matmul_params(model_cfg)
     layers = _get(model_cfg, "num_layers")
-    return 2.0 * (per_layer - down) * layers * tokens + attention + scores
+    return 2.0 * (per_layer - down) * layers * tokens + forward + backward
   if policy in ("dots", "dots_no_batch"):
-    return attention + scores
+    return forward + backward
   raise ValueError(f"model.remat_policy={policy!r}: no recompute count for it")
 
 
@@ -120,14 +132,15 @@ def train_step_flops(model_cfg, global_batch: int, query_len: int, passage_len: 
 def hardware_step_flops(model_cfg, global_batch: int, query_len: int, passage_len: int,
                         group_size: int, grad_cache_chunk: int = 0,
                         rows: tuple[int, int] | None = None, pairs=None,
-                        remat_policy: str | None = None) -> float:
+                        remat_policy: str | None = None, attention: str = "xla") -> float:
   """FLOPs the step executes (for HFU): the model's, plus GradCache's extra forward pass when it
   is on, plus what the backward recomputes (`recomputed_flops`; `remat_policy` defaults to
-  model_cfg's)."""
+  model_cfg's, `attention` is the resolved backend)."""
   sides = _sides(global_batch, query_len, passage_len, group_size, rows, pairs)
   extra = (_encoders_forward_flops(model_cfg, global_batch, query_len, passage_len, group_size,
                                    rows, pairs) if grad_cache_chunk else 0.0)
-  extra += sum(recomputed_flops(model_cfg, r * length, p, remat_policy) for r, length, p in sides)
+  extra += sum(recomputed_flops(model_cfg, r * length, p, remat_policy, attention)
+               for r, length, p in sides)
   return train_step_flops(model_cfg, global_batch, query_len, passage_len, group_size, rows,
                           pairs) + extra
 
@@ -158,10 +171,12 @@ def attention_pairs(segment_ids_bl) -> jax.Array:
 
 
 def step_counts(model_cfg, batch: dict, global_batch: int, group_size: int,
-                grad_cache_chunk: int = 0, packed_rows: dict | None = None) -> tuple:
+                grad_cache_chunk: int = 0, packed_rows: dict | None = None,
+                attention: str = "xla") -> tuple:
   """(token slots, model FLOPs, executed FLOPs) of one global `batch` as the trainer gets it:
-  padded rows, or packed rows when `packed_rows` = {"query": rows, "passage": rows}. A packed
-  batch's FLOPs are device scalars (its attention pairs), read when the meter reports."""
+  padded rows, or packed rows when `packed_rows` = {"query": rows, "passage": rows};
+  `attention` is the resolved backend. A packed batch's FLOPs are device scalars (its attention
+  pairs), read when the meter reports."""
   lq = batch["query"]["input_ids"].shape[1]
   lp = batch["passage"]["input_ids"].shape[1]
   rows = pairs = None
@@ -172,4 +187,4 @@ def step_counts(model_cfg, batch: dict, global_batch: int, group_size: int,
   return (tokens_per_step(global_batch, lq, lp, group_size, rows),
           train_step_flops(model_cfg, global_batch, lq, lp, group_size, rows, pairs),
           hardware_step_flops(model_cfg, global_batch, lq, lp, group_size, grad_cache_chunk, rows,
-                              pairs))
+                              pairs, attention=attention))

@@ -140,6 +140,12 @@ def test_executed_flops_add_what_the_backward_recomputes(policy, recomputed):
   assert flops.hardware_step_flops(cfg, 2, 3, 5, 2, grad_cache_chunk=2) == \
       202_752 + recomputed + 67_456
   assert flops.recomputed_flops(cfg, 26, 118) == recomputed
+  # Splash's separate dq and dk/dv kernels run q.k^T and dO.v^T twice: 2 more matmuls of
+  # 3,776 each than the xla and cudnn backwards.
+  assert flops.recomputed_flops(cfg, 26, 118, attention="cudnn") == recomputed
+  assert flops.recomputed_flops(cfg, 26, 118, attention="splash") == recomputed + 2 * 3_776
+  assert flops.hardware_step_flops(cfg, 2, 3, 5, 2, attention="splash") == \
+      202_752 + recomputed + 2 * 3_776
 
 
 def test_executed_flops_match_xla_cost_analysis():
