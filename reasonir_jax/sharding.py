@@ -100,7 +100,8 @@ def device_array(mesh_cfg, devices: Sequence[Any]) -> np.ndarray:
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """The Mesh of the trainer, the AOT report and the Encoder: see `device_array`.
+  """Every mesh the package builds (trainer, AOT report, export, BRIGHT evaluation): see
+  `device_array`.
 
   `mesh_cfg` has `shape` and `axes` (and optionally `dcn_shape`). On one slice the mesh is
   `shape` (one -1 filled from the device count); on several (TPU multi-slice, devices with
