@@ -4,7 +4,8 @@ from reasonir_jax.config_base import base_config
 
 def get_config():
   c = base_config()
-  c.mesh.shape = (1, -1, 1)  # FSDP over every chip.
+  c.mesh.shape = (1, -1, 1)  # FSDP over every chip of a slice;
+  c.mesh.dcn_shape = (-1, 1, 1)  # data parallelism across slices (multi-slice, over DCN).
   # Layer inputs wait in host memory for the backward pass (64 GiB per chip on v5p-128: about
   # 1.3 GiB/s each way over a 48 s step at 40% MFU). That lets the full 2048-query batch run
   # without GradCache from v5p-128 up (remat `full` needs v5p-256); docs/scaling.md.

@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--topology", required=True,
                       help="TPU slice name, e.g. v5p-128, v5e-256, v6e-256, v4-64")
   parser.add_argument("--num_slices", type=int, default=1,
-                      help="multi-slice: slices joined over DCN (the data axis spans them)")
+                      help="multi-slice: slices joined over DCN (config.mesh.dcn_shape spans "
+                           "them; default the data axis)")
   parser.add_argument("--query_len", type=int, default=0,
                       help="query length (default: config.data.query_max_length)")
   parser.add_argument("--passage_len", type=int, default=0,
@@ -109,20 +110,13 @@ def topology_devices(slice_: tpu_topologies.Slice, num_slices: int = 1) -> list:
 
 
 def build_mesh(config, devices: list, num_slices: int = 1):
-  """The config's mesh on these devices; across slices the data axis is multiplied (DCN)."""
-  from reasonir_jax.sharding import make_mesh  # pylint: disable=import-outside-toplevel
-  if num_slices == 1:
-    return make_mesh(config.mesh, devices)
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-  per_slice = make_mesh(config.mesh, devices[:len(devices) // num_slices])
-  axes = tuple(config.mesh.axes)
-  if "data" not in axes:
-    raise BadArgument(f"--num_slices needs a 'data' mesh axis; config.mesh.axes is {axes}")
-  ici = tuple(per_slice.shape[a] for a in axes)
-  dcn = tuple(num_slices if a == "data" else 1 for a in axes)
-  device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
-  return jax.sharding.Mesh(device_array, axes)
+  """The trainer's mesh (`sharding.make_mesh`, `config.mesh.shape` within each slice and
+  `config.mesh.dcn_shape` across slices) on the topology's devices."""
+  from reasonir_jax import sharding  # pylint: disable=import-outside-toplevel
+  found = len({getattr(d, "slice_index", 0) for d in devices})
+  if found != num_slices:
+    raise RuntimeError(f"libtpu described devices in {found} slices, expected {num_slices}")
+  return sharding.make_mesh(config.mesh, devices)
 
 
 def per_device_bytes(tree: Any) -> int:
@@ -307,17 +301,19 @@ def run_report(config, slice_: tpu_topologies.Slice, num_slices: int = 1,
   group = int(config.data.group_size)
   batch_size = int(config.train.global_batch_size)
   step_flops = flops.train_step_flops(config.model, batch_size, query_len, passage_len, group)
-  hardware_flops = flops.hardware_step_flops(config.model, batch_size, query_len, passage_len,
-                                             group, int(config.train.grad_cache_chunk))
-  tokens = flops.tokens_per_step(batch_size, query_len, passage_len, group)
   from reasonir_jax.model.attention import resolve_implementation  # pylint: disable=import-outside-toplevel
+  attention = resolve_implementation(str(config.model.attention), "tpu")
+  hardware_flops = flops.hardware_step_flops(config.model, batch_size, query_len, passage_len,
+                                             group, int(config.train.grad_cache_chunk),
+                                             attention=attention)
+  tokens = flops.tokens_per_step(batch_size, query_len, passage_len, group)
   return {
       "topology": slice_.name if num_slices == 1 else f"{num_slices}x{slice_.name}",
       "chips": chips,
       "query_len": query_len,
       "passage_len": passage_len,
       "grad_cache_chunk": int(config.train.grad_cache_chunk),
-      "attention": resolve_implementation(str(config.model.attention), "tpu"),
+      "attention": attention,
       "kernel_calls": kernel_calls,
       "per_chip_bytes": int(memory["total"]),
       "hbm_bytes": int(hbm),

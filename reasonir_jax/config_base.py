@@ -64,8 +64,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = model_config()
 
-  # One -1 entry is filled from the device count.
-  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor")))
+  # `shape` is the mesh within one slice (ICI; one -1 is filled from the devices per slice),
+  # `dcn_shape` the slices across the data-centre network (one -1 is filled from the slice
+  # count): the mesh is their product (sharding.make_mesh). On one slice dcn_shape is all 1s;
+  # on several, the default puts only the data axis across them, so FSDP's all-gathers and
+  # reduce-scatters and any tensor parallelism stay on ICI.
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), dcn_shape=(-1, 1, 1),
+                                          axes=("data", "fsdp", "tensor")))
   c.sharding_rules = SHARDING_RULES
 
   # Initialise from a local Hugging Face directory ("" = random init).

@@ -27,6 +27,7 @@ from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
 from reasonir_jax.packing import pack_lengths, packed_arrays
 from reasonir_jax.model.sharded import shard_model
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
+from reasonir_jax.training import flops
 
 MIN_BUCKET = 32
 PACK_ROW_MULTIPLE = 64  # packed rows are a multiple of this long
@@ -81,11 +82,11 @@ class Encoder:
 
     self._embed = jax.jit(run)
 
-    def run_packed(state, input_ids, segment_ids, positions, pool_ids, num_texts):
+    def run_packed(state, input_ids, segment_ids, positions, pool_ids, num_texts, max_segments):
       return embed_packed(nnx.merge(graphdef, state), input_ids, segment_ids, positions,
-                          pool_ids, num_texts)
+                          pool_ids, num_texts, max_segments)
 
-    self._embed_packed = jax.jit(run_packed, static_argnums=5)
+    self._embed_packed = jax.jit(run_packed, static_argnums=(5, 6))
 
   @property
   def tokenizer(self):
@@ -202,11 +203,10 @@ class Encoder:
 
   def _row_cost(self, num_rows: int, row_length: int) -> float:
     """Estimated cost of num_rows rows of row_length tokens: dense FLOPs plus weighted
-    attention FLOPs (quadratic in the row length)."""
+    attention FLOPs over every row_length^2 pair (what the kernels run, masked or not)."""
     c = self.model_cfg
-    n, k, h, d, f = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
-    dense_per_token = 2 * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)
-    return num_rows * row_length * (dense_per_token + ATTN_COST_WEIGHT * 4 * n * h * row_length)
+    return (flops.dense_forward_flops(c, num_rows * row_length)
+            + ATTN_COST_WEIGHT * flops.attention_forward_flops(c, num_rows * row_length**2))
 
   def _padded_cost(self, lengths: list[int], batch_size: int, max_length: int) -> float:
     """The estimated cost of the padded path (sorted batches padded to bucket lengths)."""
@@ -241,6 +241,9 @@ class Encoder:
     calls = [rows[s: s + rows_per_call] for s in range(0, len(rows), rows_per_call)]
     # The same text count in every call (a multiple of the data-parallel size): one compile.
     num_texts = _round_up(max(sum(len(r) for r in call) for call in calls), 8 * self._dp)
+    # The most texts one row holds, rounded up to a power of two (few compiled shapes): the
+    # cudnn attention backend sizes its packed layout by it.
+    max_segments = 1 << (max(len(r) for r in rows) - 1).bit_length()
     out = np.zeros((len(encoded), self.model_cfg.hidden_size), np.float32)
     if show_progress is None:
       show_progress = len(calls) > 8
@@ -265,7 +268,7 @@ class Encoder:
       inputs = self._place([arrays[k] for k in ("input_ids", "segment_ids", "positions",
                                                 "pool_ids")])
       # Dispatched before the previous call's result is fetched: host packing overlaps it.
-      job = (idx, self._embed_packed(self._state, *inputs, num_texts),
+      job = (idx, self._embed_packed(self._state, *inputs, num_texts, max_segments),
              sum(lengths[i] for i in idx))
       if pending is not None:
         finish(pending)

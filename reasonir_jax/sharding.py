@@ -28,32 +28,88 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.Context
     "reasonir_activation_sharding", default=None)
 
 
-def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A Mesh from `mesh_cfg.shape` (one -1 is filled from the device count) and `mesh_cfg.axes`."""
-  devices = list(jax.devices() if devices is None else devices)
-  shape = tuple(int(s) for s in mesh_cfg.shape)
-  axes = tuple(mesh_cfg.axes)
-  n = len(devices)
-  if len(shape) != len(axes):
-    raise ValueError(f"mesh.shape {shape} has {len(shape)} entries but mesh.axes {axes} has {len(axes)}")
+def _fill(shape: tuple[int, ...], total: int, key: str, what: str) -> tuple[int, ...]:
+  """`shape` with its one -1 filled so that it multiplies to `total`; errors name `key`."""
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh.shape {shape} may hold at most one -1")
+    raise ValueError(f"{key} {shape} may hold at most one -1")
   if -1 in shape:
     known = math.prod(s for s in shape if s != -1)
-    if known <= 0 or n % known:
-      raise ValueError(f"mesh.shape {shape} does not fit {n} devices "
-                       f"({n} is not a multiple of {known})")
-    shape = tuple(n // known if s == -1 else s for s in shape)
-  if math.prod(shape) != n or any(s <= 0 for s in shape):
-    raise ValueError(f"mesh.shape {tuple(mesh_cfg.shape)} (= {shape}) does not match the number "
-                     f"of devices ({n})")
+    if known <= 0 or total % known:
+      raise ValueError(f"{key} {shape} does not fit {total} {what} "
+                       f"({total} is not a multiple of {known})")
+    shape = tuple(total // known if s == -1 else s for s in shape)
+  if math.prod(shape) != total or any(s <= 0 for s in shape):
+    raise ValueError(f"{key} {shape} does not multiply to the {total} {what}")
+  return shape
+
+
+def _slice_groups(devices: Sequence[Any]) -> list[list[Any]]:
+  """The devices grouped by `slice_index` (TPU multi-slice; devices without one: one slice)."""
+  groups: dict[int, list] = {}
+  for d in devices:
+    groups.setdefault(int(getattr(d, "slice_index", 0) or 0), []).append(d)
+  return [groups[k] for k in sorted(groups)]
+
+
+def _slice_mesh(shape: tuple[int, ...], devices: Sequence[Any]) -> np.ndarray:
   try:
     from jax.experimental import mesh_utils
-    device_array = mesh_utils.create_device_mesh(shape, devices)
+    return mesh_utils.create_device_mesh(shape, devices)
   except Exception:  # pylint: disable=broad-except
     # Some fake/host topologies are not supported by the topology-aware mesh builder.
-    device_array = np.asarray(devices, dtype=object).reshape(shape)
-  return Mesh(device_array, axes)
+    return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def device_array(mesh_cfg, devices: Sequence[Any]) -> np.ndarray:
+  """The device layout of `make_mesh`: `mesh_cfg.shape` within each slice (ICI) times
+  `mesh_cfg.dcn_shape` across slices (DCN), so that no axis of size > 1 in `shape` spans slices.
+
+  One -1 in each shape is filled: in `shape` from the devices per slice, in `dcn_shape` from the
+  slice count. Without `dcn_shape` (older configs) the slices go on the `data` axis.
+  """
+  devices = list(devices)
+  axes = tuple(mesh_cfg.axes)
+  shape = tuple(int(s) for s in mesh_cfg.shape)
+  if len(shape) != len(axes):
+    raise ValueError(f"mesh.shape {shape} has {len(shape)} entries but mesh.axes {axes} has "
+                     f"{len(axes)}")
+  dcn = getattr(mesh_cfg, "dcn_shape", None)
+  dcn = (tuple(-1 if a == "data" else 1 for a in axes) if dcn is None
+         else tuple(int(s) for s in dcn))
+  if len(dcn) != len(axes):
+    raise ValueError(f"mesh.dcn_shape {dcn} has {len(dcn)} entries but mesh.axes {axes} has "
+                     f"{len(axes)}")
+  slices = _slice_groups(devices)
+  sizes = {len(g) for g in slices}
+  if len(sizes) != 1:
+    raise ValueError(f"the devices span {len(slices)} slices of unequal sizes {sorted(sizes)}")
+  if len(slices) > 1 and -1 not in dcn and math.prod(dcn) == 1:
+    raise ValueError(f"the devices span {len(slices)} slices but mesh.dcn_shape {dcn} puts no "
+                     f"axis across them (e.g. --config.mesh.dcn_shape=(-1,1,1))")
+  dcn = _fill(dcn, len(slices), "mesh.dcn_shape", "slices the devices span")
+  per_slice = len(devices) // len(slices)
+  what = "devices" if len(slices) == 1 else "devices of each slice"
+  shape = _fill(shape, per_slice, "mesh.shape", what)
+  if len(slices) == 1:
+    return _slice_mesh(shape, devices)
+  # Each slice's block is laid out on its own ICI torus; blocks are tiled along the DCN axes.
+  blocks = np.empty(dcn, dtype=object)
+  for i, group in enumerate(slices):
+    blocks[np.unravel_index(i, dcn)] = _slice_mesh(shape, group)
+  return np.block(blocks.tolist())
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Every mesh the package builds (trainer, AOT report, export, BRIGHT evaluation): see
+  `device_array`.
+
+  `mesh_cfg` has `shape` and `axes` (and optionally `dcn_shape`). On one slice the mesh is
+  `shape` (one -1 filled from the device count); on several (TPU multi-slice, devices with
+  different `slice_index`) it is `shape` x `dcn_shape`, e.g. FSDP within each slice over ICI
+  and data parallelism across slices over DCN.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(device_array(mesh_cfg, devices), tuple(mesh_cfg.axes))
 
 
 def _rule_table(rules: Rules) -> dict[str, Any]:

@@ -156,6 +156,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   meter = metrics_lib.Throughput(jax.device_count(), peak)
   log_every = max(int(config.train.log_every), 1)
   group = trainer.group_size
+  from reasonir_jax.model.attention import resolve_implementation
+  attention = resolve_implementation(trainer.model_cfg.attention, mesh.devices.flat[0].platform)
   if writer.enabled:
     print(f"training {num_steps} steps from step {step} on {jax.device_count()} devices, "
           f"mesh {dict(mesh.shape)}, global batch {trainer.global_batch} x group {group}"
@@ -180,17 +182,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
                       float(metrics["loss"]), float(metrics["grad_norm"]))
       else:
         guard.finite()
-      lq = batch["query"]["input_ids"].shape[1]
-      lp = batch["passage"]["input_ids"].shape[1]
-      # Packed rows hold several texts: count the rows the step encodes, not one per text.
-      rows = ((trainer.packed_rows["query"], trainer.packed_rows["passage"])
-              if trainer.packed_rows else None)
-      meter.add(trainer.global_batch,
-                flops_lib.tokens_per_step(trainer.global_batch, lq, lp, group, rows),
-                flops_lib.train_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp, group,
-                                           rows),
-                flops_lib.hardware_step_flops(trainer.model_cfg, trainer.global_batch, lq, lp,
-                                              group, trainer.chunk, rows))
+      # Packed rows: the rows the step encodes, and only the attention within each text.
+      meter.add(trainer.global_batch, *flops_lib.step_counts(
+          trainer.model_cfg, batch, trainer.global_batch, group, trainer.chunk,
+          trainer.packed_rows, attention))
       if not skipped and manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
       if step % log_every == 0 or step == num_steps:

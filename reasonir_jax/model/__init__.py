@@ -20,7 +20,11 @@ def embed(model: LlamaEncoder, input_ids, attention_mask, pool_mask):
 
 
 def embed_packed(model: LlamaEncoder, input_ids, segment_ids, positions, pool_ids,
-                 num_texts: int):
-  """[rows, l] packed int inputs -> [num_texts, d] float32 L2-normalised embeddings."""
-  hidden_bld = model(input_ids, segment_ids_bl=segment_ids, positions_bl=positions)
+                 num_texts: int, max_segments: int | None = None):
+  """[rows, l] packed int inputs -> [num_texts, d] float32 L2-normalised embeddings.
+
+  `max_segments` (static): at most this many texts in one row; default num_texts, which no row
+  can exceed (callers that know a tighter bound save the cudnn backend memory)."""
+  hidden_bld = model(input_ids, segment_ids_bl=segment_ids, positions_bl=positions,
+                     max_segments=num_texts if max_segments is None else max_segments)
   return segment_mean_pool(hidden_bld, pool_ids, num_texts)

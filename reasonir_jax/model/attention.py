@@ -12,7 +12,9 @@ Backends (`IMPLEMENTATIONS`, `config.model.attention`):
   xla     fp32 softmax with a hand-written flash-style backward (below); CPU and anywhere.
   splash  the Pallas TPU splash kernel (jax.experimental.pallas.ops.tpu.splash_attention);
           `interpret=True` runs it on CPU (tests).
-  cudnn   cuDNN fused attention through jax.nn.dot_product_attention (NVIDIA GPUs).
+  cudnn   cuDNN fused attention (NVIDIA GPUs): key lengths for padded rows, the packed layout
+          (per-text lengths and offsets) for packed rows; no dense mask, except for packed
+          rows before Hopper (no packed layout there).
   auto    splash on TPU, cudnn on GPU, xla otherwise; the platform is that of the active mesh
           (so an AOT compile for a TPU topology on a CPU host picks splash).
 """
@@ -59,11 +61,14 @@ def _platform() -> str:
 def attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
               q_segment_ids_bt: jax.Array | None, kv_segment_ids_bs: jax.Array, *,
               implementation: str = "auto", remat: bool = False,
-              interpret: bool = False) -> jax.Array:
+              interpret: bool = False, max_segments: int | None = None) -> jax.Array:
   """softmax(q k^T / sqrt(h) + mask) v per head -> [b, t, n, h] in q's dtype.
 
   `remat`: the caller rematerialises the layer (only the xla backend uses it, see its backward).
   `interpret`: run the splash kernel in Pallas interpret mode (CPU tests).
+  `max_segments`: at most this many texts in one packed row (static; the cudnn backend sizes
+  its packed layout by it, the others ignore it). None: t, always enough, but cuDNN's softmax
+  statistics are then [b * t, n, t] fp32 per layer.
   """
   b, t, n, h = q_btnh.shape
   k_heads = k_bskh.shape[2]
@@ -77,7 +82,8 @@ def attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
   if impl == "splash":
     return _splash_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
                              interpret)
-  return _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs)
+  return _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
+                          max_segments=max_segments)
 
 
 def _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs) -> jax.Array:
@@ -297,21 +303,88 @@ def _splash_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_b
 
 # ---------------------------------------------------------------------------------------------
 # cudnn (NVIDIA GPU)
+#
+# No [b, 1, t, s] mask or bias: cuDNN turns one into a dense bias that is read in every layer's
+# forward and whose gradient it writes in every layer's backward (O(t*s) memory per layer, and a
+# slower kernel). Padded rows pass key lengths instead, packed rows cuDNN's packed layout
+# (per-segment lengths and offsets).
+
+
+def _padded_key_lengths(kv_segment_ids_bs) -> jax.Array:
+  """[b] int32 real keys per row (padding on the right, as tokenization pads). A fully padded
+  row gets 1 (its first key) rather than 0: finite, and nothing pools it."""
+  return jnp.maximum(jnp.sum(kv_segment_ids_bs != 0, axis=1), 1).astype(jnp.int32)
+
+
+def packed_segments(segment_ids_bt, max_segments: int) -> tuple[jax.Array, jax.Array]:
+  """(lengths [b, M], offsets [b, M + 1]) of the runs of equal segment id in each row, in
+  cuDNN's packed layout (missing entries -1), M = max_segments.
+
+  Packed texts are contiguous runs (reasonir_jax.packing). The padding at a row's end is a run
+  of its own, so every token lies in one segment (a padding query attends the padding keys: its
+  output is finite and ignored); real texts never see it. Runs past M are not described: callers
+  pass M >= the runs of any row (the texts of a row + 1).
+  """
+  ids = jnp.asarray(segment_ids_bt)
+  b, t = ids.shape
+  first = jnp.concatenate([jnp.ones((b, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+  run = jnp.cumsum(first, axis=1, dtype=jnp.int32) - 1  # 0-based run index of each token
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
+  lengths = jnp.zeros((b, max_segments), jnp.int32).at[rows, run].add(1, mode="drop")
+  runs = jnp.sum(first, axis=1, keepdims=True)
+  lengths = jnp.where(jnp.arange(max_segments)[None] < runs, lengths, -1)
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  # Only a run's first token writes its offset (the others aim past the end and are dropped).
+  offsets = jnp.full((b, max_segments + 1), -1, jnp.int32).at[
+      rows, jnp.where(first & (run < max_segments), run, max_segments + 1)].set(pos, mode="drop")
+  return lengths, offsets
+
+
+def _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm, offsets_bm):
+  """cuDNN flash attention on the packed layout (jax 0.10.2 has it only in its cuDNN module; the
+  public jax.nn.dot_product_attention takes one length per row). Needs Hopper or newer."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+  return cudnn_fa.dot_product_attention(
+      q_btnh, k_btnh, v_btnh, q_seqlen=lengths_bm, kv_seqlen=lengths_bm, q_offsets=offsets_bm,
+      kv_offsets=offsets_bm, scale=q_btnh.shape[-1] ** -0.5,
+      mask_type=cudnn_fa.MaskType.PADDING, qkv_layout="BTNH")
+
+
+def _packed_layout_supported() -> bool:
+  """Whether cuDNN's packed layout runs here (jax 0.10.2 allows it from Hopper, sm 9.0, up)."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+    return bool(cudnn_fa.check_compute_capability("9.0"))
+  except Exception:  # pylint: disable=broad-except
+    return False  # no CUDA backend
 
 
 def _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
-                     implementation: str | None = "cudnn"):
-  """cuDNN fused attention; GQA is native (K/V keep their kv heads). The mask is [b, 1, t, s],
-  shared by all heads (cuDNN's bias broadcasts over batch and heads only)."""
-  b, t = q_btnh.shape[:2]
+                     implementation: str | None = "cudnn", max_segments: int | None = None):
+  """cuDNN fused attention. Padded rows: jax.nn.dot_product_attention with the key lengths
+  (every query, padding included, attends the row's real keys, as the xla path does), GQA
+  native. Packed rows: the packed layout over `packed_segments`, with M = max_segments + 1 (the
+  padding run) capped at t; before Hopper, which lacks it, a [b, 1, t, s] segment mask.
+  `implementation="xla"` runs the padded path through jax's XLA implementation (CPU tests; the
+  packed kernel has none)."""
   if q_segment_ids_bt is None:
-    mask = jnp.broadcast_to((kv_segment_ids_bs != 0)[:, None, None, :],
-                            (b, 1, t, kv_segment_ids_bs.shape[1]))
-  else:
+    return jax.nn.dot_product_attention(
+        q_btnh, k_bskh, v_bskh, key_value_seq_lengths=_padded_key_lengths(kv_segment_ids_bs),
+        implementation=implementation).astype(q_btnh.dtype)
+  if not _packed_layout_supported():
     mask = _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs)[:, None]
-  # cuDNN turns the mask into a large negative bias: a row with no key gets uniform weights.
-  return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask,
-                                      implementation=implementation).astype(q_btnh.dtype)
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask,
+                                        implementation=implementation).astype(q_btnh.dtype)
+  t = q_btnh.shape[1]
+  m = t if max_segments is None else min(t, int(max_segments) + 1)
+  lengths_bm, offsets_bm = packed_segments(kv_segment_ids_bs, m)
+  # jax 0.10.2 scales the key offsets by the query heads' stride (jax-ml/jax#39521, fixed
+  # later): with GQA they would point at other tokens' keys, so K/V get every query head here.
+  g = q_btnh.shape[2] // k_bskh.shape[2]
+  k_btnh = jnp.repeat(k_bskh, g, axis=2) if g > 1 else k_bskh
+  v_btnh = jnp.repeat(v_bskh, g, axis=2) if g > 1 else v_bskh
+  return _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm,
+                              offsets_bm).astype(q_btnh.dtype)
 
 
 def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs):

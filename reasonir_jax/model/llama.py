@@ -71,9 +71,10 @@ class Attention(nnx.Module):
     self.v_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.o_proj = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd)
 
-  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
-    """Segment ids as in `reasonir_jax.model.attention.attention` (q ids None: unpacked rows,
-    the kv ids are the padding mask)."""
+  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th,
+               max_segments=None):
+    """Segment ids and max_segments as in `reasonir_jax.model.attention.attention` (q ids None:
+    unpacked rows, the kv ids are the padding mask)."""
     cfg = self.cfg
     dt = cfg.jnp_dtype
     q_btnh = _dense(x_btd, self.q_proj[...].astype(dt), 1)
@@ -86,7 +87,8 @@ class Attention(nnx.Module):
     k_btkh = apply_rope(k_btkh, cos_th, sin_th)
 
     out_btnh = attention(q_btnh, k_btkh, v_btkh, q_segment_ids_bt, kv_segment_ids_bs,
-                         implementation=cfg.attention, remat=cfg.remat_policy != "none")
+                         implementation=cfg.attention, remat=cfg.remat_policy != "none",
+                         max_segments=max_segments)
     out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
     return _dense(out_btnh, self.o_proj[...].astype(dt), 2)
 
@@ -130,20 +132,22 @@ class Block(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
+  def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th,
+               max_segments=None):
     x_btd = x_btd + self.attn(self.input_norm(x_btd), q_segment_ids_bt, kv_segment_ids_bs,
-                              cos_th, sin_th)
+                              cos_th, sin_th, max_segments)
     x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
     return sharding.constrain(x_btd, ("batch", "length", "act_embed"))
 
 
-def _layer_fn(graphdef, remat_policy: str):
+def _layer_fn(graphdef, remat_policy: str, max_segments: int | None = None):
   """A pure function (params, x, q ids, kv ids, cos, sin) -> x for one layer, rematerialised if
-  asked."""
+  asked (`max_segments`, static, as in attention())."""
 
   def run(params, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th):
     x_btd = checkpoint_name(x_btd, "layer_input")  # what "offload" moves
-    return nnx.merge(graphdef, params)(x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th)
+    return nnx.merge(graphdef, params)(x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th,
+                                       max_segments)
 
   if remat_policy == "none":
     return run
@@ -231,13 +235,14 @@ class LlamaEncoder(nnx.Module):
 
   def __call__(self, input_ids_bl: jax.Array, attention_mask_bl: jax.Array | None = None, *,
                segment_ids_bl: jax.Array | None = None, positions_bl: jax.Array | None = None,
-               output_hidden_states: bool = False):
+               output_hidden_states: bool = False, max_segments: int | None = None):
     """Returns hidden_bld (after the final norm, compute dtype); with output_hidden_states also
     the tuple (embeddings, output of layer 1, ..., output of layer N) before the final norm.
 
     Padded rows pass attention_mask_bl (1 = token). Packed rows (reasonir_jax.packing) pass
     segment_ids_bl (1, 2, ... per text, 0 = padding: attention stays within a segment) and
-    positions_bl (restarting at 0 for every text) instead.
+    positions_bl (restarting at 0 for every text) instead, and may bound the texts of one row
+    by max_segments (static; the cudnn attention backend sizes its packed layout by it).
     """
     # Unpacked rows: the mask serves as the key segment ids and the query ids stay None, which
     # lets attention use a [b, s] key bias instead of a [b, t, s] segment mask.
@@ -249,13 +254,13 @@ class LlamaEncoder(nnx.Module):
     segment_ids_bl = jnp.asarray(segment_ids_bl).astype(jnp.int32)
     if self._activation_sharding is None:
       return self._forward(input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
-                           packed)
+                           packed, max_segments)
     with sharding.activation_sharding(*self._activation_sharding):
       return self._forward(input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
-                           packed)
+                           packed, max_segments)
 
   def _forward(self, input_ids_bl, segment_ids_bl, positions_bl, output_hidden_states,
-               packed: bool = False):
+               packed: bool = False, max_segments: int | None = None):
     cfg = self.cfg
     dt = cfg.jnp_dtype
     input_ids_bl = sharding.constrain(input_ids_bl, ("batch", "length"))
@@ -270,7 +275,7 @@ class LlamaEncoder(nnx.Module):
 
     if cfg.scan_layers:
       graphdef, params = nnx.split(self.layers)
-      layer = _layer_fn(graphdef, cfg.remat_policy)
+      layer = _layer_fn(graphdef, cfg.remat_policy, max_segments)
 
       def body(x, layer_params):
         y = layer(layer_params, x, q_ids_bl, kv_ids_bl, cos_lh, sin_lh)
@@ -282,8 +287,8 @@ class LlamaEncoder(nnx.Module):
     else:
       for block in self.layers:
         graphdef, params = nnx.split(block)
-        x_bld = _layer_fn(graphdef, cfg.remat_policy)(params, x_bld, q_ids_bl, kv_ids_bl, cos_lh,
-                                                       sin_lh)
+        x_bld = _layer_fn(graphdef, cfg.remat_policy, max_segments)(params, x_bld, q_ids_bl,
+                                                                     kv_ids_bl, cos_lh, sin_lh)
         hidden.append(x_bld)
 
     out_bld = self.final_norm(x_bld)

@@ -1,8 +1,10 @@
 """Step metrics to stdout and TensorBoard event files, with throughput and MFU.
 
-MFU uses the analytic FLOPs of `flops.py` (full bidirectional attention) and the device's peak
-bf16 FLOP/s, looked up by `device_kind` or given as `config.train.peak_flops_per_device`.
-Unknown devices (CPU) get no MFU rather than a made-up one.
+MFU divides the model's analytic FLOPs (`flops.py`: bidirectional attention within each text)
+by the device's peak bf16 FLOP/s, looked up by `device_kind` or given as
+`config.train.peak_flops_per_device`; HFU divides the FLOPs the step executes (plus GradCache's
+extra forward pass and what the backward recomputes: remat, attention scores). Unknown devices
+(CPU) get no MFU rather than a made-up one.
 """
 from __future__ import annotations
 
@@ -45,10 +47,9 @@ class Throughput:
     self._flops = self._hardware_flops = 0.0
     self._steps = 0
 
-  def add(self, examples: int, tokens: int, flops: float,
-          hardware_flops: float | None = None) -> None:
-    """`flops`: model FLOPs (MFU); `hardware_flops`: executed ones, e.g. with GradCache's
-    extra forward pass (reported as hfu when given)."""
+  def add(self, examples: int, tokens: int, flops, hardware_flops=None) -> None:
+    """`flops`: model FLOPs (MFU); `hardware_flops`: executed ones (HFU, when given). Either may
+    be a device scalar (packed batches): it is read only in `report`, so no step waits on it."""
     self._examples += examples
     self._tokens += tokens
     self._flops += flops
@@ -61,9 +62,10 @@ class Throughput:
            "tokens_per_s": self._tokens / dt,
            "tokens_per_s_per_device": self._tokens / dt / self.num_devices}
     if self.peak_flops:
-      out["mfu"] = self._flops / dt / (self.peak_flops * self.num_devices)
-      if self._hardware_flops != self._flops:
-        out["hfu"] = self._hardware_flops / dt / (self.peak_flops * self.num_devices)
+      flops, hardware_flops = float(self._flops), float(self._hardware_flops)
+      out["mfu"] = flops / dt / (self.peak_flops * self.num_devices)
+      if hardware_flops != flops:
+        out["hfu"] = hardware_flops / dt / (self.peak_flops * self.num_devices)
     self._reset()
     return out
 

@@ -131,7 +131,8 @@ def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8():
   # MFU's model FLOPs leave GradCache's extra forward pass out; the hardware count has it.
   assert r["flops_per_step"] == flops.train_step_flops(model_cfg, 16, 32, 64, 2)
   assert r["hardware_flops_per_step"] == flops.hardware_step_flops(model_cfg, 16, 32, 64, 2,
-                                                                   grad_cache_chunk=8)
+                                                                   grad_cache_chunk=8,
+                                                                   attention="splash")
   assert r["attention"] == "splash"  # auto, on a TPU topology
   assert r["kernel_calls"] > 0  # the splash kernel really is in the program
   assert r["jax"] == jax_version() and r["libtpu"] and r["git_commit"]

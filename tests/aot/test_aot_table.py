@@ -107,3 +107,23 @@ def test_the_bucket_sweep_reports_the_worst_shape(monkeypatch):
   worst = aot.worst_bucket_report(config, None, log=lambda *_: None)
   assert (worst["query_len"], worst["passage_len"], worst["fits"]) == (128, 128, False)
   assert len(worst["buckets"]) == 4 and worst["compile_seconds"] == 4.0
+
+
+def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
+  assert aot_table.parse_row("2xv5p-64:0") == ("2xv5p-64", 0)
+  with pytest.raises(ValueError, match="TOPOLOGY:CHUNK"):
+    aot_table.parse_row("0xv5p-64:0")
+  seen = {}
+
+  class Done:
+    returncode = 0
+    stdout = json.dumps(_report("2xv5p-64", 0, 47.0, True)) + "\n"
+
+  def fake_run(cmd, **kwargs):
+    seen["cmd"] = cmd
+    return Done()
+
+  monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
+  report = aot_table.run_row("2xv5p-64", 0, [], "configs/llama3_8b.py")
+  assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
+  assert report["topology"] == "2xv5p-64"

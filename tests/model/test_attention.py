@@ -60,11 +60,25 @@ def test_splash_interpret_matches_xla(groups, packed):
               _value_and_grads(run("xla"), q, kk, v, cot), ids)
 
 
+def _emulated_packed_kernel(q, k, v, lengths_bm, offsets_bm):
+  """What cuDNN's packed layout computes, on CPU: a query attends the keys of the segment
+  (offset, length) it lies in; K/V arrive with every query head."""
+  import jax.numpy as jnp
+  from reasonir_jax.model.attention import reference_attention
+  assert k.shape[2] == q.shape[2]
+  pos = jnp.arange(q.shape[1])[None, :, None]
+  start = offsets_bm[:, None, :-1]
+  inside = (lengths_bm[:, None] >= 0) & (pos >= start) & (pos < start + lengths_bm[:, None])
+  seg = jnp.where(inside.any(-1), jnp.argmax(inside, -1) + 1, 0)  # 0: in no segment
+  return reference_attention(q, k, v, seg, seg)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_xla_and_cudnn_masking_match_reference(groups, packed):
-  """The XLA path (hand-written backward) and the cuDNN path's masks (run through
-  jax.nn.dot_product_attention's XLA implementation: no GPU here) against autodiff."""
+def test_xla_and_cudnn_masking_match_reference(groups, packed, monkeypatch):
+  """The XLA path (hand-written backward) and the cuDNN path's arguments (padded: through
+  jax.nn.dot_product_attention's XLA implementation; packed: the packed layout's lengths and
+  offsets through an emulation of the kernel; no GPU here) against autodiff."""
   from reasonir_jax.model import attention as attn
   q, kk, v, ids, cot = _inputs(groups, packed, seed=1)
   q_ids = ids if packed else None
@@ -73,10 +87,151 @@ def test_xla_and_cudnn_masking_match_reference(groups, packed):
   xla = _value_and_grads(
       lambda q, kk, v: attn.attention(q, kk, v, q_ids, ids, implementation="xla"), q, kk, v, cot)
   _check_same(xla, ref, ids)
-  cudnn_masks = _value_and_grads(
-      lambda q, kk, v: attn._cudnn_attention(q, kk, v, q_ids, ids, implementation="xla"),
+  monkeypatch.setattr(attn, "_cudnn_packed_kernel", _emulated_packed_kernel)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
+  cudnn_args = _value_and_grads(
+      lambda q, kk, v: attn._cudnn_attention(q, kk, v, q_ids, ids, implementation="xla",
+                                             max_segments=3),
       q, kk, v, cot)
-  _check_same(cudnn_masks, ref, ids)
+  _check_same(cudnn_args, ref, ids)
+
+
+def test_cudnn_padded_rows_pass_key_lengths_not_a_mask(monkeypatch):
+  import jax
+  from reasonir_jax.model import attention as attn
+  q, kk, v, ids, cot = _inputs(4, packed=False, seed=3)
+  calls, real = [], jax.nn.dot_product_attention
+
+  def recording(*args, **kwargs):
+    calls.append(([a.shape for a in args], dict(kwargs)))
+    return real(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  got = _value_and_grads(
+      lambda q, kk, v: attn.attention(q, kk, v, None, ids, implementation="cudnn"), q, kk, v, cot)
+  shapes, kwargs = calls[0]
+  assert shapes == [q.shape, kk.shape, v.shape]  # no bias or mask; K/V keep their 2 heads
+  assert set(kwargs) == {"key_value_seq_lengths", "implementation"}
+  assert kwargs["implementation"] == "cudnn"
+  # Rows of 100 and 128 real keys; the fully padded row attends its first key (finite).
+  np.testing.assert_array_equal(np.asarray(kwargs["key_value_seq_lengths"]), [100, 128, 1])
+  ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, None, ids),
+                         q, kk, v, cot)
+  _check_same(got, ref, ids)
+
+
+@pytest.mark.parametrize("max_segments,m", [(3, 4), (None, 128)])
+def test_cudnn_packed_rows_pass_segment_lengths_and_offsets(monkeypatch, max_segments, m):
+  from reasonir_jax.model import attention as attn
+  q, kk, v, ids, cot = _inputs(4, packed=True, seed=4)
+  calls = []
+
+  def recording(q, k, v, lengths, offsets):
+    calls.append((k.shape, np.asarray(lengths), np.asarray(offsets)))
+    return _emulated_packed_kernel(q, k, v, lengths, offsets)
+
+  monkeypatch.setattr(attn, "_cudnn_packed_kernel", recording)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
+  got = _value_and_grads(
+      lambda q, kk, v: attn.attention(q, kk, v, ids, ids, implementation="cudnn",
+                                      max_segments=max_segments), q, kk, v, cot)
+  k_shape, lengths, offsets = calls[0]
+  assert k_shape == q.shape  # jax 0.10.2's packed GQA offsets bug: K/V get every query head
+  assert lengths.shape == (3, m) and offsets.shape == (3, m + 1)
+  # Row 0: texts of 40, 50, 30 tokens, then 8 padding tokens as a run of their own.
+  # Row 1: one text filling the row; row 2: padding only, one run. Missing entries are -1.
+  pad = [-1] * (m - 4)
+  np.testing.assert_array_equal(lengths, [[40, 50, 30, 8] + pad, [128, -1, -1, -1] + pad,
+                                          [128, -1, -1, -1] + pad])
+  np.testing.assert_array_equal(offsets, [[0, 40, 90, 120, -1] + pad, [0, -1, -1, -1, -1] + pad,
+                                          [0, -1, -1, -1, -1] + pad])
+  ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, ids, ids),
+                         q, kk, v, cot)
+  _check_same(got, ref, ids)
+
+
+def test_cudnn_packed_rows_before_hopper_fall_back_to_a_mask(monkeypatch):
+  import jax
+  from reasonir_jax.model import attention as attn
+  assert not attn._packed_layout_supported()  # CPU: no CUDA backend
+  q, kk, v, ids, cot = _inputs(4, packed=True, seed=6)
+  calls, real = [], jax.nn.dot_product_attention
+
+  def recording(*args, **kwargs):
+    calls.append(kwargs["mask"].shape)
+    return real(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  got = _value_and_grads(
+      lambda q, kk, v: attn.attention(q, kk, v, ids, ids, implementation="cudnn"), q, kk, v, cot)
+  assert calls[0] == (3, 1, 128, 128)
+  _check_same(got, _value_and_grads(
+      lambda q, kk, v: attn.reference_attention(q, kk, v, ids, ids), q, kk, v, cot), ids)
+
+
+def _shapes_in(jaxpr):
+  """Every intermediate shape of a jaxpr and the jaxprs inside its equations."""
+  out = []
+  for eqn in jaxpr.eqns:
+    out += [tuple(getattr(var.aval, "shape", ())) for var in eqn.outvars]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          out += _shapes_in(inner)
+  return out
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_cudnn_path_builds_no_dense_mask(monkeypatch, packed):
+  """Forward and backward of the cuDNN path (the kernels replaced by a stand-in that builds
+  nothing) hold no array with two length-t axes: no [b, 1, t, s] mask or bias."""
+  import jax
+  import jax.numpy as jnp
+  from reasonir_jax.model import attention as attn
+  q, kk, v, ids, _ = _inputs(4, packed=packed, seed=5)
+  t = q.shape[1]
+  stand_in = lambda q, k, v, *args, **kwargs: q * jnp.sum(k) * jnp.sum(v)  # noqa: E731
+  monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
+  monkeypatch.setattr(attn, "_cudnn_packed_kernel", stand_in)
+  monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
+  q_ids = ids if packed else None
+
+  def loss(q, kk, v):
+    return jnp.sum(attn.attention(q, kk, v, q_ids, ids, implementation="cudnn"))
+
+  shapes = _shapes_in(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, kk, v).jaxpr)
+  assert shapes and not [s for s in shapes if s.count(t) >= 2]
+  # The check itself sees a dense mask: the old path's [b, 1, t, s] broadcast.
+  old = jax.make_jaxpr(lambda ids: attn._segment_mask_bts(ids, ids)[:, None])(ids).jaxpr
+  assert [s for s in _shapes_in(old) if s.count(t) >= 2]
+
+
+def test_packed_models_pass_their_row_bound_to_attention(monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from reasonir_jax.model import LlamaEncoder, ModelConfig, embed_packed, llama
+  seen = []
+  real = llama.attention
+
+  def recording(*args, **kwargs):
+    seen.append(kwargs.get("max_segments"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(llama, "attention", recording)
+  model = LlamaEncoder(ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                   num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                                   param_dtype="float32", dtype="float32", scan_layers=False,
+                                   remat_policy="none"), rngs=nnx.Rngs(0))
+  ids = jnp.asarray([[1, 1, 2, 2, 2, 0]], jnp.int32)
+  pos = jnp.asarray([[0, 1, 0, 1, 2, 0]], jnp.int32)
+  pool = jnp.asarray([[0, 0, 1, 1, 1, -1]], jnp.int32)
+  # Traced only (eval_shape): what reaches attention is decided while tracing.
+  jax.eval_shape(lambda: embed_packed(model, ids, ids, pos, pool, 2))  # the call's 2 texts
+  jax.eval_shape(lambda: embed_packed(model, ids, ids, pos, pool, 2, max_segments=4))
+  jax.eval_shape(lambda: model(ids, ids))  # padded rows: none
+  assert seen == [2, 4, None]
 
 
 def test_segments_do_not_see_each_other():
