@@ -110,8 +110,8 @@ def test_the_bucket_sweep_reports_the_worst_shape(monkeypatch):
 
 
 def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
-  assert aot_table.parse_row("2xv5p-64:0") == ("2xv5p-64", 0)
-  with pytest.raises(ValueError, match="TOPOLOGY:CHUNK"):
+  assert aot_table.parse_row("2xv5p-64:0") == aot_table.Row("2xv5p-64", 0, ())
+  with pytest.raises(ValueError, match=r"TOPOLOGY\]:CHUNK"):
     aot_table.parse_row("0xv5p-64:0")
   seen = {}
 
@@ -124,6 +124,6 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
     return Done()
 
   monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
-  report = aot_table.run_row("2xv5p-64", 0, [], "configs/llama3_8b.py")
+  report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "configs/llama3_8b.py")
   assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
   assert report["topology"] == "2xv5p-64"
