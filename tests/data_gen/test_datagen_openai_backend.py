@@ -113,15 +113,22 @@ def test_finish_reason_length_is_its_own_failure_kind():
 def test_continuous_submission_keeps_requests_in_flight_and_requeues_retries():
   import threading
   lock, seen = threading.Lock(), {}
+  all_in = threading.Event()  # all 16 requests and q0's retry have reached the server
 
   def respond(req):
     text = last_user_message(req)
     with lock:
       seen[text] = seen.get(text, 0) + 1
       first = seen[text] == 1
+      if sum(seen.values()) == 17:
+        all_in.set()
     if text == "q0" and first:
       return 503  # retried while the others keep going
-    return ("sleep", 0.3, "a:" + text)
+    # Answers wait until every request is in, so "all 16 in flight at once" does not depend on
+    # how fast threads start on a loaded machine; a backend that sent them one at a time would
+    # time out here and fail the elapsed-time check.
+    all_in.wait(timeout=3)
+    return ("sleep", 0.1, "a:" + text)
 
   with ScriptedChatServer(respond) as server:
     backend = make_backend("openai", base_url=server.base_url, model="m", max_concurrency=16,
