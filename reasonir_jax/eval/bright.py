@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--rerank-alpha", type=float, default=protocol.RERANK_ALPHA)
   parser.add_argument("--seed", type=int, default=0, help="seed of the LLM requests (rewrite, rerank)")
   llm.add_backend_flags(parser, prefix="rewrite", what="query rewriting")
+  parser.add_argument("--rewrite-prompt-file", default=None,
+                      help="TOML file of rewrite prompt fields replacing our wording (stage "
+                           "`rewrite`, docs/prompt_files.md)")
   llm.add_backend_flags(parser, prefix="rerank", what="ReasonIR-Rerank")
   llm.add_base_url_flag(parser)
   return parser
@@ -236,6 +239,12 @@ def main(argv=None) -> dict:
     tasks = bright_data.parse_tasks(args.tasks or ("all" if args.data else "available"), data_dir,
                                     long_documents=args.long_documents)
     rewriter = llm.make_backend_from_args(args, "rewrite")
+    rewrite_prompts = None
+    if rewriter is not None:
+      from reasonir_jax.eval import rewrite
+      rewrite_prompts = rewrite.load_prompts(args.protocol, args.rewrite_prompt_file)
+    elif args.rewrite_prompt_file:
+      raise ValueError("--rewrite-prompt-file needs a rewriting backend (--rewrite-backend)")
     llm.backend_kwargs(args, "rerank")  # fail on bad rerank flags before the long part
     # Every file the run needs, checked before hours of encoding.
     for task in tasks:
@@ -260,11 +269,11 @@ def main(argv=None) -> dict:
     t0 = time.time()
     examples = bright_data.load_queries(data_dir, task, args.queries)
     if rewriter is not None:
-      from reasonir_jax.eval import rewrite
       answers = llm_cache.open_cache(paths.join(args.out, "rewritten"), task)
       try:
         texts, _ = rewrite.rewrite_queries(rewriter, [e.query for e in examples], task,
-                                           args.rewrite_max_tokens, args.seed, args.protocol, answers)
+                                           args.rewrite_max_tokens, args.seed, args.protocol, answers,
+                                           rewrite_prompts)
       finally:
         answers.close()
       examples = [dataclasses.replace(e, query=q) for e, q in zip(examples, texts)]

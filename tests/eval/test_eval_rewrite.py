@@ -132,6 +132,26 @@ def test_rewrite_cli_takes_a_prompt_file(bright_dir, tmp_path, capsys):
   assert "unknown placeholder" in capsys.readouterr().err
 
 
+def test_bright_rewriting_takes_a_prompt_file(bright_dir, tmp_path, capsys):
+  from reasonir_jax.eval import bright
+  with ScriptedChatServer(lambda req: "expanded") as server:
+    argv = ["--retriever", "bm25", "--data", bright_dir, "--tasks", "biology", "--rewrite-backend",
+            "openai", "--rewrite-backend-model", "m", "--base-url", server.base_url,
+            "--rewrite-max-tokens", "50"]
+    bright.main(argv + ["--out", str(tmp_path / "a"),
+                        "--rewrite-prompt-file", _write(tmp_path, 'user = "Q: {query}\\n"\n')])
+    assert last_user_message(server.requests[0]).startswith("Q: ")
+    assert last_user_message(server.requests[0]).endswith("within 50 tokens.\n")
+    with pytest.raises(SystemExit):  # a bad file fails before any request
+      bright.main(argv + ["--out", str(tmp_path / "b"),
+                          "--rewrite-prompt-file", _write(tmp_path, 'user = "{doc}"\n')])
+    assert "unknown placeholder" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bright.main(["--retriever", "bm25", "--data", bright_dir, "--tasks", "biology", "--out",
+                 str(tmp_path / "c"), "--rewrite-prompt-file", _write(tmp_path, 'user = "{query}"\n')])
+  assert "needs a rewriting backend" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the scaling sweep
 
 ANSWER_WORDS = ("heart rate adrenaline exercise cardiac output recovery oxygen debt " * 20).split()
