@@ -35,8 +35,10 @@ DEFAULT_ROWS = ("v5p-128:0", "v5p-64:0", "v5p-256:0", "v5p-512:0", "v6e-256:0", 
                 "v5p-64:32", "v5p-128:64", "v5p-128:512", "v5p-256:128", "v5p-512:256",
                 "v5e-256:256", "v6e-256:256",
                 f"v5p-64:0 {REMAT_FULL}", f"v5p-128:0 {REMAT_FULL}", f"v5p-256:0 {REMAT_FULL}",
-                f"v5p-128:0 {PACKING}", f"v5p-128:64 {PACKING}",
-                "2xv5p-64:0", "2xv5p-64:32")
+                # Packed rows with GradCache: the 512 packed query rows must split into
+                # chunks x 64 chips, so the smallest chunk is 512 texts (4 chunks).
+                f"v5p-128:0 {PACKING}", f"v5p-128:512 {PACKING}",
+                "2xv5p-64:0", "2xv5p-64:64")
 _SLICE_ORDER = ("v5p-64", "v5p-128", "v5p-256", "v5p-512", "v5e-256", "v6e-256")
 _SLICES = re.compile(r"^(?:(\d+)x)?(.+)$")
 

@@ -62,7 +62,7 @@ def test_rows_carry_slices_and_their_own_overrides():
   for r in aot_table.DEFAULT_ROWS:
     aot_table.parse_row(r)
   assert {"2xv5p-64:0", "v5p-128:0 --config.data.packing=True",
-          "v5p-128:64 --config.data.packing=True"} <= set(aot_table.DEFAULT_ROWS)
+          "v5p-128:512 --config.data.packing=True"} <= set(aot_table.DEFAULT_ROWS)
 
 
 def test_the_table_file_is_written_once_after_every_row(tmp_path, monkeypatch):
