@@ -3,9 +3,9 @@ import json
 
 import requests
 
-from data_gen.backends import SamplingParams, make_backend
-from data_gen.backends.base import ChatFailure
 from data_gen.testing import ScriptedChatServer, last_user_message, sequence_responder
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import ChatFailure, SamplingParams
 
 
 def _conv(text):
@@ -87,7 +87,7 @@ def test_schema_rejected_with_400_falls_back_to_plain_json():
 
 
 def test_retry_after_is_honoured_and_parsed():
-  from data_gen.backends.openai_http import parse_retry_after
+  from reasonir_jax.llm.backends.openai import parse_retry_after
   assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None
   assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 3) == 3.0
   assert parse_retry_after("soon") is None
@@ -199,7 +199,7 @@ def test_sampling_to_dict_leaves_out_penalties_that_are_off():
 
 
 def test_stop_strings_are_sent_and_the_cut_answer_returned():
-  from data_gen.backends.base import cut_at_stop
+  from reasonir_jax.llm.types import cut_at_stop
 
   def respond(req):  # as a server does: the answer ends before the first stop string
     return cut_at_stop("step 1. the answer is (B).\n\nQuestion: next", req.get("stop") or [])
