@@ -31,7 +31,7 @@ _SETTINGS = (
     ("request-timeout", "request_timeout", float, "request_timeout_s", ("openai",),
      "seconds per request"),
     ("max-retries", "max_retries", int, "max_retries", ("openai",),
-     "extra tries on timeouts, connection errors, 429 and 5xx"),
+     "extra tries on timeouts, connection errors, 408, 409, 429 and 5xx (the openai client's)"),
     ("retry-backoff", "retry_backoff", float, "backoff_s", ("openai",),
      "first backoff in seconds (doubles per retry, capped at 60; a Retry-After header wins)"),
     ("tensor-parallel-size", "tensor_parallel_size", int, "tensor_parallel_size", _VLLM,
