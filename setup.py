@@ -32,6 +32,8 @@ INSTALL_REQUIRES = [
     "etils[epath]>=1.7,<2",
     "fsspec>=2024.2",
     "matplotlib==3.11.2",  # eval/scaling.py: the query-length scaling curve (PNG)
+    # llm/backends/openai.py: any OpenAI-compatible endpoint; the client's timeouts and retries.
+    "openai==3.60.0",
 ]
 
 EXTRAS = {

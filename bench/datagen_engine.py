@@ -30,8 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_gen.backends.base import ChatBackend, SamplingParams  # noqa: E402
-from data_gen.backends.openai_http import OpenAIBackend  # noqa: E402
+from reasonir_jax.llm.backends.openai import OpenAIBackend  # noqa: E402
+from reasonir_jax.llm.types import ChatBackend, SamplingParams  # noqa: E402
 from data_gen.pipelines.hq import HQPipeline  # noqa: E402
 from data_gen.runner import Generation, run_pipeline  # noqa: E402
 from data_gen.testing import ScriptedChatServer, last_user_message  # noqa: E402

@@ -9,9 +9,9 @@ import logging
 import sys
 
 from data_gen import prompts
-from data_gen.backends.base import SamplingParams
-from reasonir_jax.eval import llm
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.llm import prompt_file
+from reasonir_jax.llm.types import SamplingParams
 
 # Default new-token budgets: VL queries/positives run up to ~2000 words (~2700 tokens).
 DEFAULT_MAX_TOKENS = {"hq": 1536, "vl": 4096, "negatives": 1536}
@@ -41,7 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _llm(p: argparse.ArgumentParser) -> None:
-  llm.add_backend_flags(p, default="vllm", what="generation",
+  llm_flags.add_backend_flags(p, default="vllm", what="generation",
                         legacy_aliases=("model", "dtype", "device"))
   s = p.add_argument_group("sampling")
   s.add_argument("--temperature", type=float, default=0.0)
@@ -195,7 +195,7 @@ def make_generation(args):
   from data_gen.runner import Generation
   # The vLLM engine seed follows --seed (each request carries its own seed as well).
   extra = {"seed": args.seed} if args.backend in ("vllm", "vllm-async") else {}
-  backend = llm.make_backend_from_args(args, **extra)
+  backend = llm_flags.make_backend_from_args(args, **extra)
   max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS[args.pipeline]
   sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
                             max_tokens=max_tokens, seed=args.seed)

@@ -9,9 +9,9 @@ import dataclasses
 from typing import Callable, Hashable
 
 from data_gen import prompts
-from data_gen.backends.base import (ChatBackend, ChatFailure, Message, SamplingParams,
-                                    StreamingChatBackend)
 from data_gen.parsing import AnswerError, extract_json_object
+from reasonir_jax.llm.types import (ChatBackend, ChatFailure, Message, SamplingParams,
+                                    StreamingChatBackend)
 
 _ANSWER_SNIPPET = 2000  # characters of a failed answer kept in the rejects file
 

@@ -8,7 +8,7 @@ retry feedback stay here in code. A run with another wording records its fingerp
 """
 from __future__ import annotations
 
-from data_gen.backends.base import Message
+from reasonir_jax.llm.types import Message
 from reasonir_jax.llm import prompt_file
 
 SYSTEM = ("You create training data for a search engine that must find documents useful for "

@@ -21,7 +21,7 @@ text runs with it.
 """
 from __future__ import annotations
 
-from data_gen.backends.base import Message
+from reasonir_jax.llm.types import Message
 from reasonir_jax.llm import prompt_file
 
 HQ_QUERIES_PUBLIC = "hq_queries_public_v1"

@@ -33,7 +33,7 @@ from data_gen.runner import Pipeline, _process_checked, shard_name
 from data_gen.stage import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
 from reasonir_jax.data.schema import TrainingRow
 
-_WORKER_STATE: dict = {}  # per worker process: built pipelines and done-id sets
+_WORKER_STATE: dict = {}  # per worker process: (run id, parts dir) -> pipeline, done-id set
 
 
 def _import_ray():
@@ -95,10 +95,15 @@ def _commit_part(parts_dir: str, outcomes) -> str:
 
 
 def _process_batch(batch: dict, *, make_pipeline: Callable[[], Pipeline], parts_dir: str,
-                   kind: str) -> dict:
+                   kind: str, run_id: str) -> dict:
   import numpy as np
-  key = (id(make_pipeline), parts_dir)
+  # Keyed by the run, not by id(make_pipeline): a worker kept from an earlier run can see a
+  # reused id() and would then skip only what was done when that run began, redoing inputs
+  # committed since. An earlier run's state of the same output is dropped.
+  key = (run_id, parts_dir)
   if key not in _WORKER_STATE:
+    for old in [k for k in _WORKER_STATE if k[1] == parts_dir]:
+      del _WORKER_STATE[old]
     _WORKER_STATE[key] = (make_pipeline(), done_ids(parts_dir))
   pipeline, done = _WORKER_STATE[key]
   items = _items(batch, kind)
@@ -130,7 +135,7 @@ def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], ou
     ds = ray.data.read_json(input_paths, lines=True)
     ds = ds.map_batches(_process_batch, batch_size=batch_size, batch_format="numpy",
                         fn_kwargs={"make_pipeline": make_pipeline, "parts_dir": parts_dir,
-                                   "kind": kind},
+                                   "kind": kind, "run_id": uuid.uuid4().hex},
                         concurrency=concurrency,
                         ray_remote_args_fn=lambda: {"max_retries": task_retries})
     seen = processed = 0

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from data_gen.backends.base import ChatBackend, SamplingParams, StreamingChatBackend
 from data_gen.inputs import select_shard
 from data_gen import safety
 from data_gen.stage import Outcome, Stage, write_jsonl_atomic, write_text_atomic
+from reasonir_jax.llm.types import ChatBackend, SamplingParams, StreamingChatBackend
 
 log = logging.getLogger(__name__)
 

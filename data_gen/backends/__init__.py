@@ -1,5 +1,7 @@
-"""LLM backends behind one interface: `vllm` (offline, GPU), `openai` (any OpenAI-compatible
-endpoint, e.g. `vllm serve`), `transformers` (local HF causal LM, CPU or GPU)."""
-from data_gen.backends.base import ChatBackend, ChatFailure, SamplingParams, make_backend
+"""Deprecated alias, kept for one release: the LLM backends now live in `reasonir_jax.llm`
+(types in `reasonir_jax.llm.types`, backends by name in `reasonir_jax.llm.backends`). Import
+from there; this package only re-exports them (and its old submodules are the new modules)."""
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import ChatBackend, ChatFailure, SamplingParams
 
 __all__ = ["ChatBackend", "ChatFailure", "SamplingParams", "make_backend"]

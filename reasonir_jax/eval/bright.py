@@ -33,8 +33,10 @@ import time
 import numpy as np
 
 from reasonir_jax import paths
-from reasonir_jax.eval import (bright_data, cache, encode_plan, llm, llm_cache, metrics, protocol, published,
+from reasonir_jax.eval import (bright_data, cache, encode_plan, metrics, protocol, published,
                                retrieval)
+from reasonir_jax.llm import cache as llm_cache
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.tokenization import prompt_prefix
 
 log = logging.getLogger(__name__)
@@ -192,12 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--rerank-top-k", type=int, default=protocol.RERANK_TOP_K)
   parser.add_argument("--rerank-alpha", type=float, default=protocol.RERANK_ALPHA)
   parser.add_argument("--seed", type=int, default=0, help="seed of the LLM requests (rewrite, rerank)")
-  llm.add_backend_flags(parser, prefix="rewrite", what="query rewriting")
+  llm_flags.add_backend_flags(parser, prefix="rewrite", what="query rewriting")
   parser.add_argument("--rewrite-prompt-file", default=None,
                       help="TOML file of rewrite prompt fields replacing our wording (stage "
                            "`rewrite`, docs/prompt_files.md)")
-  llm.add_backend_flags(parser, prefix="rerank", what="ReasonIR-Rerank")
-  llm.add_base_url_flag(parser)
+  llm_flags.add_backend_flags(parser, prefix="rerank", what="ReasonIR-Rerank")
+  llm_flags.add_base_url_flag(parser)
   return parser
 
 
@@ -238,14 +240,14 @@ def main(argv=None) -> dict:
     data_dir = resolve_data_dir(args.data)
     tasks = bright_data.parse_tasks(args.tasks or ("all" if args.data else "available"), data_dir,
                                     long_documents=args.long_documents)
-    rewriter = llm.make_backend_from_args(args, "rewrite")
+    rewriter = llm_flags.make_backend_from_args(args, "rewrite")
     rewrite_prompts = None
     if rewriter is not None:
       from reasonir_jax.eval import rewrite
       rewrite_prompts = rewrite.load_prompts(args.protocol, args.rewrite_prompt_file)
     elif args.rewrite_prompt_file:
       raise ValueError("--rewrite-prompt-file needs a rewriting backend (--rewrite-backend)")
-    llm.backend_kwargs(args, "rerank")  # fail on bad rerank flags before the long part
+    llm_flags.backend_kwargs(args, "rerank")  # fail on bad rerank flags before the long part
     # Every file the run needs, checked before hours of encoding.
     for task in tasks:
       bright_data.split_file(data_dir, "examples", task)
@@ -316,7 +318,7 @@ def main(argv=None) -> dict:
 
   if args.rerank_backend:
     from reasonir_jax.eval import rerank
-    backend = llm.make_backend_from_args(args, "rerank")
+    backend = llm_flags.make_backend_from_args(args, "rerank")
     try:
       results["rerank"] = rerank.rerank_dir(
           backend, args.out, data_dir, tasks, top_k=args.rerank_top_k, alpha=args.rerank_alpha,

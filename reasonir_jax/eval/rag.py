@@ -35,8 +35,10 @@ from typing import Sequence
 
 import numpy as np
 
-from reasonir_jax.eval import bright_data, cache, datastore, llm, protocol
+from reasonir_jax.eval import bright_data, cache, datastore, protocol
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.llm import prompt_file
+from reasonir_jax.llm.types import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,6 @@ def reference_messages(task: str, q: dict, passages: Sequence[str] = (), prompts
 
 
 def reference_sampling(task: str, max_tokens: int | None, seed: int):
-  from data_gen.backends import SamplingParams
   params = dict(protocol.MMLU_SAMPLING if task == "mmlu" else protocol.GPQA_SAMPLING)
   if max_tokens:
     params["max_tokens"] = max_tokens
@@ -198,7 +199,6 @@ def answer_questions(backend, task: str, questions: Sequence[dict], passages: Se
   prompt; `prompts` the "rag" wording in force, default ours), sampling (MMLU stops at
   "Question:") and scoring, cut-off answers parsed (eval/protocol.py); `ours`: our earlier prompt
   as one user message, greedy, an unparsed or cut-off answer counts as wrong."""
-  from data_gen.backends import SamplingParams
   ctx = [passages[i] if passages else () for i in range(len(questions))]
   if protocol_name == "reference":
     sampling = reference_sampling(task, max_tokens, seed)
@@ -245,8 +245,8 @@ def main(argv=None) -> dict:
   cache.add_dtype_flag(parser)
   parser.add_argument("--out", default="", help="directory for rag_<task>.json")
   prompt_file.add_flag(parser, "rag (--protocol reference)")
-  llm.add_backend_flags(parser, required=True, what="the reader LLM")
-  llm.add_base_url_flag(parser)
+  llm_flags.add_backend_flags(parser, required=True, what="the reader LLM")
+  llm_flags.add_base_url_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   data = os.path.join(SAMPLE_DIR, f"{args.task}.jsonl") if args.data == "sample" else args.data
@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
     questions = load_questions(data, args.task, args.seed)
     store = datastore.Datastore.load(store_dir)
     model_key = cache.model_fingerprint(args.model)
-    backend = llm.make_backend_from_args(args)
+    backend = llm_flags.make_backend_from_args(args)
   except (ValueError, KeyError, FileNotFoundError) as e:
     parser.error(str(e))
   k = args.k or protocol.RAG_TOP_K[args.task]

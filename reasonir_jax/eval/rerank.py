@@ -35,8 +35,11 @@ import time
 from typing import Mapping, Sequence
 
 from reasonir_jax import paths
-from reasonir_jax.eval import bright_data, llm, llm_cache, metrics, protocol, published
+from reasonir_jax.eval import bright_data, metrics, protocol, published
+from reasonir_jax.llm import cache as llm_cache
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.llm import prompt_file
+from reasonir_jax.llm.types import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,6 @@ def interpolate(normalised: float, retriever_score: float, alpha: float = 0.5) -
 
 
 def sampling_for(protocol_name: str, seed: int, max_tokens: int | None):
-  from data_gen.backends import SamplingParams
   if protocol_name == "reference":
     ref = protocol.RERANK_SAMPLING
     return SamplingParams(temperature=ref["temperature"], top_p=ref["top_p"],
@@ -275,8 +277,8 @@ def main(argv=None):
   parser.add_argument("--no-cache", action="store_true", help="do not read or append the answer cache")
   parser.add_argument("--out", default="", help="output directory (default RUN_DIR/rerank)")
   prompt_file.add_flag(parser, "rerank (stage rerank with --protocol reference, rerank-ours with ours)")
-  llm.add_backend_flags(parser, required=True, what="the reranker")
-  llm.add_base_url_flag(parser)
+  llm_flags.add_backend_flags(parser, required=True, what="the reranker")
+  llm_flags.add_base_url_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
@@ -289,7 +291,7 @@ def main(argv=None):
     if not 0.0 <= args.alpha <= 1.0:
       raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     prompts = prompt_file.load(prompt_spec(args.protocol), args.prompt_file)
-    backend = llm.make_backend_from_args(args)
+    backend = llm_flags.make_backend_from_args(args)
   except ValueError as e:
     parser.error(str(e))
   try:

@@ -29,8 +29,11 @@ import logging
 from typing import Sequence
 
 from reasonir_jax import paths
-from reasonir_jax.eval import bright_data, llm, llm_cache, protocol
+from reasonir_jax.eval import bright_data, protocol
+from reasonir_jax.llm import cache as llm_cache
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.llm import prompt_file
+from reasonir_jax.llm.types import ChatFailure, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,6 @@ def rewrite_queries(backend, queries: Sequence[str], task: str, max_tokens: int 
                     prompts: prompt_file.Prompts | None = None) -> tuple[list[str], dict]:
   """Returns (rewritten queries, counts {"queries", "cut", "failed"}). Under the reference a rewrite
   cut at the budget is used as cut ("cut"); a failed or empty one keeps the query ("failed")."""
-  from data_gen.backends import ChatFailure, SamplingParams
   max_tokens = max_tokens or DEFAULT_MAX_TOKENS[protocol_name]
   keep_cut = KEEP_CUT[protocol_name]
   ref = protocol.REWRITE_SAMPLING
@@ -160,14 +162,14 @@ def main(argv=None):
   parser.add_argument("--no-cache", action="store_true", help="do not read or append the answer cache")
   parser.add_argument("--seed", type=int, default=0)
   prompt_file.add_flag(parser, "rewrite")
-  llm.add_backend_flags(parser, required=True, what="the rewriter")
-  llm.add_base_url_flag(parser)
+  llm_flags.add_backend_flags(parser, required=True, what="the rewriter")
+  llm_flags.add_base_url_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
     tasks = bright_data.parse_tasks(args.tasks, args.data)
     prompts = load_prompts(args.protocol, args.prompt_file)
-    backend = llm.make_backend_from_args(args)
+    backend = llm_flags.make_backend_from_args(args)
   except ValueError as e:
     parser.error(str(e))
   try:

@@ -23,7 +23,8 @@ import logging
 import numpy as np
 
 from reasonir_jax import paths
-from reasonir_jax.eval import bright, bright_data, cache, llm, metrics, protocol, rewrite
+from reasonir_jax.eval import bright, bright_data, cache, metrics, protocol, rewrite
+from reasonir_jax.llm import flags as llm_flags
 from reasonir_jax.llm import prompt_file
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--no-cache", action="store_true", help="do not read or append the answer caches")
   parser.add_argument("--seed", type=int, default=0)
   prompt_file.add_flag(parser, "rewrite")
-  llm.add_backend_flags(parser, required=True, what="the rewriter")
-  llm.add_base_url_flag(parser)
+  llm_flags.add_backend_flags(parser, required=True, what="the rewriter")
+  llm_flags.add_base_url_flag(parser)
   return parser
 
 
@@ -170,7 +171,7 @@ def main(argv=None) -> list[dict]:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
       except (OSError, ValueError) as e:
         raise ValueError(f"--tokenizer {args.tokenizer}: cannot load it: {e}") from None
-    backend = llm.make_backend_from_args(args)
+    backend = llm_flags.make_backend_from_args(args)
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   args.cache_dir = args.cache_dir or bright.default_cache_dir()

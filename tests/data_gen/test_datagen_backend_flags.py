@@ -1,11 +1,11 @@
-"""The one backend flag set (reasonir_jax.eval.llm) on data_gen's command line and with a prefix,
+"""The one backend flag set (reasonir_jax.llm.flags) on data_gen's command line and with a prefix,
 with the old spellings as deprecated aliases."""
 import argparse
 
 import pytest
 
 from data_gen.cli import build_parser
-from reasonir_jax.eval import llm
+from reasonir_jax.llm import flags as llm
 
 
 def test_data_gen_uses_the_shared_flags_and_keeps_old_spellings(capsys):

@@ -2,7 +2,6 @@
 example) and the written negative replacing the list."""
 import json
 
-from data_gen.backends import SamplingParams, make_backend
 from data_gen.parsing import extract_json_object
 from data_gen.pipelines.hq import HQPipeline
 from data_gen.pipelines.mine import MinePipeline
@@ -10,6 +9,8 @@ from data_gen.pipelines.negatives import NegativesPipeline
 from data_gen.runner import Generation
 from data_gen.testing import ScriptedChatServer
 from reasonir_jax.data.schema import TrainingRow
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import SamplingParams
 
 _Q = "A hospital lab sees enzyme assays slow down when a drug is added; what mechanism explains it?"
 

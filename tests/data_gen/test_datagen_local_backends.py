@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from data_gen.backends import SamplingParams, make_backend
-from data_gen.backends.base import ChatFailure, cut_at_stop
-from data_gen.backends.hf_local import plain_chat_format
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.backends.transformers import plain_chat_format
+from reasonir_jax.llm.types import ChatFailure, SamplingParams, cut_at_stop
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_transformers_raw_completion_uses_no_template(tiny_llama_dir):
 
 def test_penalty_processor_counts_generated_tokens_only():
   import torch
-  from data_gen.backends.hf_local import penalty_processor
+  from reasonir_jax.llm.backends.transformers import penalty_processor
   ids = torch.tensor([[5, 5, 7, 9, 9, 9]])  # a 2-token prompt, then 7 once and 9 three times
   scores = torch.zeros(1, 10)
   out = penalty_processor(2, frequency=1.0, presence=0.5)(ids, scores)

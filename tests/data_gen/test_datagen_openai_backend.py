@@ -3,9 +3,9 @@ import json
 
 import requests
 
-from data_gen.backends import SamplingParams, make_backend
-from data_gen.backends.base import ChatFailure
 from data_gen.testing import ScriptedChatServer, last_user_message, sequence_responder
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import ChatFailure, SamplingParams
 
 
 def _conv(text):
@@ -86,11 +86,8 @@ def test_schema_rejected_with_400_falls_back_to_plain_json():
     backend.close()
 
 
-def test_retry_after_is_honoured_and_parsed():
-  from data_gen.backends.openai_http import parse_retry_after
-  assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None
-  assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 3) == 3.0
-  assert parse_retry_after("soon") is None
+def test_retry_after_is_honoured():
+  # The openai client reads Retry-After (seconds or an HTTP date) itself.
   import time
   answers = [("status", 429, {"Retry-After": "0.6"}), "ok"]
   with ScriptedChatServer(sequence_responder(answers)) as server:
@@ -99,6 +96,44 @@ def test_retry_after_is_honoured_and_parsed():
     assert backend.chat([_conv("x")], SamplingParams()) == ["ok"]
     assert time.monotonic() - start >= 0.55  # waited what the server asked, not 1 ms
     backend.close()
+
+
+def test_retry_after_over_two_minutes_fails_at_once():
+  # The client will not wait longer than two minutes; such a request fails with its status.
+  with ScriptedChatServer(lambda req: ("status", 429, {"Retry-After": "600"})) as server:
+    backend = make_backend("openai", base_url=server.base_url, model="m", backoff_s=0.001)
+    (out,) = backend.chat([_conv("x")], SamplingParams())
+    backend.close()
+  assert isinstance(out, ChatFailure) and "1 tries" in out.reason and "429" in out.reason
+  assert len(server.requests) == 1 and backend.num_retries == 0
+
+
+def test_retry_backoff_sets_the_wait_between_retries():
+  # --retry-backoff replaces the client's own backoff (0.5 s doubling), both ways.
+  import time
+  for backoff_s, fast in ((0.001, True), (0.4, False)):
+    with ScriptedChatServer(sequence_responder([500, 500, "ok"])) as server:
+      backend = make_backend("openai", base_url=server.base_url, model="m", backoff_s=backoff_s)
+      start = time.monotonic()
+      assert backend.chat([_conv("x")], SamplingParams()) == ["ok"]
+      elapsed = time.monotonic() - start
+      backend.close()
+    assert backend.num_retries == 2
+    # Waits: backoff_s, then 2 x backoff_s, each times a jitter in [0.5, 1].
+    assert elapsed < 0.3 if fast else elapsed >= 0.6, (backoff_s, elapsed)
+
+
+def test_connection_error_is_retried_and_names_the_url():
+  import socket
+  with socket.socket() as sock:  # a port nothing listens on once closed
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  url = f"http://127.0.0.1:{port}/v1"
+  backend = make_backend("openai", base_url=url, model="m", max_retries=1, backoff_s=0.001)
+  (out,) = backend.chat([_conv("x")], SamplingParams())
+  backend.close()
+  assert isinstance(out, ChatFailure) and "2 tries" in out.reason and url in out.reason
+  assert "connection error" in out.reason and backend.num_retries == 1
 
 
 def test_finish_reason_length_is_its_own_failure_kind():
@@ -199,7 +234,7 @@ def test_sampling_to_dict_leaves_out_penalties_that_are_off():
 
 
 def test_stop_strings_are_sent_and_the_cut_answer_returned():
-  from data_gen.backends.base import cut_at_stop
+  from reasonir_jax.llm.types import cut_at_stop
 
   def respond(req):  # as a server does: the answer ends before the first stop string
     return cut_at_stop("step 1. the answer is (B).\n\nQuestion: next", req.get("stop") or [])

@@ -30,7 +30,8 @@ def _answer(req):
 
 def _factory(base_url, kill_marker):
   def make():
-    from data_gen.backends import SamplingParams, make_backend
+    from reasonir_jax.llm.backends import make_backend
+    from reasonir_jax.llm.types import SamplingParams
     from data_gen.pipelines.hq import HQPipeline
     from data_gen.runner import Generation
 

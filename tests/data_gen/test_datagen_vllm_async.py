@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from data_gen.backends import SamplingParams, make_backend
-from data_gen.backends.base import ChatFailure, StreamingChatBackend
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import ChatFailure, SamplingParams, StreamingChatBackend
 
 
 class _Params:
@@ -280,7 +280,7 @@ def test_pipeline_retries_go_into_the_stream(tmp_path):
 def test_cli_flags_select_the_async_backend():
   import argparse
   from data_gen.cli import build_parser
-  from reasonir_jax.eval import llm
+  from reasonir_jax.llm import flags as llm
   args = build_parser().parse_args(
       ["hq", "--input", "x", "--output-dir", "y", "--backend", "vllm-async", "--backend-model",
        "big", "--tensor-parallel-size", "4", "--max-model-len", "8192",

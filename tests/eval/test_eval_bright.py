@@ -180,7 +180,7 @@ def test_remote_data_and_out_on_the_gcs_emulator(bright_dir, tmp_path, monkeypat
   assert paths.isfile(f"{bucket}/out/biology_bm25_long_False/score.json")
   assert metrics.read_trec_run(f"{bucket}/out/biology.run") == metrics.read_trec_run(str(local / "biology.run"))
   # A remote stage output keeps its append-only answer cache on local disk.
-  from reasonir_jax.eval import llm_cache
+  from reasonir_jax.llm import cache as llm_cache
   monkeypatch.setenv("REASONIR_CACHE", str(tmp_path / "cache"))
   entry = llm_cache.open_cache(f"{bucket}/out/rerank", "biology")
   assert entry.path.startswith(str(tmp_path / "cache"))

@@ -5,9 +5,11 @@ import os
 
 import pytest
 
-from data_gen.backends import ChatFailure, SamplingParams, make_backend
 from data_gen.testing import ScriptedChatServer, last_user_message, request_text
-from reasonir_jax.eval import bright, llm_cache, metrics, protocol, rag, rerank, rewrite
+from reasonir_jax.eval import bright, metrics, protocol, rag, rerank, rewrite
+from reasonir_jax.llm import cache as llm_cache
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import ChatFailure, SamplingParams
 
 
 def _backend(server):
@@ -240,7 +242,7 @@ def test_bad_rerank_prompt_file_fails_before_any_request(bright_dir, tmp_path, m
   path = tmp_path / "bad.toml"
   path.write_text(text + "\n")
   built = []
-  monkeypatch.setattr(rerank.llm, "make_backend_from_args", lambda args: built.append(args))
+  monkeypatch.setattr(rerank.llm_flags, "make_backend_from_args", lambda args: built.append(args))
   with pytest.raises(SystemExit):
     rerank.main(["--run-dir", str(tmp_path), "--data", bright_dir, "--protocol", protocol_name,
                  "--backend", "openai", "--backend-model", "m", "--base-url", "http://127.0.0.1:9/v1",

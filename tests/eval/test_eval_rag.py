@@ -259,7 +259,7 @@ def test_gpqa_layouts(tmp_path):
 
 
 def test_cut_off_answers_are_parsed_in_the_reference_protocol_only():
-  from data_gen.backends import ChatFailure
+  from reasonir_jax.llm.types import ChatFailure
   qs = rag.load_questions(os.path.join(rag.SAMPLE_DIR, "mmlu.jsonl"), "mmlu")[:1]
   letter = qs[0]["answer"]
   cut = ChatFailure("answer cut off at max_tokens=5", kind="length", text=f"so the answer is ({letter}")
@@ -314,7 +314,7 @@ def test_bad_rag_prompt_file_fails_before_any_request(tmp_path, monkeypatch, cap
   path = tmp_path / "bad.toml"
   path.write_text(text + "\n")
   built = []
-  monkeypatch.setattr(rag.llm, "make_backend_from_args", lambda args: built.append(args))
+  monkeypatch.setattr(rag.llm_flags, "make_backend_from_args", lambda args: built.append(args))
   with pytest.raises(SystemExit):
     rag.main(["--task", "mmlu", "--data", "sample", "--datastore", "sample", "--model", "unused",
               "--backend", "openai", "--backend-model", "m", "--base-url", "http://127.0.0.1:9/v1",

@@ -6,10 +6,12 @@ import os
 
 import pytest
 
-from data_gen.backends import SamplingParams, make_backend
 from data_gen.testing import ScriptedChatServer, last_user_message
-from reasonir_jax.eval import llm_cache, protocol, rewrite, scaling
+from reasonir_jax.eval import protocol, rewrite, scaling
+from reasonir_jax.llm import cache as llm_cache
 from reasonir_jax.llm import prompt_file
+from reasonir_jax.llm.backends import make_backend
+from reasonir_jax.llm.types import SamplingParams
 
 QUERIES = ["Why do cells need mitochondria?", "How do plants\nmake glucose?"]
 

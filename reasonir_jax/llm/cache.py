@@ -21,6 +21,8 @@ import logging
 import os
 from typing import Sequence
 
+from reasonir_jax.llm.types import ChatFailure
+
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +76,6 @@ class AnswerCache:
       return answer
     if not keep_cut:
       return None
-    from data_gen.backends import ChatFailure
     return ChatFailure("answer cut at max_tokens (from the cache)", kind="length", text=answer)
 
   def put(self, key: str, answer: str, cut: bool = False) -> None:
@@ -114,7 +115,6 @@ def cached_generate(backend, cache: AnswerCache | None, requests: Sequence, samp
   (a streaming backend's futures as they finish; others per batch of `batch_size`). With
   `keep_cut`, an answer cut at the token budget (a ChatFailure of kind "length" with its text) is
   cached too, and comes back as that ChatFailure."""
-  from data_gen.backends import ChatFailure
   model = getattr(backend, "model", "")
   keys = [request_key(model, protocol, r, sampling, raw=raw, keep_truncated=keep_truncated) for r in requests]
   answers: list = [cache.get(k, keep_cut) if cache is not None else None for k in keys]

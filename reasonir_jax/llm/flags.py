@@ -1,6 +1,6 @@
 """The one set of LLM-backend flags, shared by data_gen and the evaluation (rewriting, reranking,
-RAG): choose a data_gen backend (`openai`, `transformers`, `vllm`, `vllm-async`) and its
-settings.
+RAG): choose a backend (`openai`, `transformers`, `vllm`, `vllm-async`; see
+`reasonir_jax.llm.backends`) and its settings.
 
 Flags (with `prefix="rerank"`, each becomes `--rerank-...`, e.g. `--rerank-backend-model`):
   --backend KIND  --backend-model MODEL  --base-url URL  --api-key KEY
@@ -18,7 +18,8 @@ import argparse
 import ast
 import sys
 
-BACKEND_KINDS = ("openai", "transformers", "vllm", "vllm-async")
+from reasonir_jax.llm.backends import BACKEND_KINDS, make_backend
+
 _VLLM = ("vllm", "vllm-async")
 
 # (flag without prefix, dest suffix, type, backend kwarg, kinds it applies to, help)
@@ -30,7 +31,7 @@ _SETTINGS = (
     ("request-timeout", "request_timeout", float, "request_timeout_s", ("openai",),
      "seconds per request"),
     ("max-retries", "max_retries", int, "max_retries", ("openai",),
-     "extra tries on timeouts, connection errors, 429 and 5xx"),
+     "extra tries on timeouts, connection errors, 408, 409, 429 and 5xx (the openai client's)"),
     ("retry-backoff", "retry_backoff", float, "backoff_s", ("openai",),
      "first backoff in seconds (doubles per retry, capped at 60; a Retry-After header wins)"),
     ("tensor-parallel-size", "tensor_parallel_size", int, "tensor_parallel_size", _VLLM,
@@ -79,7 +80,7 @@ def add_backend_flags(parser: argparse.ArgumentParser, prefix: str = "", require
   group = parser.add_argument_group(f"LLM backend ({what})")
   group.add_argument(f"{f}backend", dest=f"{d}backend", choices=BACKEND_KINDS,
                      required=required, default=default,
-                     help=f"data_gen backend kind for {what}" +
+                     help=f"LLM backend kind for {what}" +
                      (f" (default {default})" if default else ""))
   group.add_argument(f"{f}backend-model", dest=f"{d}backend_model", default="",
                      help=f"model of {what}: served name (openai) or local path/name")
@@ -154,6 +155,5 @@ def make_backend_from_args(args: argparse.Namespace, prefix: str = "", **extra):
   kwargs = backend_kwargs(args, prefix)
   if kwargs is None:
     return None
-  from data_gen.backends import make_backend
   kind = kwargs.pop("kind")
   return make_backend(kind, **{**extra, **kwargs})
