@@ -77,19 +77,19 @@ def test_stop_string_ends_the_answer(backend):
 
 
 def test_close_resolves_requests_in_flight_and_refuses_new_ones(backend):
-  # Long answers (no EOS from a random model) so that they are still running at close().
+  # Many long answers (a random model seldom samples EOS), so that some are still running when
+  # close() comes: the engine finishes a few hundred tokens in well under a second here.
   sp = SamplingParams(max_tokens=MAX_MODEL_LEN - 32)
-  futures = [backend.submit(_user(f"long {i}"), sp) for i in range(6)]
+  futures = [backend.submit(_user(f"long {i}"), sp) for i in range(64)]
   deadline = time.monotonic() + 30
-  while backend.meter.current < len(futures) and time.monotonic() < deadline:
-    time.sleep(0.01)  # until all six are in the engine
-  assert not any(f.done() for f in futures)
+  while backend.meter.current == 0 and time.monotonic() < deadline:
+    time.sleep(0.005)
   start = time.monotonic()
   backend.close()
   assert time.monotonic() - start < 30
   out = [f.result(timeout=1) for f in futures]  # all resolved by close(), none left hanging
   closed = [r for r in out if isinstance(r, ChatFailure) and "closed" in r.reason]
-  assert closed, f"no request was still in flight at close(): {out}"
-  assert all(isinstance(r, ChatFailure) for r in out)  # none finished: all ran to the limit
+  assert closed, "no request was still in flight at close()"
+  assert all(isinstance(r, (str, ChatFailure)) for r in out)
   late = backend.submit(_user("after"), SamplingParams(max_tokens=4)).result(timeout=1)
   assert isinstance(late, ChatFailure) and "closed" in late.reason
