@@ -186,3 +186,11 @@ class VLLMBackend(ChatBackend):
                keep_truncated: bool = False) -> list[str | ChatFailure]:
     return self._checked_generate(prompts, sampling, self.build_sampling_params(sampling, None),
                                   raw=True, keep_truncated=keep_truncated)
+
+  def close(self) -> None:
+    """Stops vLLM's engine-core process now (`LLM` has no close of its own; otherwise it lives,
+    holding its memory, until the interpreter exits). Safe to call twice."""
+    core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if shutdown is not None:
+      shutdown()
