@@ -262,7 +262,7 @@ class CheckpointManager:
         opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
         meta=ocp.args.JsonSave(meta))
     with self._lock:
-      self._started = start  # Orbax waits here for a save still in flight
+      self._started = start  # in flight until its commit is seen (_committed)
     saved = self._manager.save(step, args=args, force=True)
     blocking = time.monotonic() - start
     if not saved:

@@ -126,9 +126,10 @@ def grad_cache_value_and_grad(encode_fn: EncodeFn, loss_fn: LossFn, params, batc
       emb, _ = jax.lax.scan(add_chunk, jnp.zeros(out.shape, out.dtype), chunks)
       return jax.lax.stop_gradient(emb)
 
+    rows = chunks["input_ids"].shape[1]
+
     def encode_chunk(carry, chunk):
       return carry, encode_fn(params, chunk, rows)
-    rows = chunks["input_ids"].shape[1]
     _, emb_c = jax.lax.scan(encode_chunk, None, chunks)
     return unchunk_rows(jax.lax.stop_gradient(emb_c), num_shards, mesh, batch_axes)
 
