@@ -303,7 +303,8 @@ def run_ray(args) -> dict:
   """`--engine ray`: the pipeline on Ray Data; each worker builds it from the flags."""
   import functools
   from data_gen import inputs
-  from data_gen.ray_engine import _import_ray, run_on_ray
+  from data_gen.ray_engine import _import_ray, check_output_dir, run_on_ray
+  check_output_dir(args.output_dir)
   if args.pipeline == "mine":
     raise ValueError("--engine ray runs the LLM pipelines (hq, vl, negatives); mine is CPU-only, "
                      "use --engine local")
