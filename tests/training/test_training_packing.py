@@ -23,7 +23,7 @@ def _host_params(config):
 
 def _packed(batch, trainer):
   rows, cfg = trainer.packed_rows, trainer.config.data
-  return {"query": pack_padded(batch["query"], rows["query"], cfg.query_max_length),
+  return {**batch, "query": pack_padded(batch["query"], rows["query"], cfg.query_max_length),
           "passage": pack_padded(batch["passage"], rows["passage"], cfg.passage_max_length)}
 
 
