@@ -263,10 +263,11 @@ class HostBatchIterator:
             f"stats: {self._stats}")
       rows.append((row, s, pos))
     all_positives = [r.positives[0] for r, _, _ in rows]
-    raw = RawBatch([], [], [], [])
+    raw = RawBatch([], [], [], [], [])
     for j, (row, s, pos) in enumerate(rows):
       raw.queries.append(row.query)
       raw.query_instructions.append(row.query_instruction or None)
+      raw.weights.append(row.weight)
       others = [p for p in all_positives if p not in row.positives]
       for inst, text in self._pick_passages(row, s, pos, others):
         raw.passages.append(text)
@@ -287,14 +288,16 @@ class HostBatchIterator:
     tok = self._thread_tokenizer()
     q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
     p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
+    rows = {"weight": np.asarray(raw.weights, np.float32)}  # per query, in query order
     if self.packing:
       counts = dict.fromkeys(PACKING_STATS, 0)
       return ({"query": self._pack(q_enc, "query", self.query_max_length, counts),
-               "passage": self._pack(p_enc, "passage", self.passage_max_length, counts)}, counts)
+               "passage": self._pack(p_enc, "passage", self.passage_max_length, counts),
+               "row": rows}, counts)
     lq = bucket_length(max(len(ids) for ids, _ in q_enc), self.buckets, self.query_max_length)
     lp = bucket_length(max(len(ids) for ids, _ in p_enc), self.buckets, self.passage_max_length)
     return ({"query": pad_batch(q_enc, lq, self.tok.pad_id),
-             "passage": pad_batch(p_enc, lp, self.tok.pad_id)}, {})
+             "passage": pad_batch(p_enc, lp, self.tok.pad_id), "row": rows}, {})
 
   def _pack(self, encoded, side: str, row_length: int, counts: dict[str, int]
             ) -> dict[str, np.ndarray]:
@@ -346,3 +349,4 @@ class RawBatch:
   query_instructions: list[str | None]
   passages: list[str]
   passage_instructions: list[str | None]
+  weights: list[float]  # TrainingRow.weight of each query's row
