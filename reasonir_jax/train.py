@@ -82,10 +82,12 @@ def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
 
 
 def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
-  """Takes the architecture from `config.init_from`'s config.json (dtypes, scan and remat stay)."""
+  """Takes the architecture from `config.init_from`'s config.json (dtypes, scan, remat and the
+  recipe: causal, template, pooling stay)."""
   from reasonir_jax.hf import read_hf_config
   from reasonir_jax.model import ModelConfig
-  keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy")}
+  keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy",
+                                       "causal", "template", "pooling") if k in config.model}
   hf_cfg = ModelConfig.from_hf_dict(read_hf_config(config.init_from), **keep)
   for field in dataclasses.fields(hf_cfg):
     if field.name in config.model:
