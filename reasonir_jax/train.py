@@ -197,6 +197,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
           trainer.packed_rows, attention))
       if not skipped and manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
+        if local is not None:
+          local.restart_clock()
       elif not skipped and local is not None and local.due(step):
         local.save(state, local_checkpoint.data_state_of(data_iterator), step)
       if step % log_every == 0 or step == num_steps:

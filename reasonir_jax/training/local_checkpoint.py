@@ -89,7 +89,9 @@ def _host_shards(state: TrainState) -> tuple[list[dict], list[np.ndarray]]:
       if str(ranges) in seen:  # replicated: one copy serves every device holding it
         continue
       seen.add(str(ranges))
-      data = np.ascontiguousarray(np.asarray(shard.data))
+      # On CPU the numpy view would alias the device buffer: copy, as a TPU's transfer does.
+      on_cpu = shard.device.platform == "cpu"
+      data = np.array(shard.data, order="C", copy=True if on_cpu else None)
       shards.append({"index": ranges, "offset": offset, "nbytes": int(data.nbytes)})
       buffers.append(data)
       offset += data.nbytes
@@ -150,6 +152,11 @@ class LocalCheckpointTier:
     if self.every_seconds <= 0:
       return False
     return agree(time.monotonic() - self._last_start >= self.every_seconds)
+
+  def restart_clock(self) -> None:
+    """A persistent save just started: the time cadence counts from it (a restore would use
+    that one anyway, being as new)."""
+    self._last_start = time.monotonic()
 
   def save(self, state: TrainState, data_state: Any, step: int) -> None:
     """Copies this process's shards to host memory and writes them in the background."""
@@ -248,7 +255,8 @@ class LocalCheckpointTier:
       return "holds other arrays than this config's train state"
     for entry, (name, x) in zip(stored, wanted):
       if tuple(entry["shape"]) != tuple(x.shape) or jnp.dtype(entry["dtype"]) != x.dtype:
-        return f"{name} is {entry['dtype']}{entry['shape']}, the config needs {x.dtype}{list(x.shape)}"
+        return (f"{name} is {entry['dtype']}{entry['shape']}, the config needs "
+                f"{x.dtype}{list(x.shape)}")
       have = {str(s["index"]) for s in entry["shards"]}
       for index in x.sharding.addressable_devices_indices_map(x.shape).values():
         if str(_ranges(index, x.shape)) not in have:
@@ -279,8 +287,8 @@ class LocalCheckpointTier:
     `persistent_step` (the newest persistent checkpoint); None: restore from the persistent tier."""
     step = self.agreed_step(abstract_state)
     if step is None or (persistent_step is not None and step < persistent_step):
-      log.info("local tier: no step newer than the persistent one (%s) on every process (%s)",
-               persistent_step, "agreed: none" if step is None else f"agreed: {step}")
+      log.info("local tier: no step as new as the persistent one (%s) on every process "
+               "(agreed: %s)", persistent_step, step)
       return None
     manifest = self._manifest(step)
     raw = np.memmap(os.path.join(self.directory, str(step), SHARDS), np.uint8, mode="r")

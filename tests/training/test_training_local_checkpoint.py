@@ -80,7 +80,8 @@ def _wait(procs, code):
 def _params(workdir):
   from reasonir_jax.training import checkpoint as ckpt_lib
   params, _, _ = ckpt_lib.load_params_for_export(str(workdir))
-  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def _assert_same_params(got_dir, want_dir):
@@ -118,7 +119,8 @@ def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_pa
 
 
 @pytest.mark.multiprocess
-def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(tmp_path, make_child_env):
+def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(tmp_path,
+                                                                             make_child_env):
   overrides = [*RUN, "mesh.shape=(4,2,1)"]
   env = make_child_env(tmp_path)
   straight, workdir, local_dir = tmp_path / "straight", tmp_path / "killed", tmp_path / "local"
@@ -154,9 +156,11 @@ def test_partial_foreign_and_older_local_steps_are_never_read(tmp_path, make_tin
   tier.wait()
   restored, data_state, step = tier.restore(abstract, None)
   assert step == 2 and data_state == {"position": 7}
-  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree.leaves(state)):
-    assert got.sharding == want.sharding, jax.tree_util.keystr(path)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored),
+                               jax.tree.leaves(state)):
+    name = jax.tree_util.keystr(path)
+    assert got.sharding == want.sharding, name
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
 
   # A write cut short (the disk fails mid-way): its folder keeps the .partial suffix.
   def failing_fsync(fd):
@@ -195,3 +199,23 @@ def test_bad_local_tier_settings_name_the_flag(tmp_path, make_tiny_config):
   with pytest.raises(ValueError, match="checkpoint.local_dir='gs://bucket/local' must be a disk"):
     lc.LocalCheckpointTier.from_config(str(tmp_path), cfg.checkpoint)
   assert lc.LocalCheckpointTier.from_config(str(tmp_path), make_tiny_config().checkpoint) is None
+
+
+def test_the_time_cadence_counts_from_the_last_save_of_either_tier(tmp_path, monkeypatch):
+  from reasonir_jax.config import load_config
+  from reasonir_jax.training import local_checkpoint as lc
+  now = [1000.0]
+  monkeypatch.setattr(lc.time, "monotonic", lambda: now[0])
+  recipe = load_config("llama3_8b").checkpoint
+  assert recipe.local_dir and 0 < recipe.local_every_seconds < recipe.every_seconds
+  cfg = recipe.copy_and_resolve_references()
+  cfg.local_dir = str(tmp_path)
+  tier = lc.LocalCheckpointTier.from_config(str(tmp_path / "work"), cfg)
+  now[0] += cfg.local_every_seconds - 1
+  assert not tier.due(7)
+  now[0] += 2
+  assert tier.due(7)
+  tier.restart_clock()  # a persistent save started
+  assert not tier.due(8)
+  now[0] += cfg.local_every_seconds
+  assert tier.due(9)
