@@ -5,10 +5,10 @@
 
 A workdir holding a checkpoint resumes from it (same data order and RNG, so an interrupted run
 ends with the same parameters as one that never stopped); with `checkpoint.local_dir` the hosts'
-own local checkpoints are tried first (training/local_checkpoint.py). Otherwise the encoder starts from the
-Hugging Face directory `--config.init_from`, or from random weights. Several processes (TPU pod
-hosts, or `--coordinator_address/--num_processes/--process_id`) each read their own share of the
-data; global arrays are built from process-local data.
+own local checkpoints are tried first (training/local_checkpoint.py). Otherwise the encoder
+starts from the Hugging Face directory `--config.init_from`, or from random weights. Several
+processes (TPU pod hosts, or `--coordinator_address/--num_processes/--process_id`) each read
+their own share of the data; global arrays are built from process-local data.
 
 The workdir, data globs and init_from may be remote (gs://BUCKET/...; see reasonir_jax/paths.py).
 On SIGTERM (or a preemption sync point on a pod) the run checkpoints the step it reached and

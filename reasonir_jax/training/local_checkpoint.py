@@ -4,12 +4,12 @@ hosts reads them back, before and instead of the persistent checkpoints in WORKD
 
 Why our own tier and not Orbax's emergency checkpointing (orbax-checkpoint 0.12.8,
 `orbax.checkpoint.experimental.emergency`): its CheckpointManager raises "at least 2
-data-parallel replicas are needed" on a mesh with one replica, and the 8B recipe trains one
-slice with FSDP over every chip (one replica), as do the CPU tests; its local restore works by
-broadcasting a surviving replica's full copy, which a single FSDP slice does not have. Its P2P
-variant is built on the same replica axis. A restart on the same hosts needs less: each process's
-own shards, back on the same devices. So this tier writes exactly those, with no collective on
-the save path.
+data-parallel replicas are needed" unless the mesh has a replica axis of size 2 or more, and the
+8B recipe on one slice is FSDP over every chip (`mesh.shape=(1,-1,1)`: one replica), so it cannot
+run there; its local restore, and its P2P variant's, rebuild a lost host's state from another
+replica's copy, which a single FSDP slice does not hold. A restart on the same hosts needs less:
+each process's own shards, back on the same devices. So this tier writes exactly those, on any
+mesh, with no collective on the save path.
 
 Per process, `LOCAL_DIR/process_<i>-of-<n>/<step>/` holds `shards.bin` (the distinct shards of
 every array this process holds, raw bytes, one after another) and `manifest.json` (the workdir,
