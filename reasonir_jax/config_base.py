@@ -160,5 +160,12 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,
       # The step waits only for the device-to-host copy; the write runs in the background.
       async_save=True,
+      # The fast tier: each process's own shards on a disk of its own host ("" = off), read
+      # back first by a restart on the same hosts (training/local_checkpoint.py). A deleted or
+      # replaced host falls back to the checkpoints above.
+      local_dir="",
+      local_every_steps=0,
+      local_every_seconds=0.0,
+      local_keep=1,
   ))
   return c
