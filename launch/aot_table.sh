@@ -5,16 +5,17 @@
 #   launch/aot_table.sh docs/scaling_8b.jsonl                      # every row of the table
 #   launch/aot_table.sh OUT.jsonl --rows v5p-128:0 2xv5p-64:32 [-- --config.x=y ...]
 #   launch/aot_table.sh OUT.jsonl --rows 'v5p-128:0 --config.data.packing=True'   # a row's own overrides
+#   launch/aot_table.sh OUT.jsonl --rows 'v5p-128:64 --config=configs/qwen3_8b.py'  # another recipe
 #   launch/aot_table.sh docs/scaling_8b.jsonl --render             # print the table only
 #
-# CONFIG (default configs/llama3_8b.py) and PYTHON (default python3, which needs the `tpu`
-# extra installed) come from the environment.
+# CONFIG (default configs/llama3_8b.py; the config of rows without their own --config=FILE) and
+# PYTHON (default python3, which needs the `tpu` extra installed) come from the environment.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 if [[ $# -lt 1 ]]; then
-  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 cd "${REPO_ROOT}"

@@ -3,14 +3,17 @@
   python -m reasonir_jax.aot_table docs/scaling_8b.jsonl            # every row, then the table
   python -m reasonir_jax.aot_table OUT.jsonl --rows v5p-128:0 2xv5p-64:32 [-- --config.x=y ...]
   python -m reasonir_jax.aot_table OUT.jsonl --rows "v5p-64:0 --config.model.remat_policy=full"
+  python -m reasonir_jax.aot_table OUT.jsonl --rows "v5p-128:64 --config=configs/qwen3_8b.py"
   python -m reasonir_jax.aot_table docs/scaling_8b.jsonl --render   # the table only
 
 A row is `[NxTOPOLOGY]:CHUNK [ARG ...]`: N slices of TOPOLOGY (`2xv5p-64`: two v5p-64 slices
 joined over DCN), CHUNK = config.train.grad_cache_chunk (0 = GradCache off), then the row's own
-`--config.x=y` overrides; the arguments after `--` apply to every row. Each row is one
-`python -m reasonir_jax.aot` process (libtpu describes one topology per process); its JSON report
-replaces the row of the same topology, chunk and overrides in OUT.jsonl. The markdown table is
-printed from the whole file. CONFIG (default configs/llama3_8b.py) comes from the environment.
+`--config=FILE` (another recipe) and `--config.x=y` overrides; the arguments after `--` apply to
+every row. Each row is one `python -m reasonir_jax.aot` process (libtpu describes one topology per
+process); its JSON report replaces the row of the same config file, topology, chunk and overrides
+in OUT.jsonl. The markdown table is printed from the whole file, rows of another config than
+the default after the default's. CONFIG (default configs/llama3_8b.py) is the config file of
+rows without their own `--config=FILE`.
 
 Reports name the git commit they were compiled from. While rows run, new reports go to
 OUT.jsonl.partial (untracked), and OUT.jsonl is rewritten once at the end, so every row of one
@@ -31,6 +34,8 @@ from typing import NamedTuple, Sequence
 # `full` where it decides the fit, packed rows, and two slices over DCN.
 PACKING = "--config.data.packing=True"
 REMAT_FULL = "--config.model.remat_policy=full"
+QWEN3_8B = "--config=configs/qwen3_8b.py"
+DEFAULT_CONFIG = "configs/llama3_8b.py"
 DEFAULT_ROWS = ("v5p-128:0", "v5p-64:0", "v5p-256:0", "v5p-512:0", "v6e-256:0", "v5e-256:0",
                 "v5p-64:32", "v5p-128:64", "v5p-128:512", "v5p-256:128", "v5p-512:256",
                 "v5e-256:256", "v6e-256:256",
@@ -38,7 +43,9 @@ DEFAULT_ROWS = ("v5p-128:0", "v5p-64:0", "v5p-256:0", "v5p-512:0", "v6e-256:0", 
                 # Packed rows with GradCache: the 512 packed query rows must split into
                 # chunks x 64 chips, so the smallest chunk is 512 texts (4 chunks).
                 f"v5p-128:0 {PACKING}", f"v5p-128:512 {PACKING}",
-                "2xv5p-64:0", "2xv5p-64:64")
+                "2xv5p-64:0", "2xv5p-64:64",
+                # The ReasonIR recipe on Qwen3-8B (issue 24), without and with GradCache.
+                f"v5p-128:0 {QWEN3_8B}", f"v5p-128:64 {QWEN3_8B}")
 _SLICE_ORDER = ("v5p-64", "v5p-128", "v5p-256", "v5p-512", "v5e-256", "v6e-256")
 _SLICES = re.compile(r"^(?:(\d+)x)?(.+)$")
 
@@ -47,6 +54,7 @@ class Row(NamedTuple):
   topology: str  # as reports name it: "v5p-64", or "2xv5p-64" for two slices
   chunk: int
   overrides: tuple[str, ...]
+  config: str | None = None  # the row's own config file; None: CONFIG's
 
   def aot_args(self) -> list[str]:
     num, single = _SLICES.match(self.topology).groups()
@@ -58,14 +66,17 @@ def parse_row(row: str) -> Row:
   words = shlex.split(row)
   head = words[0] if words else ""
   topology, _, chunk = head.partition(":")
-  bad = [w for w in words[1:] if not w.startswith("--config.")]
+  configs = [w.partition("=")[2] for w in words[1:] if w.startswith("--config=")]
+  overrides = tuple(w for w in words[1:] if w.startswith("--config."))
+  bad = len(words[1:]) != len(configs) + len(overrides) or len(configs) > 1 or "" in configs
   try:
     if not topology or bad or (_SLICES.match(topology).group(1) or "1") == "0":
       raise ValueError
-    return Row(topology, int(chunk or 0), tuple(words[1:]))
+    return Row(topology, int(chunk or 0), overrides, configs[0] if configs else None)
   except ValueError:
-    raise ValueError(f"--rows entry {row!r} is not [NxTOPOLOGY]:CHUNK [--config.x=y ...] "
-                     "(e.g. v5p-128:64 or '2xv5p-64:0 --config.data.packing=True')") from None
+    raise ValueError(f"--rows entry {row!r} is not [NxTOPOLOGY]:CHUNK [--config=FILE] "
+                     "[--config.x=y ...] (e.g. v5p-128:64 or "
+                     "'2xv5p-64:0 --config.data.packing=True')") from None
 
 
 def _chunk(report: dict) -> int:
@@ -81,8 +92,13 @@ def _extra(report: dict) -> str:
   return " ".join(o for o in report.get("overrides", ()) if "grad_cache_chunk" not in o)
 
 
+def _config(report: dict) -> str:
+  # Reports of before the field were all compiled from the default config.
+  return report.get("config", DEFAULT_CONFIG)
+
+
 def _key(report: dict) -> tuple:
-  return (report["topology"], _chunk(report), _extra(report))
+  return (_config(report), report["topology"], _chunk(report), _extra(report))
 
 
 def read_reports(path: str) -> list[dict]:
@@ -102,7 +118,17 @@ def merge(reports: list[dict], new: dict) -> list[dict]:
 def _sort_key(report: dict):
   num, single = _SLICES.match(report["topology"]).groups()
   order = _SLICE_ORDER.index(single) if single in _SLICE_ORDER else len(_SLICE_ORDER)
-  return (order, single, int(num or 1), _chunk(report), _extra(report))
+  config = _config(report)
+  return (config != DEFAULT_CONFIG, config, order, single, int(num or 1), _chunk(report),
+          _extra(report))
+
+
+def _slice_label(report: dict) -> str:
+  """The slice column: the topology, then what the row changes (its config file, overrides)."""
+  config = _config(report)
+  words = [report["topology"], *([f"--config={config}"] if config != DEFAULT_CONFIG else []),
+           *([_extra(report)] if _extra(report) else [])]
+  return " ".join(words)
 
 
 def _host(report: dict) -> str:
@@ -124,12 +150,12 @@ def markdown_table(reports: Sequence[dict]) -> str:
   for r in sorted(reports, key=_sort_key):
     mem = r["memory"]
     mesh = ", ".join(str(r["mesh"].get(a, 1)) for a in ("data", "fsdp", "tensor"))
-    chunk, extra = _chunk(r), _extra(r)
+    chunk = _chunk(r)
     state = (mem.get("params", 0) + mem.get("opt_state", 0)) / 2**30
     # No code size: the compiler stopped at its out-of-memory error; the total is its estimate.
     estimate = " *" if "code" not in mem else ""
     lines.append(
-        f"| {r['topology']}{' ' + extra if extra else ''} | {r['chips']} | {mesh} | "
+        f"| {_slice_label(r)} | {r['chips']} | {mesh} | "
         f"{chunk or 'off'} | {r.get('attention', 'xla')} | {state:.2f} GiB | "
         f"{mem.get('activations_temp', 0) / 2**30:.1f} GiB | "
         f"{r['per_chip_bytes'] / 2**30:.1f} GiB{estimate} | {r['hbm_bytes'] / 2**30:.0f} GiB | "
@@ -139,11 +165,13 @@ def markdown_table(reports: Sequence[dict]) -> str:
 
 
 def run_row(row: Row, overrides: Sequence[str], config: str) -> dict | None:
-  """One AOT report in its own process; None when it failed for another reason than memory."""
+  """One AOT report in its own process; None when it failed for another reason than memory.
+  `config` is the config file of a row without its own."""
+  config = row.config or config
   cmd = [sys.executable, "-m", "reasonir_jax.aot", f"--config={config}", *row.aot_args(),
          *overrides]
-  print(f"== {row.topology} chunk={row.chunk} {' '.join([*row.overrides, *overrides])}",
-        file=sys.stderr, flush=True)
+  print(f"== {config} {row.topology} chunk={row.chunk} "
+        f"{' '.join([*row.overrides, *overrides])}", file=sys.stderr, flush=True)
   proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
   if proc.returncode not in (0, 3):
     print(f"report for {row.topology} chunk={row.chunk} failed (exit {proc.returncode})",
@@ -151,6 +179,7 @@ def run_row(row: Row, overrides: Sequence[str], config: str) -> dict | None:
     return None
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   report["overrides"] = [*row.overrides, *overrides]
+  report["config"] = config
   return report
 
 
@@ -170,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("out", help="JSON lines file of reports (rows are replaced in place)")
   parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS),
-                      help="'[NxTOPOLOGY]:CHUNK [--config.x=y ...]' entries (default: every row "
+                      help="'[NxTOPOLOGY]:CHUNK [--config=FILE] [--config.x=y ...]' entries (default: every row "
                            "of docs/scaling.md)")
   parser.add_argument("--render", action="store_true", help="print the table of OUT only")
   args = parser.parse_args(argv)
@@ -179,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  config = os.environ.get("CONFIG", "configs/llama3_8b.py")
+  config = os.environ.get("CONFIG", DEFAULT_CONFIG)
   if not args.render:
     partial = f"{args.out}.partial"
     for row in rows:

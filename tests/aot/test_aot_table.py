@@ -127,3 +127,46 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
   report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "configs/llama3_8b.py")
   assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
   assert report["topology"] == "2xv5p-64"
+
+
+def test_a_row_of_another_config_is_its_own_row(tmp_path, monkeypatch, capsys):
+  # A Qwen3 report of the same slice and chunk must not replace the Llama row (the key and the
+  # table name the config file); rows of other configs follow the default's.
+  row = aot_table.parse_row("v5p-128:64 --config=configs/qwen3_8b.py --config.data.packing=True")
+  assert row == aot_table.Row("v5p-128", 64, ("--config.data.packing=True",),
+                              "configs/qwen3_8b.py")
+  assert not any(a.startswith("--config=") for a in row.aot_args())
+  seen = {}
+
+  class Done:
+    returncode = 0
+    stdout = json.dumps(_report("v5p-128", 64, 5.0, True)) + "\n"
+
+  def fake_run(cmd, **kwargs):
+    seen["cmd"] = cmd
+    return Done()
+
+  monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
+  qwen = aot_table.run_row(aot_table.parse_row("v5p-128:64 --config=configs/qwen3_8b.py"), [],
+                           "configs/llama3_8b.py")
+  assert "--config=configs/qwen3_8b.py" in seen["cmd"]
+  assert "--config=configs/llama3_8b.py" not in seen["cmd"]
+  assert qwen["config"] == "configs/qwen3_8b.py" and qwen["overrides"] == []
+  llama = aot_table.run_row(aot_table.parse_row("v5p-128:64"), [], "configs/llama3_8b.py")
+  assert "--config=configs/llama3_8b.py" in seen["cmd"]
+
+  old = _report("v5p-128", 64, 4.0, True)  # no "config": compiled before the field existed
+  merged = aot_table.merge(aot_table.merge([old], qwen), _report("v5p-64", 32, 7.0, True))
+  assert len(merged) == 3
+  assert len(aot_table.merge(merged, llama)) == 3  # the default config's row is replaced
+  table = aot_table.markdown_table(merged).splitlines()
+  assert table[2].startswith("| v5p-64 | 64 |") and table[3].startswith("| v5p-128 | 64 |")
+  assert table[4].startswith("| v5p-128 --config=configs/qwen3_8b.py | 64 |")
+  assert {f"v5p-128:0 {aot_table.QWEN3_8B}", f"v5p-128:64 {aot_table.QWEN3_8B}"} <= set(
+      aot_table.DEFAULT_ROWS)
+
+
+@pytest.mark.parametrize("row", ["v5p-128:0 --config=", "v5p-128:0 --config=a.py --config=b.py"])
+def test_a_row_names_at_most_one_config_file(capsys, row):
+  assert aot_table.main(["x.jsonl", "--rows", row]) == 2
+  assert "--config=FILE" in capsys.readouterr().err
