@@ -160,3 +160,38 @@ def test_packed_grad_cache_keeps_no_per_chunk_copy_of_the_embeddings(make_tiny_c
   for chunks, texts in ((32 // 16, 32), (32 * 3 // 16, 32 * 3)):  # queries, passages
     assert f"[{chunks},{texts},{d}]" not in text
   assert f"[{texts},{d}]" in text  # the summed embeddings themselves are there
+
+
+# Qwen3-Embedding's recipe: causal attention, last-token pooling (the template only decides the
+# tokens, which the random batch stands for), on a Qwen3 base (q/k norms).
+LAST_TOKEN = ("model.model_type=qwen3", "model.template=qwen3_embedding", "model.causal=True",
+              "model.pooling=last_token")
+
+
+def _last_token(batch):
+  """The batch with each text pooled at its last token, as PromptTokenizer pools "last_token"."""
+  out = {**batch}
+  for side in ("query", "passage"):
+    mask = batch[side]["attention_mask"]
+    pool = np.zeros_like(mask)
+    pool[np.arange(len(mask)), mask.sum(axis=1) - 1] = 1
+    out[side] = {**batch[side], "pool_mask": pool}
+  return out
+
+
+@pytest.mark.parametrize("shape,chunk", [((1, 8, 1), 0), ((2, 2, 2), 0), ((2, 4, 1), 16)])
+def test_causal_last_token_packed_equals_padded(make_tiny_config, make_random_batch, shape,
+                                                chunk):
+  # A packed text attends causally within its own segment only and pools its own last token:
+  # anything else (another text's keys, the row's last token) changes the loss and gradients.
+  batch = _last_token(make_random_batch(32, 3, 8, 12, seed=3))
+  common = (f"mesh.shape={shape}", "train.global_batch_size=32", *LAST_TOKEN)
+  params = _host_params(make_tiny_config(*common))
+  padded = _run(make_tiny_config(*common, "data.group_size=3"), batch, params)
+  packed = _run(make_tiny_config(*common, *PACKED, f"train.grad_cache_chunk={chunk}"), batch,
+                params)
+  _assert_same(packed, padded)
+  if shape == (1, 8, 1):  # the recipe is in effect: bidirectional mean pooling differs
+    mean = _run(make_tiny_config(*common[:2], "model.model_type=qwen3", "data.group_size=3"),
+                make_random_batch(32, 3, 8, 12, seed=3), params)
+    assert abs(mean[0] - padded[0]) > 1e-3
