@@ -1,8 +1,8 @@
 """On-disk embedding cache for corpora, written in chunks so an interrupted encoding resumes.
 
 A cache entry is a directory named by a hash of what determines the embeddings (model, corpus
-contents, max length, template, dtypes; never a task name, so tasks sharing a corpus share one
-entry): `meta.json` plus `chunk_00000.npy`, `chunk_00001.npy`, ...
+contents, max length, template, dtypes, the encoder's recipe; never a task name, so tasks sharing
+a corpus share one entry): `meta.json` plus `chunk_00000.npy`, `chunk_00001.npy`, ...
 Each chunk is written to a temporary name and renamed, so a killed run leaves only whole chunks;
 the next run encodes the missing ones. A second run (other queries, a reranker) encodes nothing.
 Embeddings are stored as float32 by default, as the reference keeps them (the cosine also feeds
@@ -36,6 +36,21 @@ def add_dtype_flag(parser) -> None:
   parser.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default=DEFAULT_STORAGE_DTYPE,
                       help="embedding cache storage: float32 (default, as the reference; 4 bytes x dim "
                       "per text) or float16 (half the disk and host memory)")
+
+
+def encoder_key(encoder) -> dict:
+  """What of the encoder beyond its weights decides document embeddings: the compute dtype and
+  the recipe (template, pooling, causal attention; an Encoder loaded with another `recipe` than
+  its files say has the same weights). The recipe is named only when it is not ReasonIR's, so the
+  entries written before it was part of the key stay valid for the recipe they were made with."""
+  from reasonir_jax.model.config import RECIPES  # pylint: disable=import-outside-toplevel
+  cfg = getattr(encoder, "model_cfg", None)
+  key = {"dtype": str(getattr(cfg, "dtype", ""))}
+  if cfg is not None:
+    recipe = {name: getattr(cfg, name) for name in RECIPES["reasonir"]}
+    if recipe != RECIPES["reasonir"]:
+      key["recipe"] = recipe
+  return key
 
 
 def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:

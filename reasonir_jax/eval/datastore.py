@@ -152,7 +152,7 @@ class Datastore:
     """Document embeddings (no instruction), from the cache or encoded into it (resumable)."""
     key = {"model": model_key, "corpus": cache.corpus_fingerprint(self.ids, self.texts),
            "max_length": max_length, "template": "document",
-           "dtype": str(getattr(getattr(encoder, "model_cfg", None), "dtype", ""))}
+           **cache.encoder_key(encoder)}
     store = cache.EmbeddingCache(cache_dir or os.path.join(self.dir, "embeddings"), key,
                                  chunk_size=chunk_size, name=f"datastore-{max_length}", storage_dtype=cache_dtype)
     return store.get_or_encode(self.texts, lambda t: encoder.encode(

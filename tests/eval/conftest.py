@@ -91,9 +91,10 @@ def bow_encoder():
   return BagOfWordsEncoder
 
 
-def _save_tiny_llama(out, tokenizer_dir, class_name: str, num_layers: int) -> str:
+def _save_tiny_llama(out, tokenizer_dir, class_name: str, num_layers: int,
+                     vocab_size: int = 512) -> str:
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+  cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, bos_token_id=0,
                                  eos_token_id=1, pad_token_id=2)
   import torch
@@ -108,6 +109,19 @@ def _save_tiny_llama(out, tokenizer_dir, class_name: str, num_layers: int) -> st
 def tiny_model_dir(tmp_path_factory, tokenizer_dir):
   """A random 2-layer Llama in HF format with the test tokenizer."""
   return _save_tiny_llama(tmp_path_factory.mktemp("tiny_model"), tokenizer_dir, "LlamaModel", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_eos_model_dir(tmp_path_factory, tokenizer_dir):
+  """The tiny Llama with `<|endoftext|>` added to its tokenizer, which the qwen3_embedding recipe
+  appends to every text."""
+  from reasonir_jax.tokenization import load_tokenizer
+  tok = load_tokenizer(tokenizer_dir)
+  tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+  tok_dir = str(tmp_path_factory.mktemp("eos_tokenizer"))
+  tok.save_pretrained(tok_dir)
+  return _save_tiny_llama(tmp_path_factory.mktemp("tiny_eos_model"), tok_dir, "LlamaModel", 2,
+                          vocab_size=len(tok))
 
 
 @pytest.fixture(scope="session")

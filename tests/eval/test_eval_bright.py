@@ -208,3 +208,87 @@ def test_long_texts_get_smaller_batches():
   calls.clear()
   bright.encode_by_length(Enc(), texts, instruction=None, batch_size=32, max_length=2048)
   assert calls == [(32, 5)]
+
+
+def _recipe(cfg):
+  return dict(template=cfg.template, causal=cfg.causal, pooling=cfg.pooling)
+
+
+def test_cache_entries_are_per_recipe(bright_dir, tiny_eos_model_dir, tmp_path, monkeypatch):
+  # One model key, two recipes (Encoder.from_pretrained(recipe=...) reads the same files): the
+  # corpus embeddings made under one recipe must never be served under the other.
+  from reasonir_jax.encoder import Encoder
+  from reasonir_jax.model.config import RECIPES
+  corpus_calls = []
+  original = Encoder.encode
+
+  def spy(self, texts, instruction=None, **kw):
+    if instruction is None:
+      corpus_calls.append(self.model_cfg.pooling)
+    return original(self, texts, instruction=instruction, **kw)
+
+  monkeypatch.setattr(Encoder, "encode", spy)
+  ids, docs = bright_data.load_documents(bright_dir, "biology")
+  encoders = {r: Encoder.from_pretrained(tiny_eos_model_dir, dtype="float32", show_progress=False,
+                                         recipe=r) for r in RECIPES}
+
+  def corpus(recipe):
+    return bright.corpus_embeddings(encoders[recipe], "model-key", "biology", ids, docs,
+                                    max_length=64, batch_size=4, long_documents=False,
+                                    cache_dir=str(tmp_path)).to_array()
+
+  mean, last = corpus("reasonir"), corpus("qwen3_embedding")
+  assert corpus_calls == ["mean", "last_token"]
+  assert not np.allclose(mean, last, atol=1e-3)
+  # A second run of either recipe reads its own entry.
+  np.testing.assert_array_equal(corpus("reasonir"), mean)
+  np.testing.assert_array_equal(corpus("qwen3_embedding"), last)
+  assert corpus_calls == ["mean", "last_token"]
+  assert len(os.listdir(tmp_path)) == 2
+  np.testing.assert_allclose(last, encoders["qwen3_embedding"].encode(docs, max_length=64),
+                             atol=1e-6)
+  # ReasonIR's recipe keeps the key entries had before the recipe was in it.
+  assert cache.encoder_key(encoders["reasonir"]) == {"dtype": "float32"}
+  assert cache.encoder_key(encoders["qwen3_embedding"])["recipe"] == RECIPES["qwen3_embedding"]
+
+
+def test_dense_follows_the_recipe_of_an_export(bright_dir, tiny_eos_model_dir, tmp_path,
+                                               monkeypatch):
+  # An export of the causal, last-token recipe is evaluated in that recipe, read from its files
+  # (no flag): the run's scores are the cosines of that recipe's embeddings.
+  from reasonir_jax.encoder import Encoder
+  from reasonir_jax.model.config import RECIPES
+  enc = Encoder.from_pretrained(tiny_eos_model_dir, dtype="float32", show_progress=False,
+                                recipe="qwen3_embedding")
+  export = enc.save_pretrained(str(tmp_path / "export"))
+  seen = []
+  original = Encoder.encode
+
+  def spy(self, texts, instruction=None, **kw):
+    seen.append(_recipe(self.model_cfg))
+    return original(self, texts, instruction=instruction, **kw)
+
+  monkeypatch.setattr(Encoder, "encode", spy)
+  out = str(tmp_path / "out")
+  bright.main(["--model", export, "--data", bright_dir, "--tasks", "biology", "--dtype", "float32",
+               "--max-length", "64", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache"),
+               "--out", out])
+  assert seen and all(r == RECIPES["qwen3_embedding"] for r in seen)
+
+  examples = bright_data.load_examples(bright_dir, "biology")
+  ids, docs = bright_data.load_documents(bright_dir, "biology")
+  instruction = bright_data.query_instruction("biology", False)
+  run = metrics.read_trec_run(os.path.join(out, "biology.run"))
+
+  def scores(encoder):
+    q = encoder.encode([e.query for e in examples], instruction=instruction, max_length=64)
+    d = encoder.encode(docs, max_length=64)
+    return {e.id: {doc: float(q[i] @ d[ids.index(doc)]) for doc in run[e.id]}
+            for i, e in enumerate(examples)}
+
+  want = scores(enc)
+  for qid, docs_scores in run.items():
+    assert docs_scores == pytest.approx(want[qid], abs=1e-6), qid
+  mean = scores(Encoder.from_pretrained(export, dtype="float32", show_progress=False,
+                                        recipe="reasonir"))
+  assert max(abs(mean[q][d] - want[q][d]) for q in want for d in want[q]) > 1e-3
