@@ -289,6 +289,34 @@ def test_remote_hf_dir_loads_sharded_and_exports(encoder, export_dir, gcs_emulat
       assert f.read() == open(os.path.join(export_dir, name), "rb").read(), name
 
 
+def test_export_cli_from_and_to_a_bucket(encoder, tokenizer_dir, tmp_path, gcs_emulator):
+  # `python -m reasonir_jax.export` as users run it, in its own process: a training workdir in
+  # a bucket (Orbax through gcsfs and TensorStore's gcs driver) exported to the bucket (gcsfs),
+  # then loaded back from there with the embeddings of the encoder that was saved.
+  import subprocess
+  import sys
+  from reasonir_jax import Encoder
+  from reasonir_jax import paths
+  bucket = gcs_emulator.bucket()
+  _training_workdir(encoder, tokenizer_dir, str(tmp_path / "run"))
+  gcs_emulator.upload(tmp_path / "run", f"{bucket}/run")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.export", "--workdir", f"{bucket}/run",
+                         "--out", f"{bucket}/export", "--prompt", f"biology={INSTRUCTION}",
+                         "--max-length", "64"], env=env, cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not (tmp_path / "gs:").exists()  # nothing went to a local ./gs:/ folder
+  for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json",
+               "1_Pooling/config.json"):
+    assert paths.exists(f"{bucket}/export/{name}"), name
+  loaded = Encoder.from_pretrained(f"{bucket}/export", dtype="float32", show_progress=False)
+  assert loaded.model_cfg == encoder.model_cfg
+  for inst in (INSTRUCTION, None):
+    np.testing.assert_allclose(loaded.encode(TEXTS, inst, max_length=64),
+                               encoder.encode(TEXTS, inst, max_length=64), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def qwen_src(tmp_path_factory, qwen_tokenizer_dir, qwen3_dir_factory):
   """A tiny Qwen3 checkpoint with the Qwen-like tokenizer (no BOS)."""
