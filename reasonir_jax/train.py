@@ -129,9 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
 
   latest = manager.latest_step()
   if latest is not None:
-    state, data_state = manager.restore(trainer.abstract_state(), latest)
-    if data_state is not None:
-      data_iterator.set_state(data_state)
+    state, _ = manager.restore(trainer.abstract_state(), latest, data_iterator=data_iterator)
     log.info("resumed from %s at step %d", manager.directory, latest)
   elif config.init_from:
     from reasonir_jax.hf import load_hf
@@ -186,7 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
       meter.add(trainer.global_batch, *flops_lib.step_counts(
           trainer.model_cfg, batch, trainer.global_batch, group, trainer.chunk,
           trainer.packed_rows, attention))
-      if not skipped and manager.save(state, data_iterator.get_state(), step=step):
+      if not skipped and manager.save(state, data_iterator, step=step):
         last_saved = step
       if step % log_every == 0 or step == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -208,13 +206,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
                       last_committed(manager))
           raise preemption.Preempted(step, abandoned=manager.saving())
         if plan.save:
-          manager.save(state, data_iterator.get_state(), step=step, force=True)
+          manager.save(state, data_iterator, step=step, force=True)
         manager.wait()
         log.warning("preempted: checkpoint of step %d committed in %s (%s); exiting with status %d",
                     step, manager.directory, plan.reason, preemption.EXIT_PREEMPTED)
         raise preemption.Preempted(step)
     if last_saved != step:
-      manager.save(state, data_iterator.get_state(), step=step, force=True)
+      manager.save(state, data_iterator, step=step, force=True)
     manager.wait()
   finally:
     watch.__exit__()
