@@ -31,10 +31,12 @@ local disk of a TPU VM; staging every file on every host would multiply the down
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
 import threading
+import uuid
 
 import grain
 import numpy as np
@@ -118,7 +120,11 @@ def index_block(num_files: int, process_index: int, process_count: int) -> range
 
 # ---- indexing and staging ----------------------------------------------------------------------
 class FileIndexer:
-  """Stages (if remote) and indexes files, each once per process."""
+  """Stages (if remote) and indexes files, each once per process. A file's offset index is
+  built once and kept beside the staged copies (`<stage_dir>/index/`, keyed by the file's path,
+  size and modification time), so a restart reads it back instead of scanning every header
+  again. Only clean indexes are kept: a file with a corrupt tail is scanned each time, so the
+  skip is logged and counted again."""
 
   def __init__(self, skip_corrupt: bool = False, stage_dir: str | None = None):
     self.skip_corrupt = skip_corrupt
@@ -137,12 +143,33 @@ class FileIndexer:
       local = paths_lib.stage_local(path, self.stage_dir)
       if local != path:
         log.info("staged %s to %s", path, local)
-      index = build_offset_index(local, skip_corrupt=self.skip_corrupt)
+      index = self._index(path, local)
       for offset, reason in index.corrupt:
         log.warning("skipping corrupt TFRecord data in %s at byte offset %d: %s (rest of file)",
                     local, offset, reason)
       self._done[path] = (local, index)
     return self._done[path]
+
+  def _index_file(self, path: str, local: str) -> str:
+    st = os.stat(local)
+    key = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return os.path.join(self.stage_dir, "index", f"{key}-{os.path.basename(local)}.npz")
+
+  def _index(self, path: str, local: str) -> IndexResult:
+    cached = self._index_file(path, local)
+    if os.path.isfile(cached):
+      with np.load(cached) as z:
+        return IndexResult(z["offsets"].tolist(), z["lengths"].tolist(), [])
+    index = build_offset_index(local, skip_corrupt=self.skip_corrupt)
+    if not index.corrupt:
+      os.makedirs(os.path.dirname(cached), exist_ok=True)
+      # A unique temporary name, then an atomic rename: processes on one host may index the
+      # same file at once.
+      tmp = f"{cached}.tmp-{uuid.uuid4().hex[:8]}.npz"
+      np.savez(tmp, offsets=np.asarray(index.offsets, np.int64),
+               lengths=np.asarray(index.lengths, np.int64))
+      os.replace(tmp, cached)
+    return index
 
 
 def file_record_counts(paths: list[str], indexer: FileIndexer, process_index: int,

@@ -93,3 +93,21 @@ def test_a_source_with_fewer_records_than_processes_names_the_fix():
   with pytest.raises(ValueError, match="source 'hq' has 12 records but there are 16 processes"):
     sources.record_share(12, 0, 16, "hq")
 
+
+def test_offset_index_is_built_once_and_rebuilt_when_the_file_changes(tmp_path, monkeypatch):
+  rows = [TrainingRow(row_id=f"r{i}", source="one", query=f"q {i}", positives=[f"p {i}"],
+                      negatives=[f"n {i}"]) for i in range(6)]
+  write_rows(rows, str(tmp_path / "data"), "one", 1)
+  path = str(next((tmp_path / "data").glob("one-*.tfrecord")))
+  stage = str(tmp_path / "stage")
+  scans = []
+  real = sources.build_offset_index
+  monkeypatch.setattr(sources, "build_offset_index",
+                      lambda p, **kw: scans.append(p) or real(p, **kw))
+  first = sources.FileIndexer(stage_dir=stage)(path)[1]
+  again = sources.FileIndexer(stage_dir=stage)(path)[1]  # a restarted process
+  assert len(scans) == 1 and len(first.offsets) == 6
+  assert (again.offsets, again.lengths) == (first.offsets, first.lengths)
+  write_rows(rows[:4], str(tmp_path / "data"), "one", 1)  # the same name, other records
+  changed = sources.FileIndexer(stage_dir=stage)(path)[1]
+  assert len(scans) == 2 and len(changed.offsets) == 4
