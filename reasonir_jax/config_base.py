@@ -1,7 +1,7 @@
 """The base config every variant starts from: model, mesh, sharding rules, data, optimiser, training.
 
-Variants (`configs/tiny.py`, `configs/llama3_8b.py`) call `base_config()` and change a few
-fields. Every field can be overridden on the command line, e.g. `--config.optim.lr=1e-5`.
+Variants (`configs/tiny.py`, `configs/llama3_8b.py`, `configs/qwen3_8b.py`, ...) call
+`base_config()` and change a few fields. Every field can be overridden on the command line, e.g. `--config.optim.lr=1e-5`.
 """
 import ml_collections
 
@@ -38,6 +38,15 @@ def model_config() -> ml_collections.ConfigDict:
       # attention: "auto" (splash on TPU, cudnn on NVIDIA GPU, xla elsewhere), "xla", "splash",
       # "cudnn" (reasonir_jax.model.attention).
       attention="auto",
+      # model_type: "llama" or "qwen3" (per-head q/k RMSNorm); taken from init_from's config.json.
+      model_type="llama",
+      tie_word_embeddings=False,  # recorded for export: the encoder has no LM head
+      # The embedding recipe (ModelConfig.RECIPES): ReasonIR's bidirectional attention, GritLM
+      # template and mean pooling, or Qwen3-Embedding's causal attention, instruction format
+      # ("qwen3_embedding": EOS appended) and last-token pooling (configs/qwen3_embedding_8b.py).
+      causal=False,
+      template="reasonir",
+      pooling="mean",
   ))
 
 
@@ -151,5 +160,12 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,
       # The step waits only for the device-to-host copy; the write runs in the background.
       async_save=True,
+      # The fast tier: each process's own shards on a disk of its own host ("" = off), read
+      # back first by a restart on the same hosts (training/local_checkpoint.py). A deleted or
+      # replaced host falls back to the checkpoints above.
+      local_dir="",
+      local_every_steps=0,
+      local_every_seconds=0.0,
+      local_keep=1,
   ))
   return c
