@@ -137,12 +137,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   from_local = local.restore(trainer.abstract_state(), latest) if local is not None else None
   if from_local is not None:
     state, data_state, local_step = from_local
-    local_checkpoint.set_data_state(data_iterator, data_state)
+    if data_state is not None:
+      local_checkpoint.set_data_state(data_iterator, data_state)
     log.info("resumed from the local checkpoint in %s at step %d", local.directory, local_step)
   elif latest is not None:
-    state, data_state = manager.restore(trainer.abstract_state(), latest)
-    if data_state is not None:
-      data_iterator.set_state(data_state)
+    state, _ = manager.restore(trainer.abstract_state(), latest, data_iterator=data_iterator)
     log.info("resumed from %s at step %d", manager.directory, latest)
   elif config.init_from:
     from reasonir_jax.hf import load_hf
@@ -197,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
       meter.add(trainer.global_batch, *flops_lib.step_counts(
           trainer.model_cfg, batch, trainer.global_batch, group, trainer.chunk,
           trainer.packed_rows, attention))
-      if not skipped and manager.save(state, data_iterator.get_state(), step=step):
+      if not skipped and manager.save(state, data_iterator, step=step):
         last_saved = step
         if local is not None:
           local.restart_clock()
@@ -225,13 +224,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
                       last_committed(manager))
           raise preemption.Preempted(step, abandoned=manager.saving())
         if plan.save:
-          manager.save(state, data_iterator.get_state(), step=step, force=True)
+          manager.save(state, data_iterator, step=step, force=True)
         manager.wait()
         log.warning("preempted: checkpoint of step %d committed in %s (%s); exiting with status %d",
                     step, manager.directory, plan.reason, preemption.EXIT_PREEMPTED)
         raise preemption.Preempted(step)
     if last_saved != step:
-      manager.save(state, data_iterator.get_state(), step=step, force=True)
+      manager.save(state, data_iterator, step=step, force=True)
     manager.wait()
   finally:
     watch.__exit__()

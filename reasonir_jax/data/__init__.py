@@ -6,10 +6,9 @@
   writer.py         ShardWriter, write_rows (atomic, sharded)
   reader.py         read_rows (sequential), expand_paths
   convert.py        reference JSONL -> TFRecords (python -m reasonir_jax.data.convert)
-  sources.py        config.data.sources, per-process file sharding, Grain record source
+  sources.py        config.data.sources, per-process record shares, Grain record datasets
   mixing.py         which records make up each batch (reference epoch plan, or weighted)
-  batching.py       HostBatchIterator: rows -> tokenized, padded numpy batches
-  prefetch.py       background planning + tokenizer threads
+  batching.py       HostBatchIterator (a Grain iterator): rows -> tokenized, padded numpy batches
   pipeline.py       make_train_iterator / make_host_iterator (global jax.Arrays / numpy)
   sample.py         paths of the shipped sample data and tokenizer
 

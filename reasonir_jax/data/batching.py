@@ -13,11 +13,14 @@ texts and cut tokens are counted in stats() ("packing_*") and logged.
 Its state is a small JSON dict (the batch counter, the mixing mode and its position: epoch and
 batch within it, or one read cursor per source; the stats);
 every batch is a pure function of (seed, state), so restoring the state continues exactly.
-Planning (`plan_next`: reading, sampling) is sequential and cheap; `tokenize` is a pure
-function that worker threads may run (prefetch.py).
+It is a Grain `DatasetIterator`: pipeline.py runs it ahead of the step in Grain's prefetch
+thread, and Grain's checkpoint handler saves its state as an item of the Orbax checkpoint.
+Planning (`plan_next`: reading, sampling) is sequential and cheap; tokenizing a batch is a pure
+function, split over `num_workers` threads.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import json
@@ -25,6 +28,7 @@ import logging
 import threading
 from typing import Any
 
+import grain
 import numpy as np
 
 from reasonir_jax.data import mixing as mixing_lib
@@ -38,8 +42,8 @@ from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 
 log = logging.getLogger(__name__)
 
-# 2: the mixing mode and its position; a version 1 state is a weighted one.
-STATE_VERSION = 2
+# 3: record shares (2: file shares, whose positions do not carry over); 2 added the mixing mode.
+STATE_VERSION = 3
 # Packing counters in stats() (with config.data.packing): batches with a cut, texts cut, tokens
 # cut, and kept tokens / token slots (the fill rate). Resumable, like every other counter.
 PACKING_STATS = ("packing_overflow_batches", "packing_cut_texts", "packing_cut_tokens",
@@ -87,11 +91,16 @@ def _resolve_pattern(pattern: str) -> str:
   return pattern
 
 
-class HostBatchIterator:
-  """Yields this process's share of each global batch as numpy arrays (see module docstring)."""
+class HostBatchIterator(grain.DatasetIterator):
+  """Yields this process's share of each global batch as numpy arrays (see module docstring).
+  A Grain iterator, so Grain's prefetch and checkpointing take it as it is. `num_workers` > 1
+  threads tokenize the texts of a batch in parallel (the Rust tokenizer releases the GIL)."""
 
   def __init__(self, config, tokenizer, *, process_index: int | None = None,
-               process_count: int | None = None, local_batch_size: int | None = None):
+               process_count: int | None = None, local_batch_size: int | None = None,
+               num_workers: int = 0):
+    super().__init__()
+    self._pool = None  # the tokenizer threads, made last (close() may run after a failed init)
     d = config.data
     self.process_index, self.process_count = process_info(process_index, process_count)
     global_batch = int(config.train.global_batch_size)
@@ -117,29 +126,31 @@ class HostBatchIterator:
     self._local = threading.local()
 
     self.specs = sources_lib.parse_sources(d.sources)
-    self.datasets, self.record_sources = [], []
-    self._stats = {"batches": 0, "rows_read": 0, "rows_used": 0, "dropped_long_instruction": 0,
+    self._counters = {"batches": 0, "rows_read": 0, "rows_used": 0, "dropped_long_instruction": 0,
                    "skipped_corrupt": 0, "rows_without_negatives": 0,
                    "rows_per_source": {s.name: 0 for s in self.specs}}
     if self.packing:
-      self._stats.update(dict.fromkeys(PACKING_STATS, 0))
-    all_paths = []
+      self._counters.update(dict.fromkeys(PACKING_STATS, 0))
+    indexer = sources_lib.FileIndexer(self.skip_corrupt)
+    self.shares, self.datasets = [], []
     for i, spec in enumerate(self.specs):
-      paths = expand_paths(_resolve_pattern(spec.pattern))
-      all_paths.append(paths)
-      local = sources_lib.shard_files(paths, self.process_index, self.process_count, spec.name)
-      src = sources_lib.TFRecordIndexSource(local, skip_corrupt=self.skip_corrupt)
-      self._stats["skipped_corrupt"] += len(src.corrupt_tails)
-      self.record_sources.append(src)
-      self.datasets.append(sources_lib.shuffled_records(src, seed=self.seed * 131 + i))
-      log.info("source %s: %d of %d files, %d records on process %d/%d", spec.name, len(local),
-               len(paths), len(src), self.process_index, self.process_count)
-    self.mixer = self._make_mixer(config, all_paths)
+      share = sources_lib.open_share(spec.name, expand_paths(_resolve_pattern(spec.pattern)),
+                                     indexer, self.process_index, self.process_count)
+      self._counters["skipped_corrupt"] += share.skipped_corrupt
+      self.shares.append(share)
+      self.datasets.append(sources_lib.shuffled_records(share.records, seed=self.seed * 131 + i))
+      log.info("source %s: records %d..%d of %d (in %d of %d files) on process %d/%d", spec.name,
+               share.share.start, share.share.stop - 1, share.total, share.files_read,
+               share.num_files, self.process_index, self.process_count)
+    self.mixer = self._make_mixer(config)
     self._batch_index = 0
+    self._workers = int(num_workers)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(self._workers, "input-tokenize")
+                  if self._workers > 1 else None)
 
-  def _make_mixer(self, config, all_paths):
+  def _make_mixer(self, config):
     names = [s.name for s in self.specs]
-    local = [len(src) for src in self.record_sources]
+    local = [len(share) for share in self.shares]
     if self.mixing == "weighted":
       return mixing_lib.WeightedMixer(names, [s.weight for s in self.specs], local,
                                       self.batch_size, self.process_index, self.seed,
@@ -153,8 +164,8 @@ class HostBatchIterator:
     if not config.data.single_source_batches:
       raise ValueError("config.data.single_source_batches=False needs config.data.mixing="
                        "'weighted' (the reference plan mixes sources only in remainder batches)")
-    counts = sources_lib.records_per_process(local, all_paths, self.process_index,
-                                             self.process_count, self.skip_corrupt)
+    # Equal shares: every process holds the same number of records of each source.
+    counts = np.tile(np.asarray(local, np.int64), (self.process_count, 1))
     return mixing_lib.ReferenceMixer(names, counts, self.batch_size, self.process_index,
                                      self.seed)
 
@@ -162,14 +173,22 @@ class HostBatchIterator:
   def get_state(self) -> dict[str, Any]:
     return {"version": STATE_VERSION, "batch_index": self._batch_index, "mixing": self.mixing,
             **self.mixer.get_state(self._batch_index), "process_index": self.process_index,
-            "process_count": self.process_count, "stats": json.loads(json.dumps(self._stats))}
+            "process_count": self.process_count, "stats": json.loads(json.dumps(self._counters))}
 
   def set_state(self, state: dict[str, Any] | bytes | str) -> None:
     if isinstance(state, (bytes, str)):
       state = json.loads(state)
+    if state.get("version") in (1, 2) and state.get("process_count", 1) != 1:
+      # One process's share was every file, in order, as it is now; a share of files is not one
+      # of records.
+      raise ValueError(
+          f"input pipeline state version {state['version']} of {state['process_count']} "
+          f"processes was written when processes split the data by file; the input is now split "
+          f"by record, so its position does not exist here: start a new workdir (from an export "
+          f"of the old one: --config.init_from)")
     if state.get("version") == 1:
       state = {**state, "mixing": "weighted"}
-    elif state.get("version") != STATE_VERSION:
+    elif state.get("version") not in (2, STATE_VERSION):
       raise ValueError(f"input pipeline state version {state.get('version')!r}, expected {STATE_VERSION}")
     if state["mixing"] != self.mixing:
       raise ValueError(f"input pipeline state was written with config.data.mixing="
@@ -178,16 +197,19 @@ class HostBatchIterator:
     if (state["process_index"], state["process_count"]) != (self.process_index, self.process_count):
       raise ValueError(
           f"input pipeline state is of process {state['process_index']}/{state['process_count']},"
-          f" this is {self.process_index}/{self.process_count}")
+          f" this is {self.process_index}/{self.process_count}: a position is in one process's "
+          f"share of the records, and the shares depend on the process count; resume with "
+          f"{state['process_count']} processes, or start a new workdir from an export "
+          f"(--config.init_from)")
     self.mixer.set_state(state)
     self._batch_index = int(state["batch_index"])
-    self._stats = json.loads(json.dumps(state["stats"]))
+    self._counters = json.loads(json.dumps(state["stats"]))
     if self.packing:
       for k in PACKING_STATS:
-        self._stats.setdefault(k, 0)
+        self._counters.setdefault(k, 0)
 
   def stats(self) -> dict[str, Any]:
-    return json.loads(json.dumps(self._stats))
+    return json.loads(json.dumps(self._counters))
 
   # -- batches -------------------------------------------------------------------------------
   def _read(self, s: int, pos: int) -> tuple[TrainingRow, int] | None:
@@ -200,13 +222,13 @@ class HostBatchIterator:
       row = example_bytes_to_row(data)
     except ExampleParseError as e:
       return self._skip(CorruptRecordError(path, offset, str(e)))
-    self._stats["rows_read"] += 1
+    self._counters["rows_read"] += 1
     return row, pos
 
   def _skip(self, error: CorruptRecordError):
     if not self.skip_corrupt:
       raise error
-    self._stats["skipped_corrupt"] += 1
+    self._counters["skipped_corrupt"] += 1
     log.warning("skipped %s", error)
     return None
 
@@ -234,7 +256,7 @@ class HostBatchIterator:
     inst = row.negative_instruction
     if not negs:
       # No mined negative: use other rows' positives (plain in-batch negatives), counted.
-      self._stats["rows_without_negatives"] += 1
+      self._counters["rows_without_negatives"] += 1
       negs, inst = fallback, row.positive_instruction
       if not negs:
         raise ValueError(
@@ -264,14 +286,14 @@ class HostBatchIterator:
         row, pos = got
         if self._fits(row):
           break
-        self._stats["dropped_long_instruction"] += 1
+        self._counters["dropped_long_instruction"] += 1
       else:  # a whole epoch without a usable row: would loop forever
         raise ValueError(
             f"source {self.specs[s].name!r}: no usable row (not already in the batch) in a "
             f"full pass over its "
-            f"{len(self.record_sources[s])} local records (all corrupt, or every instruction "
+            f"{len(self.shares[s])} records of this process's share (all corrupt, or every instruction "
             f"reaches max_length {self.query_max_length}/{self.passage_max_length}); "
-            f"stats: {self._stats}")
+            f"stats: {self._counters}")
       rows.append((row, s, pos))
     all_positives = [r.positives[0] for r, _, _ in rows]
     raw = RawBatch([], [], [], [], [])
@@ -283,9 +305,9 @@ class HostBatchIterator:
       for inst, text in self._pick_passages(row, s, pos, others):
         raw.passages.append(text)
         raw.passage_instructions.append(inst or None)
-      self._stats["rows_per_source"][self.specs[s].name] += 1
-    self._stats["rows_used"] += len(rows)
-    self._stats["batches"] += 1
+      self._counters["rows_per_source"][self.specs[s].name] += 1
+    self._counters["rows_used"] += len(rows)
+    self._counters["batches"] += 1
     self._batch_index += 1
     return raw
 
@@ -295,10 +317,10 @@ class HostBatchIterator:
 
   def tokenize_counted(self, raw: "RawBatch") -> tuple[Batch, dict[str, int]]:
     """(batch, its packing counters): the counters are added to stats() in delivery order, so
-    they are part of the resumable state (prefetch tokenizes ahead, out of order)."""
+    they are part of the resumable state."""
+    q_enc = self._encode(raw.queries, raw.query_instructions, self.query_max_length)
+    p_enc = self._encode(raw.passages, raw.passage_instructions, self.passage_max_length)
     tok = self._thread_tokenizer()
-    q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
-    p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
     rows = {"weight": np.asarray(raw.weights, np.float32)}  # per query, in query order
     if self.packing:
       counts = dict.fromkeys(PACKING_STATS, 0)
@@ -336,6 +358,21 @@ class HostBatchIterator:
     return packed_arrays(encoded, rows, row_length, self.tok.pad_id,
                          text_offset=self.process_index * len(encoded))
 
+  def _encode(self, texts: list[str], instructions: list[str | None], max_length: int):
+    """Tokenizes texts in order; with worker threads, in contiguous chunks (same result)."""
+    if self._pool is None or len(texts) < 2:
+      return self._thread_tokenizer().encode(texts, instructions, max_length)
+    step = -(-len(texts) // self._workers)
+    chunks = [self._pool.submit(lambda a: self._thread_tokenizer().encode(
+        texts[a:a + step], instructions[a:a + step], max_length), a)
+              for a in range(0, len(texts), step)]
+    return [enc for chunk in chunks for enc in chunk.result()]
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+    super().close()
+
   def _thread_tokenizer(self) -> PromptTokenizer:
     # HF fast tokenizers reconfigure their Rust backend on every call, which is not safe to
     # share between threads ("Already borrowed"): each worker thread gets its own copy.
@@ -349,7 +386,7 @@ class HostBatchIterator:
 
   def __next__(self) -> Batch:
     batch, counts = self.tokenize_counted(self.plan_next())
-    add_counts(self._stats, counts)
+    add_counts(self._counters, counts)
     return batch
 
 

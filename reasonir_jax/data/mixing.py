@@ -12,13 +12,13 @@
       endless reshuffled stream.
 
 Multi-process: a global batch of B rows is `process_count` local batches of b = B / P rows, each
-process reading its own files (sources.py). The reference plan is made from the record counts
-of every source on every process, so every process computes the same sequence of batch kinds
-(source s, or mixed) and reads its b rows of each from its own records. A source gives
-min over processes of floor(n_ps / b) single-source batches (floor(n_s / B) when the files split
-evenly); what a process has beyond that goes to its remainder pool, which gives
-min over processes of floor(pool_p / b) mixed batches. With one process this is the reference's
-sampler exactly.
+process reading its own share of the records (sources.py: equal shares). The reference plan is
+made from the record counts of every source on every process, so every process computes the
+same sequence of batch kinds (source s, or mixed) and reads its b rows of each from its own
+records. A source gives min over processes of floor(n_ps / b) single-source batches; what a
+process has beyond that goes to its remainder pool, which gives min over processes of
+floor(pool_p / b) mixed batches (with equal shares the minima are every process's own numbers).
+With one process this is the reference's sampler exactly.
 
 A mixer hands out, for each local row of a batch, its source and the stream positions to try in
 order (`sources.shuffled_records`: position e * n + k is the k-th record of epoch e's

@@ -1,32 +1,48 @@
-"""Training sources: parsing `config.data.sources`, per-process file sharding, the offset index
-that gives Grain random access to TFRecord records, and the record counts of every process
-(which the mixing plan, mixing.py, is made from).
+"""Training sources: parsing `config.data.sources`, per-process record shares, the offset index
+that gives Grain random access to TFRecord records, and each share as a Grain dataset.
+
+Sharding is by record, not by file. A source's records, numbered in file order, are cut into
+`process_count` equal contiguous shares of floor(n / P) records; process p reads records
+p*m .. p*m+m-1 (a Grain slice of the source's record index), whatever the number of files (one
+file on 16 processes works). Equal shares make every host cycle its records at the same rate,
+so every record of a source is drawn at the same rate whichever host holds it; the n mod P
+(< P) records after the last share are left out and logged. Contiguous shares keep each
+process's share in as few files as possible.
 
 Why an offset index rather than a sequential TFRecord reader: with the byte offset of every
 record known, a record is one seek + read, so Grain can shuffle globally (a fresh permutation of
-all local records each epoch) and any record of any epoch is one integer (stream position
-epoch * n + k), which makes the iterator state tiny, exact and cheap to restore.
+a share's records each epoch) and any record of any epoch is one integer (stream position
+epoch * m + k), which makes the iterator state tiny, exact and cheap to restore.
 
-Remote files (gs://...) are staged, not streamed: each process copies its own share of the files
-to local disk once (one sequential, buffered download per file; reused after a restart), then
-indexes and reads the local copies. A global shuffle reads records in random order, which over
-GCS would cost a network round trip per record; streaming would give that shuffle up (and make
-the read position depend on buffer state). A process's share is 1/N of the data, which fits
-the local disk of a TPU VM.
+The shares need every file's record count. Each process indexes (and, if remote, stages) one
+contiguous block of the files, and one all-gather at start-up gives every process all counts;
+then each process indexes the files that hold its share. Processes simulated in one (tests,
+`process_count` given without a JAX cluster of that size) index every file themselves.
+
+Remote files (gs://...) are staged, not streamed: a process copies to local disk only the files
+of its index block and the files that hold its share (one sequential, buffered download per
+file; reused after a restart), then indexes and reads the local copies. A global shuffle reads
+records in random order, which over GCS would cost a network round trip per record; streaming
+would give that shuffle up (and make the read position depend on buffer state). Contiguous
+shares and contiguous index blocks line up when files are of similar size, so a process stages
+about 1/P of the data plus at most the two files its share's ends fall into, which fits the
+local disk of a TPU VM; staging every file on every host would multiply the download by P.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
 import threading
+import uuid
 
 import grain
 import numpy as np
 
 from reasonir_jax import paths as paths_lib
-from reasonir_jax.data.tfrecord import build_offset_index, read_record_at
+from reasonir_jax.data.tfrecord import IndexResult, build_offset_index, read_record_at
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +89,120 @@ def parse_sources(spec: str) -> list[SourceSpec]:
   return out
 
 
-def shard_files(paths: list[str], process_index: int, process_count: int,
-                source: str) -> list[str]:
-  """The files this process reads: every process_count-th file, starting at process_index."""
-  if len(paths) < process_count:
+# ---- record shares (pure arithmetic: plans for any process count, without processes) ------------
+def record_share(total: int, process_index: int, process_count: int, source: str) -> range:
+  """The global record numbers process `process_index` reads: an equal contiguous share."""
+  per = total // process_count
+  if per == 0:
     raise ValueError(
-        f"source {source!r} has {len(paths)} files but there are {process_count} processes; "
-        f"files are split between processes, so write at least {process_count} shards")
-  return paths[process_index::process_count]
+        f"source {source!r} has {total} records but there are {process_count} processes: each "
+        f"process reads an equal share of every source's records, so a source needs at least "
+        f"{process_count} records (add records, or leave the source out)")
+  return range(process_index * per, (process_index + 1) * per)
+
+
+def file_pieces(file_counts: list[int], share: range) -> list[tuple[int, int, int]]:
+  """(file number, first record, end record) within each file that holds part of `share`."""
+  out, start = [], 0
+  for i, n in enumerate(file_counts):
+    lo, hi = max(share.start, start), min(share.stop, start + int(n))
+    if lo < hi:
+      out.append((i, lo - start, hi - start))
+    start += int(n)
+  return out
+
+
+def index_block(num_files: int, process_index: int, process_count: int) -> range:
+  """The files a process indexes for the start-up count (contiguous, like the shares)."""
+  return range(process_index * num_files // process_count,
+               (process_index + 1) * num_files // process_count)
+
+
+# ---- indexing and staging ----------------------------------------------------------------------
+class FileIndexer:
+  """Stages (if remote) and indexes files, each once per process. A file's offset index is
+  built once and kept beside the staged copies (`<stage_dir>/index/`, keyed by the file's path,
+  size and modification time), so a restart reads it back instead of scanning every header
+  again. Only clean indexes are kept: a file with a corrupt tail is scanned each time, so the
+  skip is logged and counted again."""
+
+  def __init__(self, skip_corrupt: bool = False, stage_dir: str | None = None):
+    self.skip_corrupt = skip_corrupt
+    self.stage_dir = stage_dir or os.environ.get("REASONIR_STAGE_DIR") or os.path.join(
+        tempfile.gettempdir(), "reasonir_stage")
+    self._done: dict[str, tuple[str, IndexResult]] = {}
+
+  @property
+  def indexed(self) -> list[str]:
+    """The files indexed so far (remote ones were staged), in order."""
+    return list(self._done)
+
+  def __call__(self, path: str) -> tuple[str, IndexResult]:
+    """(local path, offset index) of `path`."""
+    if path not in self._done:
+      local = paths_lib.stage_local(path, self.stage_dir)
+      if local != path:
+        log.info("staged %s to %s", path, local)
+      index = self._index(path, local)
+      for offset, reason in index.corrupt:
+        log.warning("skipping corrupt TFRecord data in %s at byte offset %d: %s (rest of file)",
+                    local, offset, reason)
+      self._done[path] = (local, index)
+    return self._done[path]
+
+  def _index_file(self, path: str, local: str) -> str:
+    st = os.stat(local)
+    key = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return os.path.join(self.stage_dir, "index", f"{key}-{os.path.basename(local)}.npz")
+
+  def _index(self, path: str, local: str) -> IndexResult:
+    cached = self._index_file(path, local)
+    if os.path.isfile(cached):
+      with np.load(cached) as z:
+        return IndexResult(z["offsets"].tolist(), z["lengths"].tolist(), [])
+    index = build_offset_index(local, skip_corrupt=self.skip_corrupt)
+    if not index.corrupt:
+      os.makedirs(os.path.dirname(cached), exist_ok=True)
+      # A unique temporary name, then an atomic rename: processes on one host may index the
+      # same file at once.
+      tmp = f"{cached}.tmp-{uuid.uuid4().hex[:8]}.npz"
+      np.savez(tmp, offsets=np.asarray(index.offsets, np.int64),
+               lengths=np.asarray(index.lengths, np.int64))
+      os.replace(tmp, cached)
+    return index
+
+
+def file_record_counts(paths: list[str], indexer: FileIndexer, process_index: int,
+                       process_count: int) -> np.ndarray:
+  """The record count of every file. In a multi-process JAX run each process indexes its block
+  and one all-gather (in program order on every process) shares the counts."""
+  import jax
+  distributed = process_count > 1 and jax.process_count() == process_count
+  mine = index_block(len(paths), process_index, process_count) if distributed else range(len(paths))
+  local = np.zeros(len(paths), np.int64)
+  for i in mine:
+    local[i] = len(indexer(paths[i])[1].offsets)
+  if not distributed:
+    return local
+  from jax.experimental import multihost_utils
+  # int32: what JAX carries without x64; each file is counted by exactly one process.
+  gathered = multihost_utils.process_allgather(local.astype(np.int32))
+  return np.asarray(gathered, np.int64).reshape(process_count, len(paths)).sum(axis=0)
 
 
 class TFRecordIndexSource(grain.sources.RandomAccessDataSource):
-  """Random access to the records of some TFRecord files: item i -> (path, offset, bytes).
-  Remote files are first staged to `stage_dir` (default: REASONIR_STAGE_DIR, else a folder in
-  the system temporary directory)."""
+  """Random access to the records of indexed local TFRecord files: item i -> (path, offset,
+  bytes). `files` are (local path, offset index) pairs, e.g. from `FileIndexer`."""
 
-  def __init__(self, paths: list[str], skip_corrupt: bool = False, stage_dir: str | None = None):
-    stage_dir = stage_dir or os.environ.get("REASONIR_STAGE_DIR") or os.path.join(
-        tempfile.gettempdir(), "reasonir_stage")
-    self.paths = [paths_lib.stage_local(p, stage_dir) for p in paths]
-    staged = sum(a != b for a, b in zip(paths, self.paths))
-    if staged:
-      log.info("staged %d remote files to %s", staged, stage_dir)
-    file_ids, offsets, lengths = [], [], []
-    self.corrupt_tails = []  # (path, offset, reason) of unreadable file ends (only when skipping)
-    for i, path in enumerate(self.paths):
-      index = build_offset_index(path, skip_corrupt=skip_corrupt)
-      file_ids.extend([i] * len(index.offsets))
-      offsets.extend(index.offsets)
-      lengths.extend(index.lengths)
-      for offset, reason in index.corrupt:
-        log.warning("skipping corrupt TFRecord data in %s at byte offset %d: %s (rest of file)",
-                    path, offset, reason)
-        self.corrupt_tails.append((path, offset, reason))
-    self._file_ids = np.asarray(file_ids, np.int32)
-    self._offsets = np.asarray(offsets, np.int64)
-    self._lengths = np.asarray(lengths, np.int64)
+  def __init__(self, files: list[tuple[str, IndexResult]]):
+    self.paths = [path for path, _ in files]
+    self._file_ids = np.concatenate(
+        [np.full(len(index.offsets), i, np.int32) for i, (_, index) in enumerate(files)]
+        or [np.zeros(0, np.int32)])
+    self._offsets = np.concatenate([np.asarray(index.offsets, np.int64) for _, index in files]
+                                   or [np.zeros(0, np.int64)])
+    self._lengths = np.concatenate([np.asarray(index.lengths, np.int64) for _, index in files]
+                                   or [np.zeros(0, np.int64)])
     self._local = threading.local()
 
   def __len__(self) -> int:
@@ -131,36 +225,43 @@ class TFRecordIndexSource(grain.sources.RandomAccessDataSource):
     return f"TFRecordIndexSource({len(self.paths)} files, {len(self)} records)"
 
 
-def records_per_process(local_counts: list[int], paths: list[list[str]], process_index: int,
-                        process_count: int, skip_corrupt: bool = False) -> np.ndarray:
-  """counts[p, s]: the records of source s that process p reads (source s's files are
-  `paths[s]`; this process's counts are `local_counts`). In a multi-process JAX run the counts
-  come from every process's own offset index (one small all-gather at start-up, in program
-  order on every process). Processes simulated in one (tests, `process_count` given without a
-  JAX cluster of that size) count the other shares' records themselves, from their headers."""
-  local = np.asarray(local_counts, np.int64)
-  if process_count == 1:
-    return local[None, :]
-  import jax
-  if jax.process_count() == process_count:
-    from jax.experimental import multihost_utils
-    # int32: what JAX carries without x64.
-    counts = np.asarray(multihost_utils.process_allgather(local.astype(np.int32)), np.int64)
-    return counts.reshape(process_count, len(local))
-  counts = np.zeros((process_count, len(local)), np.int64)
-  for p in range(process_count):
-    for s, source_paths in enumerate(paths):
-      if p == process_index:
-        counts[p, s] = local[s]
-      else:
-        share = source_paths[p::process_count]
-        counts[p, s] = sum(len(build_offset_index(f, skip_corrupt=skip_corrupt).offsets)
-                           for f in share)
-  return counts
+@dataclasses.dataclass
+class SourceShare:
+  """One source as one process reads it: `records` is a Grain dataset of its share (item k ->
+  (path, offset, bytes)); `skipped_corrupt` the corrupt file tails this process counts (those
+  of its index block, so each is counted once over all processes)."""
+  name: str
+  total: int
+  share: range
+  num_files: int
+  files_read: int
+  records: grain.MapDataset
+  skipped_corrupt: int
+
+  def __len__(self) -> int:
+    return len(self.share)
 
 
-def shuffled_records(source: TFRecordIndexSource, seed: int) -> grain.MapDataset:
+def open_share(name: str, paths: list[str], indexer: FileIndexer, process_index: int,
+               process_count: int) -> SourceShare:
+  """This process's share of a source's files `paths` (see the module docstring)."""
+  counts = file_record_counts(paths, indexer, process_index, process_count)
+  total = int(counts.sum())
+  share = record_share(total, process_index, process_count, name)
+  pieces = file_pieces(counts.tolist(), share)
+  source = TFRecordIndexSource([indexer(paths[i]) for i, _, _ in pieces])
+  first = pieces[0][1]
+  # Grain's slice: the share within the records of the files that hold it.
+  records = grain.MapDataset.source(source)[first:first + len(share)]
+  left_out = total - process_count * len(share)
+  if left_out and process_index == 0:
+    log.info("source %s: %d records in %d equal shares of %d; the last %d records are left out",
+             name, total, process_count, len(share), left_out)
+  corrupt = sum(len(indexer(paths[i])[1].corrupt)
+                for i in index_block(len(paths), process_index, process_count))
+  return SourceShare(name, total, share, len(paths), len(pieces), records, corrupt)
+
+
+def shuffled_records(records: grain.MapDataset, seed: int) -> grain.MapDataset:
   """An endless Grain dataset over the records, reshuffled every epoch (deterministic in seed)."""
-  if len(source) == 0:
-    raise ValueError(f"{source!r}: no records to read")
-  return grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  return records.shuffle(seed=seed).repeat()

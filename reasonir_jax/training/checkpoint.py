@@ -1,13 +1,15 @@
 """Orbax checkpoints of the train state and the data iterator: `WORKDIR/checkpoints/<step>/`.
 
-Each checkpoint holds three items: `params` (named by parameter path, so an export can read just
-them), `opt_state`, and `meta` (JSON: step, RNG key). Each process's data-iterator state is its
-own file, `WORKDIR/data_state/<step>/process_<i>-of-<n>.json`, written by that process before it
-enters the Orbax save (whose commit waits for every process), so on restore every process gets
-back its own read position (Orbax's JSON items are written by the primary process only). Saves are
+Each checkpoint holds four items: `params` (named by parameter path, so an export can read just
+them), `opt_state`, `meta` (JSON: step, RNG key, process count) and `data`, the input
+pipeline's position, written by Grain's Orbax checkpoint handler: one JSON file per process,
+`data/process_<i>-of-<n>.json`, so on restore every process gets back its own read position
+(`data_iterator_args` builds the item's arguments, for any Orbax manager). Saves are
 asynchronous and atomic: Orbax writes into a temporary directory and renames it when every
 process has finished, so a crash mid-save never leaves a step that looks complete. Restoring
-places every array in the *current* mesh's sharding, whatever mesh wrote it.
+places every array in the *current* mesh's sharding, whatever mesh wrote it. A data position
+belongs to the process count that wrote it (a process's share of the records depends on it):
+restoring it on another count is an error that says what to do.
 
 Saves are due every `checkpoint.every_steps` steps and, with `checkpoint.every_seconds`, once
 that much time has passed since the last one started (process 0's clock decides for all, so
@@ -30,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -44,7 +47,44 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
-DATA_STATE_DIR = "data_state"
+DATA_ITEM = "data"
+# Where checkpoints before the `data` item kept each process's data position (still detected,
+# to say why they cannot be resumed).
+OLD_DATA_STATE_DIR = "data_state"
+
+
+# ---- the data-iterator item --------------------------------------------------------------------
+class _DataState(grain.DatasetIterator):
+  """An input-pipeline state as Grain's checkpoint handler takes it (the handler saves a Grain
+  iterator's get_state() as JSON): on save, a snapshot taken when the save starts, so the file
+  holds the position at the checkpoint's step whenever Orbax writes it; on restore, the state
+  read back, also handed to `target.set_state` when there is a target."""
+
+  def __init__(self, state: Any = None, target: Any = None):
+    super().__init__()
+    self.state, self.target = state, target
+
+  def __next__(self):
+    raise StopIteration  # a state, not a stream
+
+  def get_state(self) -> Any:
+    return self.state
+
+  def set_state(self, state: Any) -> None:
+    self.state = state
+    if self.target is not None:
+      self.target.set_state(state)
+
+
+def data_iterator_args(data: Any, *, restore: bool = False):
+  """The Orbax args of the data-iterator item (Grain's checkpoint handler, one JSON file per
+  process). Saving: `data` is an iterator with get_state() (a Grain DatasetIterator or any
+  other) or a state itself; restoring: `data` is the iterator to set (set_state), or None to
+  only read the state back (the returned args' `.item.state`)."""
+  if restore:
+    return grain.checkpoint.CheckpointRestore(_DataState(target=data))
+  state = data.get_state() if hasattr(data, "get_state") else data
+  return grain.checkpoint.CheckpointSave(_DataState(json.loads(json.dumps(state))))
 
 
 # ---- naming the leaves -------------------------------------------------------------------------
@@ -162,7 +202,7 @@ class CheckpointManager:
     keep = int(cfg.keep) if cfg.get("keep") is not None else None
     async_save = bool(cfg.get("async_save", False))
     self.directory = paths.absolute(paths.join(workdir, CHECKPOINT_DIR))
-    self.data_state_dir = paths.absolute(paths.join(workdir, DATA_STATE_DIR))
+    self.old_data_state_dir = paths.absolute(paths.join(workdir, OLD_DATA_STATE_DIR))
     # Timing of the saves (time.monotonic): the one in flight, and the last committed one's
     # duration, start to commit, and its blocking part (what the step waited for).
     self._lock = threading.Lock()
@@ -176,7 +216,7 @@ class CheckpointManager:
         save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("params", "opt_state", "meta"))
+                                          item_names=("params", "opt_state", "meta", DATA_ITEM))
     self._abandoned = False
 
   def _committed(self, start: float, ok: bool = True) -> None:
@@ -239,10 +279,11 @@ class CheckpointManager:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState, data_state: Any = None, *, step: int | None = None,
+  def save(self, state: TrainState, data_iterator: Any = None, *, step: int | None = None,
            force: bool = False) -> bool:
-    """Starts a save of `state` at `step` (default: read from the state) when the step is due
-    (every `every_steps`) or with force; returns whether a save started."""
+    """Starts a save of `state` and the position of `data_iterator` (its get_state(), taken now;
+    or a state itself) at `step` (default: read from the state) when the step is due (every
+    `every_steps`) or with force; returns whether a save started."""
     step = int(jax.device_get(state.step)) if step is None else int(step)
     if not force and not self.due(step):
       return False
@@ -254,13 +295,13 @@ class CheckpointManager:
     self.last_wait_seconds = time.monotonic() - waited
     start = time.monotonic()
     meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
-            "process_count": jax.process_count(), "has_data_state": data_state is not None}
-    if data_state is not None:
-      self._write_data_state(step, data_state)
-    args = ocp.args.Composite(
-        params=ocp.args.StandardSave(_flat_params(state.params)),
-        opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
-        meta=ocp.args.JsonSave(meta))
+            "process_count": jax.process_count(), "has_data_state": data_iterator is not None}
+    items = dict(params=ocp.args.StandardSave(_flat_params(state.params)),
+                 opt_state=ocp.args.StandardSave(_flat_leaves(state.opt_state)),
+                 meta=ocp.args.JsonSave(meta))
+    if data_iterator is not None:
+      items[DATA_ITEM] = data_iterator_args(data_iterator)
+    args = ocp.args.Composite(**items)
     with self._lock:
       self._started = start  # in flight until its commit is seen (_committed)
     saved = self._manager.save(step, args=args, force=True)
@@ -280,49 +321,38 @@ class CheckpointManager:
                        name="checkpoint-commit-watch").start()
     log.info("checkpoint: saving step %d to %s (the step waited %.2f s)", step, self.directory,
              blocking)
-    self._drop_stale_data_states()
     return saved
 
-  # -- per-process data-iterator state -----------------------------------------------------------
-  def _data_state_path(self, step: int, index: int, count: int) -> str:
-    return paths.join(self.data_state_dir, str(step), f"process_{index}-of-{count}.json")
-
-  def _write_data_state(self, step: int, data_state: Any) -> None:
-    path = self._data_state_path(step, jax.process_index(), jax.process_count())
-    paths.makedirs(paths.join(self.data_state_dir, str(step)))
-    paths.write_text(path, json.dumps(data_state))
-
-  def _read_data_state(self, step: int, meta: dict) -> Any:
-    if not meta.get("has_data_state", "data" in meta):
-      return meta.get("data")
-    index, count = jax.process_index(), jax.process_count()
-    path = self._data_state_path(step, index, count)
-    if paths.isfile(path):
-      return json.loads(paths.read_text(path))
-    if "data" in meta and count == 1:  # checkpoints from before per-process files
-      return meta["data"]
-    written_by = meta.get("process_count")
+  # -- the data item on restore -------------------------------------------------------------------
+  def _check_process_count(self, step: int, meta: dict) -> None:
+    written_by, count = meta.get("process_count"), jax.process_count()
     if written_by is not None and int(written_by) != count:
       raise ValueError(
           f"checkpoint step {step} in {self.directory} was written by {written_by} processes, "
-          f"this run has {count}: each process's data position is its own share of the files, "
-          f"so resume with {written_by} processes (same hosts/slice shape), or start a new "
-          f"workdir from an export of this one (--config.init_from)")
+          f"this run has {count}: each process's data position is in its own share of the "
+          f"records, and the shares depend on the process count; so resume with {written_by} "
+          f"processes (same hosts/slice shape), or start a new workdir from an export of this "
+          f"one (--config.init_from)")
+
+  def _old_data_state(self, step: int, meta: dict) -> Any:
+    """The data position of a checkpoint from before the data item: its process's file in the
+    data_state/ tree (or, older still, meta's "data"). The input iterator accepts the
+    one-process ones (one process's share is every record, as it was) and refuses the others."""
+    index, count = jax.process_index(), jax.process_count()
+    path = paths.join(self.old_data_state_dir, str(step), f"process_{index}-of-{count}.json")
+    if paths.isfile(path):
+      return json.loads(paths.read_text(path))
+    if "data" in meta and count == 1:
+      return meta["data"]
+    self._check_process_count(step, meta)
     raise FileNotFoundError(f"{path} not found: the data-iterator state of process {index} "
                             f"for checkpoint step {step}")
 
-  def _drop_stale_data_states(self) -> None:
-    """Removes data-state folders of steps Orbax no longer keeps (process 0)."""
-    if jax.process_index() != 0 or not paths.isdir(self.data_state_dir):
-      return
-    keep = {str(s) for s in self.all_steps()}
-    for name in paths.listdir(self.data_state_dir):
-      if name.isdigit() and name not in keep and int(name) < max(map(int, keep), default=0):
-        paths.rmtree(paths.join(self.data_state_dir, name))
-
-  def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, Any]:
+  def restore(self, abstract_state: TrainState, step: int | None = None,
+              data_iterator: Any = None) -> tuple[TrainState, Any]:
     """(state, data state) of `step` (default: the latest), each array in the sharding of
-    `abstract_state` (ShapeDtypeStructs, e.g. `Trainer.abstract_state()`)."""
+    `abstract_state` (ShapeDtypeStructs, e.g. `Trainer.abstract_state()`). The data state (None
+    when the checkpoint has none) is also set into `data_iterator` when one is given."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -330,16 +360,23 @@ class CheckpointManager:
     flat_o = _abstract(_flat_leaves(abstract_state.opt_state))
     check_stored(paths.join(self.directory, str(step), "params"), flat_p)
     check_stored(paths.join(self.directory, str(step), "opt_state"), flat_o)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(flat_p), opt_state=ocp.args.StandardRestore(flat_o),
-        meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    items = dict(params=ocp.args.StandardRestore(flat_p), opt_state=ocp.args.StandardRestore(flat_o))
+    data_state = None
+    if paths.isdir(paths.join(self.directory, str(step), DATA_ITEM)):
+      self._check_process_count(step, meta)
+      items[DATA_ITEM] = data_iterator_args(data_iterator, restore=True)
+    elif meta.get("has_data_state", "data" in meta):
+      data_state = self._old_data_state(step, meta)
+      if data_iterator is not None:
+        data_iterator.set_state(data_state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     params = _unflatten({k: restored["params"][k] for k in flat_p}, abstract_state.params)
     opt_state = _unflatten({k: restored["opt_state"][k] for k in flat_o}, abstract_state.opt_state)
     step_arr = jax.device_put(np.asarray(meta["step"], np.int32), abstract_state.step.sharding)
     rng = jax.device_put(np.asarray(meta["rng"], np.uint32), abstract_state.rng.sharding)
     state = TrainState(step=step_arr, params=params, opt_state=opt_state, rng=rng)
-    return state, self._read_data_state(step, meta)
+    return state, (items[DATA_ITEM].item.state if DATA_ITEM in items else data_state)
 
   def restore_params(self, abstract_params, step: int | None = None):
     """Only the parameters (for export), in the shardings of `abstract_params`."""

@@ -13,8 +13,10 @@ mesh, with no collective on the save path.
 
 Per process, `LOCAL_DIR/process_<i>-of-<n>/<step>/` holds `shards.bin` (the distinct shards of
 every array this process holds, raw bytes, one after another) and `manifest.json` (the workdir,
-every array's shape, dtype and shard index ranges with byte offsets, the data-iterator state). A
-save copies the shards to host memory on the step's path, then a background thread writes them to
+every array's shape, dtype and shard index ranges with byte offsets) and `data/`, the
+data-iterator state written by Grain's checkpoint handler, as in the persistent checkpoints'
+`data` item (training/checkpoint.py). A save copies the shards to host memory, and takes the
+iterator's state, on the step's path, then a background thread writes them to
 `<step>.partial/`, fsyncs, and renames it to `<step>/`. Only a renamed folder whose `shards.bin`
 has the manifest's byte count is complete; nothing else is ever read (partial folders are removed
 when the tier starts).
@@ -35,19 +37,21 @@ import threading
 import time
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from reasonir_jax import paths
-from reasonir_jax.training.checkpoint import agree
+from reasonir_jax.training.checkpoint import DATA_ITEM, agree, data_iterator_args
 from reasonir_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the data state in data/ (Grain's handler); 1 had it in the manifest
 MANIFEST = "manifest.json"
 SHARDS = "shards.bin"
 PARTIAL = ".partial"
@@ -62,6 +66,22 @@ def data_state_of(data_iterator) -> Any:
 
 def set_data_state(data_iterator, data_state: Any) -> None:
   data_iterator.set_state(data_state)
+
+
+def _write_data_state(folder: str, data_state: Any) -> None:
+  """Grain's checkpoint handler writes this process's file, `data/process_<i>-of-<n>.json`."""
+  os.makedirs(os.path.join(folder, DATA_ITEM))
+  grain.checkpoint.CheckpointHandler().save(epath.Path(folder) / DATA_ITEM,
+                                            args=data_iterator_args(data_state))
+  for name in os.listdir(os.path.join(folder, DATA_ITEM)):
+    with open(os.path.join(folder, DATA_ITEM, name), "rb+") as f:
+      os.fsync(f.fileno())
+
+
+def _read_data_state(folder: str) -> Any:
+  args = data_iterator_args(None, restore=True)
+  grain.checkpoint.CheckpointHandler().restore(epath.Path(folder) / DATA_ITEM, args=args)
+  return args.item.state
 
 
 # ---- shards as bytes ---------------------------------------------------------------------------
@@ -168,12 +188,15 @@ class LocalCheckpointTier:
     manifest = {"format": FORMAT, "step": int(step), "workdir": self.workdir,
                 "process_index": jax.process_index(), "process_count": jax.process_count(),
                 "bytes": int(sum(b.nbytes for b in buffers)), "arrays": entries,
-                "data_state": data_state}
-    self._writer = threading.Thread(target=self._write, args=(manifest, buffers), daemon=True,
+                "has_data_state": data_state is not None}
+    # A snapshot now: the iterator moves on while the writer runs.
+    data_state = json.loads(json.dumps(data_state))
+    self._writer = threading.Thread(target=self._write, args=(manifest, buffers, data_state),
+                                    daemon=True,
                                     name="local-checkpoint-writer")
     self._writer.start()
 
-  def _write(self, manifest: dict, buffers: list[np.ndarray]) -> None:
+  def _write(self, manifest: dict, buffers: list[np.ndarray], data_state: Any) -> None:
     start = time.monotonic()
     step = manifest["step"]
     final = os.path.join(self.directory, str(step))
@@ -186,6 +209,8 @@ class LocalCheckpointTier:
           f.write(b.reshape(-1).view(np.uint8).data)
         f.flush()
         os.fsync(f.fileno())
+      if data_state is not None:
+        _write_data_state(partial, data_state)
       with open(os.path.join(partial, MANIFEST), "w") as f:
         json.dump(manifest, f)
         f.flush()
@@ -305,4 +330,5 @@ class LocalCheckpointTier:
       leaves.append(jax.make_array_from_single_device_arrays(x.shape, x.sharding, pieces))
     del raw
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_state), leaves)
-    return state, manifest["data_state"], step
+    folder = os.path.join(self.directory, str(step))
+    return state, (_read_data_state(folder) if manifest["has_data_state"] else None), step

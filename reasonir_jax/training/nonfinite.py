@@ -85,7 +85,7 @@ def describe_rows(data_iterator, before: dict | None, after: dict | None) -> str
 
 
 def _host_batch_iterator(it):
-  """The reasonir_jax.data HostBatchIterator under a TrainIterator / PrefetchIterator, if any."""
+  """The reasonir_jax.data HostBatchIterator under a TrainIterator / PrefetchedBatches, if any."""
   for _ in range(4):
     if hasattr(it, "datasets") and hasattr(it, "specs"):
       return it

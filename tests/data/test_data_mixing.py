@@ -1,5 +1,6 @@
 """Source mixing: the reference's epoch plan (GritLM's sampler, the default) and weighted draws;
 the plan's properties, its input pipeline batches, exact resume, and the errors."""
+import glob
 import json
 
 import numpy as np
@@ -147,23 +148,29 @@ def test_pipeline_resume_mid_epoch_and_across_epochs(three_sources, tok, prefetc
 def test_pipeline_processes_share_the_plan(three_sources, tok, monkeypatch):
   c = _config(three_sources, 4)  # 2 processes x 2 rows
   its = [pipeline.make_host_iterator(c, tok, process_index=p, process_count=2) for p in (0, 1)]
-  # alpha's 3 files split 20/10, beta's 2 files 7/6, gamma's 3/3.
-  want = {"alpha": [20, 10], "beta": [7, 6], "gamma": [3, 3]}
+  # Equal record shares whatever the files: alpha's 30 records 15/15, beta's 13 6/6 (its last
+  # record left out), gamma's 6 3/3.
+  want = {"alpha": [15, 15], "beta": [6, 6], "gamma": [3, 3]}
   assert its[0].get_state()["records"] == its[1].get_state()["records"] == want
-  seen = [[], []]
-  for _ in range(9):  # 5 + 3 + 1 single-source batches, no mixed one (process 1's pool is 1)
+  seen, kinds = [[], []], []
+  for _ in range(12):  # 7 + 3 + 1 single-source batches, 1 mixed (each process's pool is 2)
     parts = [_queries(tok, next(it)) for it in its]
-    assert len({q.split()[0] for q in parts[0] + parts[1]}) == 1
+    kinds.append(len({q.split()[0] for q in parts[0] + parts[1]}))
     for p in (0, 1):
       seen[p] += parts[p]
-  assert all(len(set(s)) == 18 for s in seen) and not set(seen[0]) & set(seen[1])
-  # In a real multi-process run the counts come from one all-gather of each process's own.
+  assert sorted(kinds) == [1] * 11 + [2]
+  assert all(len(set(s)) == 24 for s in seen) and not set(seen[0]) & set(seen[1])
+  # In a real multi-process run each process indexes its block of files, and one all-gather
+  # gives every process every file's record count.
   import jax
   from jax.experimental import multihost_utils
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(multihost_utils, "process_allgather",
-                      lambda x: np.stack([x, np.asarray([10, 6, 3])]))
-  assert sources.records_per_process([20, 7, 3], [], 0, 2).tolist() == [[20, 7, 3], [10, 6, 3]]
+                      lambda x: np.stack([x, np.asarray([0, 7, 9], np.int32)]))
+  files = sorted(glob.glob(three_sources.split(",")[0].split("=")[1]))
+  indexer = sources.FileIndexer()
+  counts = sources.file_record_counts(files, indexer, 0, 2)
+  assert counts.tolist() == [10, 7, 9] and indexer.indexed == files[:1]
 
 
 def test_mixing_errors_name_the_keys(three_sources, tok, tmp_path):

@@ -161,9 +161,13 @@ def test_processes_read_disjoint_rows_that_cover_the_data(two_sources, tok):
     seen.append(queries)
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == {r.query for r in _rows("alpha", 24)}
-  with pytest.raises(ValueError, match="4 files but there are 8 processes"):
-    pipeline.make_host_iterator(_config(f"alpha={two_sources['alpha']}", batch=8), tok,
-                                process_index=0, process_count=8)
+  # Shares are of records, not files: 4 files on 8 processes work, fewer records than
+  # processes do not.
+  it = pipeline.make_host_iterator(c, tok, process_index=7, process_count=8)
+  assert len(it.shares[0]) == 3 and it.shares[0].share == range(21, 24)
+  with pytest.raises(ValueError, match="'alpha' has 24 records but there are 32 processes"):
+    pipeline.make_host_iterator(_config(f"alpha={two_sources['alpha']}", batch=32), tok,
+                                process_index=0, process_count=32)
 
 
 def test_negatives_with_repetition_and_in_batch_fallback(tmp_path, tok):

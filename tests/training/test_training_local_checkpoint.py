@@ -154,6 +154,9 @@ def test_partial_foreign_and_older_local_steps_are_never_read(tmp_path, make_tin
   tier = lc.LocalCheckpointTier(str(tmp_path / "work"), cfg.checkpoint)
   tier.save(state, {"position": 7}, 2)
   tier.wait()
+  # The data state is written by Grain's checkpoint handler, as in the persistent `data` item.
+  item = tmp_path / "local" / "process_0-of-1" / "2" / "data" / "process_0-of-1.json"
+  assert json.loads(item.read_text()) == {"position": 7}
   restored, data_state, step = tier.restore(abstract, None)
   assert step == 2 and data_state == {"position": 7}
   for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored),

@@ -126,8 +126,8 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_chil
   _wait(_two_processes(tmp_path, env, killed, 3), (-signal.SIGKILL,))
   manager = ckpt_lib.CheckpointManager(str(killed))
   assert manager.latest_step() == 2, manager.all_steps()
-  # Each process wrote its own iterator state, and they differ (different files, positions).
-  states = [json.loads((killed / "data_state" / "2" / f"process_{i}-of-2.json").read_text())
+  # Each process wrote its own iterator state (Grain's item), and they differ (their shares).
+  states = [json.loads((killed / "checkpoints" / "2" / "data" / f"process_{i}-of-2.json").read_text())
             for i in (0, 1)]
   assert [s["process_index"] for s in states] == [0, 1]
   # Restoring a 2-process checkpoint in 1 process says what to do.

@@ -91,7 +91,7 @@ def test_train_kill_resume_export_on_a_bucket(bucket, make_tiny_config, small_mo
   steps = ckpt_lib.CheckpointManager(workdir).all_steps()
   assert steps in ([3], [3, 6]), (steps, out)  # step 6's asynchronous save may not have committed
   assert paths.exists(f"{workdir}/checkpoints/3/commit_success.txt")
-  assert paths.exists(f"{workdir}/data_state/3/process_0-of-1.json")
+  assert paths.exists(f"{workdir}/checkpoints/3/data/process_0-of-1.json")
   assert not os.path.exists("gs:")  # nothing landed in a local ./gs:/ folder
   assert sorted(os.listdir(tmp_path / "stage"))  # the process's files were staged locally
 
