@@ -208,12 +208,12 @@ def main():
   parser.add_argument("--passage_len", type=int, default=128)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
-                      help="reuse: reasonir_jax.host_memory.keep_freed_blocks(), as CPU training runs")
+                      help="reuse: reasonir_jax.scale.host_memory.keep_freed_blocks(), as CPU training runs")
   parser.add_argument("--packing", action="store_true",
                       help="race our step on packed vs padded inputs (no PyTorch)")
   args = parser.parse_args()
 
-  from reasonir_jax import host_memory
+  from reasonir_jax.scale import host_memory
   # Before JAX (and PyTorch's thread pool) start: both then allocate under the same policy.
   reuse = args.malloc == "reuse" and host_memory.keep_freed_blocks()
   malloc_note = "glibc keeps freed blocks" if reuse else "default malloc"

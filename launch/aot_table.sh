@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the scaling table of docs/scaling.md: one ahead-of-time fit report per row, then
-# the markdown table (python -m reasonir_jax.aot_table; see its --help).
+# the markdown table (python -m reasonir_jax.scale.aot_table; see its --help).
 #
 #   launch/aot_table.sh docs/scaling_8b.jsonl                      # every row of the table
 #   launch/aot_table.sh OUT.jsonl --rows v5p-128:0 2xv5p-64:32 [-- --config.x=y ...]
@@ -18,4 +18,4 @@ if [[ $# -lt 1 ]]; then
   exit 2
 fi
 cd "${REPO_ROOT}"
-exec "${PYTHON}" -m reasonir_jax.aot_table "$@"
+exec "${PYTHON}" -m reasonir_jax.scale.aot_table "$@"

@@ -88,9 +88,9 @@ run() {
   fi
 }
 
-# One field of the slice table in reasonir_jax/tpu_topologies.py (hosts, runtime_version, ...).
+# One field of the slice table in reasonir_jax/scale/tpu_topologies.py (hosts, runtime_version, ...).
 slice_field() {
-  (cd "${REPO_ROOT}" && "${PYTHON}" -m reasonir_jax.tpu_topologies "${ACCELERATOR_TYPE}" "$1")
+  (cd "${REPO_ROOT}" && "${PYTHON}" -m reasonir_jax.scale.tpu_topologies "${ACCELERATOR_TYPE}" "$1")
 }
 
 load_settings() {

@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  from reasonir_jax import host_memory
+  from reasonir_jax.scale import host_memory
   host_memory.configure_for_cpu()  # before JAX starts its CPU client
   from reasonir_jax.training import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,

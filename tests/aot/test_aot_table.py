@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from reasonir_jax import aot, aot_table
+from reasonir_jax.scale import aot, aot_table
 from reasonir_jax.config import load_config
 
 
