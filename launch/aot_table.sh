@@ -7,7 +7,7 @@
 #   launch/aot_table.sh OUT.jsonl --rows 'v5p-128:0 --config.data.packing=True'   # a row's own overrides
 #   launch/aot_table.sh docs/scaling_8b.jsonl --render             # print the table only
 #
-# CONFIG (default configs/llama3_8b.py) and PYTHON (default python3, which needs the `tpu`
+# CONFIG (default reasonir_jax/configs/llama3_8b.py) and PYTHON (default python3, which needs the `tpu`
 # extra installed) come from the environment.
 set -euo pipefail
 

@@ -58,7 +58,7 @@ class Encoder:
   def __init__(self, model: LlamaEncoder, tokenizer, model_cfg: ModelConfig, mesh=None,
                rules=None):
     if mesh is not None and rules is None:
-      from reasonir_jax.config_base import SHARDING_RULES
+      from reasonir_jax.configs.base import SHARDING_RULES
       rules = SHARDING_RULES
     self.model = model
     self.model_cfg = model_cfg
@@ -104,7 +104,7 @@ class Encoder:
     if dtype not in (None, "bfloat16", "float32"):
       raise ValueError(f"Encoder.from_pretrained: dtype must be 'bfloat16' or 'float32', got {dtype!r}")
     if mesh is not None and rules is None:
-      from reasonir_jax.config_base import SHARDING_RULES
+      from reasonir_jax.configs.base import SHARDING_RULES
       rules = SHARDING_RULES
     if paths.exists(paths.join(path, "checkpoints")):
       return cls._from_workdir(path, dtype, mesh, rules, step)

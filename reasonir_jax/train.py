@@ -1,6 +1,6 @@
 """Contrastive training of the ReasonIR encoder on a device mesh.
 
-  python -m reasonir_jax.train --config=configs/tiny.py --workdir=/tmp/run \
+  python -m reasonir_jax.train --config=tiny --workdir=/tmp/run \
       [--config.optim.lr=1e-5 --config.mesh.shape=(2,-1,1) ...]
 
 A workdir holding a checkpoint resumes from it (same data order and RNG, so an interrupted run
@@ -35,24 +35,26 @@ StepCallback = Callable[[int, object, dict], None]
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Known flags plus `--config.a.b=value` overrides (returned as "a.b=value" strings)."""
+  """Known flags plus the `--config.a.b=value` overrides, which ml_collections.config_flags
+  applies to `--config` (reasonir_jax.configs.parse_config_flags)."""
   parser = argparse.ArgumentParser(prog="python -m reasonir_jax.train", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--config", required=True,
+                      help="config file or name, e.g. tiny or reasonir_jax/configs/tiny.py")
   parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, config.json")
   parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   parser.add_argument("--multihost", action="store_true",
                       help="call jax.distributed.initialize() and let JAX find its peers (TPU pods)")
-  args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognised argument {item!r} (config overrides look like --config.optim.lr=1e-5)")
+  from reasonir_jax.configs import split_config_args
+  overrides, rest = split_config_args(argv)
+  args, unknown = parser.parse_known_args(rest)
+  for item in unknown:
+    parser.error(f"unrecognised argument {item!r} (config overrides look like --config.optim.lr=1e-5)")
+  for item in overrides:
     if "=" not in item:
       parser.error(f"override {item!r} needs a value: {item}=VALUE")
-    overrides.append(item[len("--config."):])
   return args, overrides
 
 
@@ -288,9 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   from reasonir_jax.training import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          multihost=args.multihost)
-  from reasonir_jax.config import ConfigError, load_config
+  from reasonir_jax.configs import ConfigError, parse_config_flags
   try:
-    config = load_config(args.config, overrides)
+    config = parse_config_flags(args.config, overrides)
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   try:

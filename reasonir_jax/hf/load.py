@@ -178,7 +178,7 @@ def load_hf(path: str, *, mesh=None, rules=None, show_progress: bool = True,
   (default: the rules of config_base.py); on several processes each reads only its blocks.
   """
   if mesh is not None and rules is None:
-    from reasonir_jax.config_base import SHARDING_RULES
+    from reasonir_jax.configs.base import SHARDING_RULES
     rules = SHARDING_RULES
   cfg = ModelConfig.from_hf_dict(read_hf_config(path), **overrides)
   abstract = nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0)))

@@ -3,13 +3,13 @@
 Reads both Hugging Face layouts: transformers 5 (`rope_parameters` holding `rope_theta` and the
 scaling fields, `head_dim`, `dtype`) and the published Llama-3.1 one (top-level `rope_theta`,
 `rope_scaling`, `torch_dtype`). `to_hf_dict()` writes a LlamaConfig dict transformers 5 loads.
+Its defaults (Llama-3.1-8B, docs/reference.md section 1) are `config.model`'s (configs/base.py).
+Importing it does not import jax: config files build from it before the AOT report sets up libtpu.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
-
-import jax.numpy as jnp
 
 ROPE_TYPES = ("llama3", "default")
 REMAT_POLICIES = ("none", "full", "offload", "dots", "dots_no_batch")
@@ -28,7 +28,7 @@ class ModelConfig:
   head_dim: int = 128
   rms_norm_eps: float = 1e-5
   rope_theta: float = 500000.0
-  rope_type: str = "llama3"
+  rope_type: str = "llama3"  # "llama3" or "default" (no scaling)
   rope_factor: float = 8.0
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
@@ -37,11 +37,16 @@ class ModelConfig:
   bos_token_id: int = 128000
   eos_token_id: int = 128001
   pad_token_id: int = 128004
+  # fp32 master weights; bf16 matmuls. Norms and softmax always run in fp32.
   param_dtype: str = "float32"
   dtype: str = "bfloat16"
   scan_layers: bool = True
+  # "none", "full" (save nothing), "offload" (as full, layer inputs kept in host memory; TPU),
+  # "dots" (save matmul outputs), "dots_no_batch" (weight matmuls only).
   remat_policy: str = "full"
-  attention: str = "auto"  # auto | xla | splash | cudnn (reasonir_jax.model.attention)
+  # "auto" (splash on TPU, cudnn on NVIDIA GPU, xla elsewhere), "xla", "splash", "cudnn"
+  # (reasonir_jax.model.attention).
+  attention: str = "auto"
 
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
@@ -62,10 +67,12 @@ class ModelConfig:
 
   @property
   def jnp_param_dtype(self):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     return jnp.dtype(self.param_dtype)
 
   @property
   def jnp_dtype(self):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     return jnp.dtype(self.dtype)
 
   def replace(self, **changes) -> "ModelConfig":

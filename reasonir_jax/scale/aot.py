@@ -1,6 +1,6 @@
 """Ahead-of-time fit report: compile the real train step for a TPU slice on a CPU-only machine.
 
-  python -m reasonir_jax.scale.aot --config=configs/llama3_8b.py --topology=v5p-128 \
+  python -m reasonir_jax.scale.aot --config=llama3_8b --topology=v5p-128 \
       [--config.train.grad_cache_chunk=128 ...] [--query_len=N] [--passage_len=N] [--num_slices=N]
       [--all_buckets]
 
@@ -30,8 +30,9 @@ import threading
 import time
 from typing import Any, Sequence
 
+from reasonir_jax.configs import ConfigError, parse_config_flags, split_config_args
+from reasonir_jax.configs import load_config  # noqa: F401 - tests and tools use aot.load_config
 from reasonir_jax.scale import tpu_topologies
-from reasonir_jax.config import ConfigError, load_config
 
 EXIT_FITS = 0
 EXIT_BAD_ARGS = 2
@@ -62,11 +63,13 @@ def _set_tpu_env(slice_: tpu_topologies.Slice) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """(flags, config overrides). `--config.a.b=v` entries are overrides, as in the trainer."""
+  """(flags, config overrides). `--config.a.b=v` entries are overrides (reasonir_jax.configs:
+  ml_collections.config_flags parses them), as in the trainer."""
   parser = argparse.ArgumentParser(
       prog="python -m reasonir_jax.scale.aot",
       description="Compile the train step for a TPU topology on CPU and report per-chip memory.")
-  parser.add_argument("--config", required=True, help="config file, e.g. configs/llama3_8b.py")
+  parser.add_argument("--config", required=True,
+                      help="config file or name, e.g. llama3_8b or reasonir_jax/configs/llama3_8b.py")
   parser.add_argument("--topology", required=True,
                       help="TPU slice name, e.g. v5p-128, v5e-256, v6e-256, v4-64")
   parser.add_argument("--num_slices", type=int, default=1,
@@ -78,8 +81,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                       help="passage length (default: config.data.passage_max_length)")
   parser.add_argument("--all_buckets", action="store_true",
                       help="compile every (query, passage) bucket shape and report the worst")
-  overrides = [a for a in argv if a.startswith("--config.")]
-  rest = [a for a in argv if not a.startswith("--config.")]
+  overrides, rest = split_config_args(argv)
   args = parser.parse_args(rest)  # exits 2 on unknown flags
   if args.num_slices < 1:
     raise BadArgument(f"--num_slices must be >= 1, got {args.num_slices}")
@@ -389,11 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     args, overrides = parse_args(argv)
     slice_ = tpu_topologies.get_slice(args.topology)
-    config = load_config(args.config, overrides)
+    # Before the config: loading it imports the model, and with it jax, which reads these.
+    _set_tpu_env(slice_)
+    config = parse_config_flags(args.config, overrides)
   except (BadArgument, ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_ARGS
-  _set_tpu_env(slice_)
   try:
     if args.all_buckets:
       report = worst_bucket_report(config, slice_, args.num_slices)

@@ -11,7 +11,8 @@ joined over DCN), CHUNK = config.train.grad_cache_chunk (0 = GradCache off), the
 `--config.x=y` overrides; the arguments after `--` apply to every row. Each row is one
 `python -m reasonir_jax.scale.aot` process (libtpu describes one topology per process); its JSON
 report replaces the row of the same topology, chunk and overrides in OUT.jsonl. The markdown table is
-printed from the whole file. CONFIG (default configs/llama3_8b.py) comes from the environment.
+printed from the whole file. CONFIG (default reasonir_jax/configs/llama3_8b.py) comes from the
+environment.
 
 Reports name the git commit they were compiled from. While rows run, new reports go to
 OUT.jsonl.partial (untracked), and OUT.jsonl is rewritten once at the end, so every row of one
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  config = os.environ.get("CONFIG", "configs/llama3_8b.py")
+  config = os.environ.get("CONFIG", "reasonir_jax/configs/llama3_8b.py")
   if not args.render:
     partial = f"{args.out}.partial"
     for row in rows:

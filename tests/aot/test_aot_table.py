@@ -5,7 +5,7 @@ import json
 import pytest
 
 from reasonir_jax.scale import aot, aot_table
-from reasonir_jax.config import load_config
+from reasonir_jax.configs import load_config
 
 
 def _report(topology, chunk, total_gib, fits, **extra):
@@ -124,6 +124,6 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
     return Done()
 
   monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
-  report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "configs/llama3_8b.py")
+  report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "llama3_8b")
   assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
   assert report["topology"] == "2xv5p-64"

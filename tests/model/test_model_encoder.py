@@ -223,7 +223,7 @@ def _training_workdir(encoder, tokenizer_dir, path):
   """A real training workdir: the saved config and an Orbax checkpoint of the encoder's params."""
   from flax import nnx
   from reasonir_jax import sharding as shd
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer
   cfg = load_config("tiny", ["mesh.shape=(8,1,1)"])

@@ -26,7 +26,7 @@ COMMON = textwrap.dedent("""
     from flax import nnx
     from jax.experimental import multihost_utils
     from reasonir_jax import sharding as shd, train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     from reasonir_jax.hf import load_hf, save_hf
     from reasonir_jax.hf.safetensors_io import SafetensorsFile
     from reasonir_jax.training.step import build_trainer

@@ -22,7 +22,7 @@ RUN_OVERRIDES = ["model.vocab_size=2048", "mesh.shape=(4,2,1)", "train.num_steps
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     overrides, workdir, kill_at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def callback(step, state, metrics):
       if step == kill_at:
@@ -104,6 +104,6 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
 def test_cli_rejects_unknown_config_keys(tmp_path):
   from reasonir_jax import train
   with pytest.raises(SystemExit, match="optim.lr"):
-    train.main(["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.lrr=1e-5"])
+    train.main(["--config=tiny", f"--workdir={tmp_path}", "--config.optim.lrr=1e-5"])
   with pytest.raises(SystemExit):
-    train.main(["--config=configs/tiny.py", f"--workdir={tmp_path}", "--bogus=1"])
+    train.main(["--config=tiny", f"--workdir={tmp_path}", "--bogus=1"])

@@ -1,0 +1,73 @@
+"""The configs and their loader: `--config` with `--config.a.b=v` overrides through
+ml_collections.config_flags, our error messages, the configs' former paths, and config.model
+built from ModelConfig's defaults."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reasonir_jax.configs import ConfigError, load_config, parse_config_flags, split_config_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_unknown_key_names_the_closest_valid_keys():
+  with pytest.raises(ConfigError, match=r"^unknown config key 'optim.lrr'; did you mean: optim.lr"):
+    load_config("tiny", ["optim.lrr=1e-5"])
+  with pytest.raises(ConfigError, match=r"^unknown config key 'nope.x'$"):
+    parse_config_flags("tiny", ["--config.nope.x=1"])
+  with pytest.raises(ConfigError, match=r"config key 'train.global_batch_size': cannot use 'x'"):
+    load_config("tiny", ["train.global_batch_size=x"])
+  with pytest.raises(ConfigError, match="is not of the form key.path=value"):
+    load_config("tiny", ["optim.lr"])
+  with pytest.raises(ConfigError, match="config file not found"):
+    load_config("no/such/config.py")
+
+
+def test_the_trainer_command_line_reports_the_unknown_key(tmp_path):
+  from reasonir_jax import train
+  with pytest.raises(SystemExit, match=r"unknown config key 'optim.lrr'; did you mean: optim.lr"):
+    train.main(["--config=tiny", f"--workdir={tmp_path}", "--config.optim.lrr=1e-5"])
+
+
+def test_values_parse_by_the_type_of_the_key():
+  c = load_config("tiny", ["optim.lr=1", "mesh.shape=(2,-1,1)", "data.packing=yes",
+                           "data.skip_corrupt=True", "data.bucket_lengths=64",
+                           "data.sources=pub=/d/a-*:2,hq=/d/b", "--config.train.num_steps=7"])
+  assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+  assert c.mesh.shape == (2, -1, 1) and c.data.bucket_lengths == (64,)
+  assert c.data.packing is True and c.data.skip_corrupt is True
+  assert c.data.sources == "pub=/d/a-*:2,hq=/d/b" and c.train.num_steps == 7
+  assert load_config("tiny", ["data.packing=no"]).data.packing is False
+
+
+def test_overrides_split_from_other_flags_in_any_order():
+  overrides, rest = split_config_args(["--config.optim.lr=1", "--workdir=w", "--config=tiny"])
+  assert overrides == ["--config.optim.lr=1"] and rest == ["--workdir=w", "--config=tiny"]
+  # config_flags wants the file before its overrides; the loader puts it there.
+  assert parse_config_flags("tiny", overrides).optim.lr == 1.0
+
+
+def test_former_config_paths_still_load_the_same_configs():
+  new = load_config("tiny").to_dict()
+  assert load_config(os.path.join(REPO, "configs", "tiny.py")).to_dict() == new
+  assert load_config(os.path.join(REPO, "reasonir_jax", "configs", "tiny.py")).to_dict() == new
+  code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+          "try:\n  import reasonir_jax.config\nexcept DeprecationWarning as e:\n  print(e)\n"
+          "import warnings; warnings.simplefilter('ignore')\n"
+          "import reasonir_jax.config, reasonir_jax.configs, reasonir_jax.config_base\n"
+          "assert reasonir_jax.config is reasonir_jax.configs\n"
+          "assert reasonir_jax.config_base.base_config is reasonir_jax.configs.base.base_config")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert "moved to reasonir_jax.configs" in out.stdout
+
+
+def test_model_defaults_come_from_model_config():
+  from reasonir_jax.configs.base import base_config
+  from reasonir_jax.model import ModelConfig
+  model = base_config().model.to_dict()
+  assert model == dataclasses.asdict(ModelConfig())
+  assert ModelConfig.from_config(load_config("llama3_8b").model).remat_policy == "offload"
