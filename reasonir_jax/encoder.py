@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from reasonir_jax import sharding as shd
 from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
 from reasonir_jax.packing import pack_lengths, packed_arrays
-from reasonir_jax.model.sharded import shard_model
+from reasonir_jax.model.sharded import abstract_model, shard_model
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
 from reasonir_jax.training import flops
 
@@ -122,28 +122,13 @@ class Encoder:
     """Restores the parameters of a training checkpoint straight into their shardings."""
     from reasonir_jax.hf.load import local_tokenizer_dir
     from reasonir_jax.training import checkpoint as ckpt_lib
-    config, tokenizer_path = ckpt_lib.load_saved_config(workdir)
-    stored = ModelConfig.from_config(config.model)
+    params, stored, tokenizer_path = ckpt_lib.restore_params(workdir, step, mesh, rules)
     dtype = dtype or stored.param_dtype
     cfg = stored.replace(param_dtype=dtype, dtype=dtype, remat_policy="none")
-    abstract = nnx.state(nnx.eval_shape(lambda: LlamaEncoder(stored, rngs=nnx.Rngs(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def placed(v):  # the stored dtype, in this parameter's sharding
-      sharding = (device if mesh is None else
-                  shd.named_sharding(mesh, rules, shd.variable_logical_axes(v), v.shape))
-      return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-
-    targets = jax.tree.map(placed, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    manager = ckpt_lib.CheckpointManager(workdir)
-    try:
-      params = manager.restore_params(nnx.to_pure_dict(nnx.State(targets)), step)
-    finally:
-      manager.close()
     # The cast runs on the sharded arrays: nothing is gathered to one host.
     params = jax.tree.map(lambda x: x.astype(cfg.jnp_param_dtype), params)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, params)
+    graphdef, state = abstract_model(cfg)
+    nnx.replace_by_pure_dict(state, nnx.to_pure_dict(params))
     model = nnx.merge(graphdef, state)
     if mesh is not None:
       model.set_activation_sharding(mesh, rules)

@@ -58,40 +58,29 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, overrides
 
 
-def _has_tokenizer(path: str) -> bool:
-  from reasonir_jax import paths
-  return any(paths.exists(paths.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _local_tokenizer(path: str) -> str:
-  """transformers reads tokenizers from local folders: a remote one is copied down first."""
-  from reasonir_jax import paths
-  if not paths.is_remote(path):
-    return path
-  from reasonir_jax.hf.load import local_tokenizer_dir
-  return local_tokenizer_dir(path)
-
-
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
   """config.data.tokenizer, else the init_from directory's tokenizer, else the shipped sample one
-  (a local path: remote tokenizers are copied to a temporary folder)."""
-  if config.data.tokenizer:
-    return _local_tokenizer(config.data.tokenizer)
-  if config.init_from and _has_tokenizer(config.init_from):
-    return _local_tokenizer(config.init_from)
-  from reasonir_jax.data.sample import sample_tokenizer_dir
-  return sample_tokenizer_dir()
+  (a local path; reasonir_jax.tokenization.resolve_tokenizer)."""
+  from reasonir_jax.tokenization import resolve_tokenizer as resolve
+  return resolve(config.data.tokenizer, config.init_from)
 
 
-def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
-  """Takes the architecture from `config.init_from`'s config.json (dtypes, scan and remat stay)."""
+def with_hf_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model takes its architecture from `config.init_from`'s
+  config.json (dtypes, scan and remat stay); `config` itself is left as it is."""
   from reasonir_jax.hf import read_hf_config
   from reasonir_jax.model import ModelConfig
   keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy")}
   hf_cfg = ModelConfig.from_hf_dict(read_hf_config(config.init_from), **keep)
-  for field in dataclasses.fields(hf_cfg):
-    if field.name in config.model:
-      config.model[field.name] = getattr(hf_cfg, field.name)
+  adopted = config.copy_and_resolve_references()
+  adopted.model.update({f.name: getattr(hf_cfg, f.name) for f in dataclasses.fields(hf_cfg)
+                        if f.name in adopted.model})
+  return adopted
+
+
+def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
+  """Deprecated (one release): `with_hf_architecture`, written back into `config`."""
+  config.model.update(with_hf_architecture(config).model)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepCallback | None = None,
@@ -117,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   if config.init_from:
     if not paths.isdir(config.init_from):
       raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory")
-    adopt_hf_model_config(config)
+    config = with_hf_architecture(config)
   mesh = shd.make_mesh(config.mesh)
   trainer = build_trainer(config, mesh)
   tokenizer_path = resolve_tokenizer(config)
@@ -263,7 +252,8 @@ def check_required(config: ml_collections.ConfigDict) -> None:
   missing = []
   if not config.data.sources or config.data.sources.strip() == "sample":
     missing.append("--config.data.sources=name=gs://BUCKET/glob-*.tfrecord[:weight],...")
-  if not config.data.tokenizer and not (config.init_from and _has_tokenizer(config.init_from)):
+  from reasonir_jax.tokenization import has_tokenizer
+  if not config.data.tokenizer and not (config.init_from and has_tokenizer(config.init_from)):
     missing.append("--config.init_from=HF_MODEL_DIR (with its tokenizer) or "
                    "--config.data.tokenizer=TOKENIZER_DIR")
   if missing:

@@ -61,11 +61,9 @@ def _as_prompt_tokenizer(tokenizer, config) -> PromptTokenizer:
   if isinstance(tokenizer, PromptTokenizer):
     return tokenizer
   if tokenizer is None:
-    # config.data.tokenizer, else the model directory's (init_from), else the shipped sample one.
-    tokenizer = config.data.get("tokenizer", "") or config.get("init_from", "")
-    if not tokenizer:
-      from reasonir_jax.data.sample import sample_tokenizer_dir
-      tokenizer = sample_tokenizer_dir()
+    # The trainer's choice: config.data.tokenizer, else the model directory's, else the sample's.
+    from reasonir_jax.tokenization import resolve_tokenizer
+    tokenizer = resolve_tokenizer(config.data.get("tokenizer", ""), config.get("init_from", ""))
   return PromptTokenizer(tokenizer)
 
 

@@ -157,10 +157,9 @@ def run_row(row: Row, overrides: Sequence[str], config: str) -> dict | None:
 
 
 def write_reports(path: str, reports: Sequence[dict]) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  from reasonir_jax import paths  # pylint: disable=import-outside-toplevel
+  with paths.atomic_write(path) as f:
     f.writelines(json.dumps(r) + "\n" for r in sorted(reports, key=_sort_key))
-  os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
-from reasonir_jax.model.sharded import create_sharded_model
+from reasonir_jax.model import ModelConfig, embed, embed_packed
+from reasonir_jax.model.sharded import abstract_model, create_sharded_model
 from reasonir_jax.training import grad_cache, loss as loss_lib, optimizer as optim_lib
 from reasonir_jax.training import state as state_lib
 from reasonir_jax.training.state import TrainState
@@ -65,9 +65,8 @@ class Trainer:
               f"data-parallel devices{' x GradCache chunks' if self.chunk else ''})")
 
     seed = int(config.seed)
-    self._make_model = lambda s=seed: LlamaEncoder(self.model_cfg, rngs=nnx.Rngs(s))
-    abstract_model = nnx.eval_shape(self._make_model)
-    self.graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    self.graphdef, abstract_params, rest = abstract_model(self.model_cfg, filters=(nnx.Param, ...),
+                                                          seed=seed)
     if jax.tree.leaves(rest):
       raise ValueError("the encoder holds non-Param state; the trainer only carries Params")
     self.abstract_params = abstract_params

@@ -73,7 +73,7 @@ COMMON = textwrap.dedent("""
     def import_train_export(hf_dir, out_dir, overrides):
       cfg = load_config("tiny", overrides)
       cfg.init_from = hf_dir
-      train.adopt_hf_model_config(cfg)
+      cfg = train.with_hf_architecture(cfg)
       trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
       model, counts = import_counting(hf_dir, trainer, cfg)
       state = trainer.state_from_params(nnx.split(model, nnx.Param)[1])

@@ -71,3 +71,33 @@ def test_model_defaults_come_from_model_config():
   model = base_config().model.to_dict()
   assert model == dataclasses.asdict(ModelConfig())
   assert ModelConfig.from_config(load_config("llama3_8b").model).remat_policy == "offload"
+
+
+def test_hf_architecture_comes_as_a_new_config(tmp_path):
+  import json
+  from reasonir_jax import train
+  from reasonir_jax.model import ModelConfig
+  hf = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                   num_kv_heads=2, head_dim=8, rope_type="default").to_hf_dict()
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  cfg = load_config("tiny", [f"init_from={tmp_path}"])
+  adopted = train.with_hf_architecture(cfg)
+  assert (adopted.model.hidden_size, adopted.model.num_layers) == (32, 1)
+  assert cfg.model.hidden_size == 64  # the config handed in is left as it is
+  assert adopted.model.scan_layers == cfg.model.scan_layers
+  assert adopted.model.remat_policy == cfg.model.remat_policy
+  train.adopt_hf_model_config(cfg)  # the former, mutating name (one release)
+  assert cfg.model.to_dict() == adopted.model.to_dict()
+
+
+def test_one_tokenizer_choice_for_trainer_and_input_pipeline(tmp_path):
+  from reasonir_jax import train
+  from reasonir_jax.data.sample import sample_tokenizer_dir
+  from reasonir_jax.tokenization import resolve_tokenizer
+  assert resolve_tokenizer() == sample_tokenizer_dir()
+  assert resolve_tokenizer("", str(tmp_path)) == sample_tokenizer_dir()  # no tokenizer there
+  (tmp_path / "tokenizer.json").write_text("{}")
+  assert resolve_tokenizer("", str(tmp_path)) == str(tmp_path)
+  assert resolve_tokenizer("/tok", str(tmp_path)) == "/tok"
+  cfg = load_config("tiny", [f"init_from={tmp_path}"])
+  assert train.resolve_tokenizer(cfg) == str(tmp_path)

@@ -91,7 +91,7 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
   cfg = make_tiny_config("mesh.shape=(8,1,1)")
   cfg.model.hidden_size = 64  # a different width than the export: init_from must win
   cfg.init_from = str(hf_dir)
-  train.adopt_hf_model_config(cfg)
+  cfg = train.with_hf_architecture(cfg)
   assert cfg.model.hidden_size == 32 and cfg.model.param_dtype == "float32"
   trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
   model, _ = load_hf(str(hf_dir), mesh=trainer.mesh, rules=trainer.rules, show_progress=False)
