@@ -1,4 +1,4 @@
-"""Command line: `python -m data_gen {filter,hq,vl,negatives,mine,coverage} --input ...`.
+"""Command line: `python -m data_gen {filter,hq,vl,negatives,judge,mine,coverage} --input ...`.
 
 Run `python -m data_gen <pipeline> --help` for the flags; data_gen/README.md explains them.
 """
@@ -14,7 +14,7 @@ from reasonir_jax.llm import prompt_file
 from reasonir_jax.llm.types import SamplingParams
 
 # Default new-token budgets: VL queries/positives run up to ~2000 words (~2700 tokens).
-DEFAULT_MAX_TOKENS = {"hq": 1536, "vl": 4096, "negatives": 1536}
+DEFAULT_MAX_TOKENS = {"hq": 1536, "vl": 4096, "negatives": 1536, "judge": 512}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,11 +47,12 @@ def _llm(p: argparse.ArgumentParser) -> None:
   s.add_argument("--temperature", type=float, default=0.0)
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--max-tokens", type=int, default=None,
-                 help="new tokens per answer (default: hq/negatives 1536, vl 4096)")
+                 help="new tokens per answer (default: hq/negatives 1536, vl 4096, judge 512)")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--max-attempts", type=int, default=3, help="tries per input and step")
   stage = p.prog.split()[-1]
-  prompt_file.add_flag(p, stage if stage == "vl" else f"{stage} ({stage}-public with --prompt-style public)")
+  prompt_file.add_flag(p, stage if stage in ("vl", "judge") else
+                       f"{stage} ({stage}-public with --prompt-style public)")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the rows' negatives and append the written one (default: it "
                    "replaces them, as the public script does)")
 
+  judge = sub.add_parser("judge", help="an LLM judge's 1-5 score per row, mapped to the row's loss weight")
+  _common(judge)
+  _llm(judge)
+  judge.add_argument("--min-weight", type=float, default=0.2, help="weight of score 1 (linear up to 5)")
+  judge.add_argument("--max-weight", type=float, default=1.0, help="weight of score 5")
+
   mine = sub.add_parser("mine", help="BM25 hard-negative mining for existing rows")
   _common(mine)
   mine.add_argument("--corpus", default=None,
@@ -164,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   cov.add_argument("--input", required=True,
                    help="the inputs the shards were given (hq: the `filter` output)")
   cov.add_argument("--kind", choices=["documents", "rows"], default="documents",
-                   help="documents (hq, vl) or training rows (negatives, mine)")
+                   help="documents (hq, vl) or training rows (negatives, judge, mine)")
   cov.add_argument("--output-dir", required=True)
   cov.add_argument("--name", required=True, help="the run name (e.g. hq)")
   cov.add_argument("--missing-out", default=None, help="write the missing ids here, one a line")
@@ -238,6 +245,8 @@ def load_prompts(args):
     spec = HQ_PROMPT_SPECS[args.prompt_style]
   elif args.pipeline == "vl":
     spec = prompts.VL_PROMPTS
+  elif args.pipeline == "judge":
+    spec = prompts.JUDGE_PROMPTS
   else:
     from data_gen.pipelines.negatives import NEGATIVES_PROMPT_SPECS
     spec = NEGATIVES_PROMPT_SPECS[args.prompt_style]
@@ -245,7 +254,7 @@ def load_prompts(args):
 
 
 def pipeline_from_args(args):
-  """The LLM pipeline (hq, vl, negatives) the flags describe, with its backend."""
+  """The LLM pipeline (hq, vl, negatives, judge) the flags describe, with its backend."""
   wording = load_prompts(args)
   gen = make_generation(args)
   if args.pipeline == "hq":
@@ -259,6 +268,9 @@ def pipeline_from_args(args):
                       length_tolerance=args.length_tolerance,
                       positive_words=(args.min_positive_words, args.max_positive_words),
                       domain=args.domain, prompts=wording)
+  if args.pipeline == "judge":
+    from data_gen.pipelines.judge import JudgePipeline
+    return JudgePipeline(gen, min_weight=args.min_weight, max_weight=args.max_weight, prompts=wording)
   from data_gen.pipelines.negatives import NegativesPipeline
   return NegativesPipeline(gen, min_words=args.min_words, max_words=args.max_words,
                            max_overlap=args.max_overlap, prompt_style=args.prompt_style,
@@ -303,9 +315,10 @@ def run_ray(args) -> dict:
   """`--engine ray`: the pipeline on Ray Data; each worker builds it from the flags."""
   import functools
   from data_gen import inputs
-  from data_gen.ray_engine import _import_ray, run_on_ray
+  from data_gen.ray_engine import _import_ray, check_output_dir, run_on_ray
+  check_output_dir(args.output_dir)
   if args.pipeline == "mine":
-    raise ValueError("--engine ray runs the LLM pipelines (hq, vl, negatives); mine is CPU-only, "
+    raise ValueError("--engine ray runs the LLM pipelines (hq, vl, negatives, judge); mine is CPU-only, "
                      "use --engine local")
   if args.num_shards != 1:
     raise ValueError("--engine ray balances the work itself: leave --num-shards at 1")
@@ -318,7 +331,7 @@ def run_ray(args) -> dict:
     ray.init(address=args.ray_address)
   return run_on_ray(functools.partial(pipeline_from_args, args), input_paths, args.output_dir,
                     name=name,
-                    kind="rows" if args.pipeline == "negatives" else "documents",
+                    kind="rows" if args.pipeline in ("negatives", "judge") else "documents",
                     batch_size=args.batch_size, output_shards=args.output_shards)
 
 
@@ -329,7 +342,7 @@ def run(args) -> dict:
     return run_filter(args)
   if args.pipeline == "coverage":
     return run_coverage(args)
-  if args.pipeline in ("hq", "vl", "negatives"):
+  if args.pipeline in ("hq", "vl", "negatives", "judge"):
     load_prompts(args)  # a bad --prompt-file fails here, before seed filtering or any request
   if args.engine == "ray":
     return run_ray(args)
@@ -343,7 +356,7 @@ def run(args) -> dict:
       items, extra["filters"] = filtered_documents(args)
   elif args.pipeline == "vl":
     items = inputs.read_documents(args.input)
-  elif args.pipeline == "negatives":
+  elif args.pipeline in ("negatives", "judge"):
     items = inputs.read_training_rows(args.input)
   else:
     from data_gen.pipelines.mine import MinePipeline

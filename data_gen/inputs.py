@@ -146,7 +146,7 @@ def row_from_record(rec: dict, where: str) -> TrainingRow:
           row_id=row_id, source=str(rec.get("source", "jsonl")), query=query,
           positives=[p[1] for p in pos], negatives=[n[1] for n in neg],
           query_instruction=q_instr, positive_instruction=pos[0][0] if pos else "",
-          negative_instruction=neg[0][0] if neg else "").validate()
+          negative_instruction=neg[0][0] if neg else "", weight=rec.get("weight", 1.0)).validate()
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
   raise ValueError(f"{where}: expected TrainingRow fields (row_id, query, positives, ...) or "

@@ -152,6 +152,40 @@ def negative_document(analysis_messages: list[Message], analysis: str,
           {"role": "user", "content": prompts.render("document", min_words=min_words)}]
 
 
+# --- Judge: a score per training row, mapped to its loss weight ---------------------------------
+JUDGE = "judge_score_v1"
+JUDGE_MIN_SCORE, JUDGE_MAX_SCORE = 1, 5
+JUDGE_SCHEMA = _schema({"reasoning": {"type": "string"},
+                        "score": {"type": "integer", "minimum": JUDGE_MIN_SCORE, "maximum": JUDGE_MAX_SCORE}})
+
+JUDGE_PROMPTS = prompt_file.Spec("judge", {
+    "system": prompt_file.Field(
+        "You grade training examples for a search engine that must find documents useful for "
+        "hard, reasoning-intensive questions. Reply with a single JSON object and nothing else."),
+    "user": prompt_file.Field(
+        "Search instruction: {instruction}\n\n"
+        "Query:\n<<<\n{query}\n>>>\n\nDocument given as relevant:\n<<<\n{positive}\n>>>\n\n"
+        "Grade this pair as a training example, from 1 to 5:\n"
+        "1 - the document does not help answer the query, or only repeats its keywords;\n"
+        "2 - it helps a little, and the link is plain from shared words;\n"
+        "3 - it helps, and seeing why takes one step beyond matching words;\n"
+        "4 - it helps clearly, and seeing why takes several steps of reasoning about the "
+        "query's underlying problem;\n"
+        "5 - it supplies the concept, principle or method the query needs, and only careful "
+        "reasoning about the problem reveals the link.\n"
+        "First explain your grade in two or three sentences, then give it.\n"
+        'Reply with JSON: {{"reasoning": "<your explanation>", "score": <1 to 5>}}',
+        required={"query", "positive"}, allowed={"instruction"}),
+})
+
+
+def judge_messages(instruction: str, query: str, positive: str, prompts=None) -> list[Message]:
+  """`prompts`: the "judge" wording in force (default ours)."""
+  prompts = prompts or JUDGE_PROMPTS.defaults()
+  user = prompts.render("user", instruction=instruction or "(none)", query=query, positive=positive)
+  return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
+
+
 def custom_wording(prompts, spec) -> dict:
   """{"prompt_fingerprint": ...} when `prompts` is not the spec's default wording, else {}: added
   to a run's settings (checked on resume) and rows' metadata, so two wordings never mix while

@@ -31,9 +31,11 @@ from typing import Callable
 from data_gen import safety
 from data_gen.runner import Pipeline, _process_checked, shard_name
 from data_gen.stage import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
+from reasonir_jax import paths
 from reasonir_jax.data.schema import TrainingRow
 
-_WORKER_STATE: dict = {}  # per worker process: (run id, parts dir) -> pipeline, done-id set
+# Per worker process: (run id, parts dir) -> {"pipeline": built on first use, "done": id set}.
+_WORKER_STATE: dict = {}
 
 
 def _import_ray():
@@ -84,6 +86,13 @@ def _plain(value):
   return value
 
 
+def check_output_dir(output_dir: str) -> None:
+  if paths.is_remote(output_dir):
+    raise ValueError(f"--output-dir {output_dir}: --engine ray commits each part by a rename on "
+                     "a filesystem all workers share, which an object store cannot do; use a "
+                     "shared POSIX filesystem, or --engine local (which uploads to gs://)")
+
+
 def _commit_part(parts_dir: str, outcomes) -> str:
   ids = sorted(o.input_id for o in outcomes)
   digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
@@ -94,24 +103,40 @@ def _commit_part(parts_dir: str, outcomes) -> str:
   return path
 
 
+def _input_id(item, kind: str) -> str:
+  """The id the pipelines key an input on (hq and vl: the document's, negatives: the row's)."""
+  return item["id"] if kind == "documents" else item.row_id
+
+
+def _close(pipeline: Pipeline | None) -> None:
+  gen = getattr(pipeline, "gen", None)
+  if gen is not None:
+    gen.backend.close()
+
+
 def _process_batch(batch: dict, *, make_pipeline: Callable[[], Pipeline], parts_dir: str,
                    kind: str, run_id: str) -> dict:
   import numpy as np
   # Keyed by the run, not by id(make_pipeline): a worker kept from an earlier run can see a
   # reused id() and would then skip only what was done when that run began, redoing inputs
-  # committed since. An earlier run's state of the same output is dropped.
+  # committed since. An earlier run's state of the same output is dropped, its backend closed.
   key = (run_id, parts_dir)
   if key not in _WORKER_STATE:
     for old in [k for k in _WORKER_STATE if k[1] == parts_dir]:
-      del _WORKER_STATE[old]
-    _WORKER_STATE[key] = (make_pipeline(), done_ids(parts_dir))
-  pipeline, done = _WORKER_STATE[key]
+      _close(_WORKER_STATE.pop(old)["pipeline"])
+    _WORKER_STATE[key] = {"pipeline": None, "done": done_ids(parts_dir)}
+  state = _WORKER_STATE[key]
   items = _items(batch, kind)
-  todo = [it for it in items if pipeline.input_id(it) not in done]
+  ids = [_input_id(it, kind) for it in items]
+  todo = [it for it, i in zip(items, ids) if i not in state["done"]]
   if todo:
-    _commit_part(parts_dir, _process_checked(pipeline, todo))
-  return {"input_id": np.array([pipeline.input_id(it) for it in items], dtype=object),
-          "processed": np.array([pipeline.input_id(it) not in done for it in items])}
+    # Built on the first input left to do: a resumed run whose work is all committed starts
+    # no LLM engine.
+    if state["pipeline"] is None:
+      state["pipeline"] = make_pipeline()
+    _commit_part(parts_dir, _process_checked(state["pipeline"], todo))
+  return {"input_id": np.array(ids, dtype=object),
+          "processed": np.array([i not in state["done"] for i in ids])}
 
 
 def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], output_dir: str,
@@ -124,6 +149,7 @@ def run_on_ray(make_pipeline: Callable[[], Pipeline], input_paths: list[str], ou
   ray = _import_ray()
   if kind not in ("documents", "rows"):
     raise ValueError(f"run_on_ray: kind must be 'documents' or 'rows', got {kind!r}")
+  check_output_dir(output_dir)
   started = time.time()
   base = shard_name(name, 0, 1)
   safety.check_shard_count(output_dir, name, 1)

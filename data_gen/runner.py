@@ -6,6 +6,9 @@ Output of shard i of N for a run named NAME (default: the pipeline name), in OUT
   NAME-shardIIIIIofNNNNN.rejects.jsonl             inputs that failed, with attempts and reasons
   NAME-shardIIIIIofNNNNN.manifest.json             counts, settings, files
   _stage/NAME-shardIIIIIofNNNNN/                   the resumable work files (kept for audits)
+
+OUTPUT_DIR may be remote (gs://): the shard then runs in a local mirror of it and is uploaded
+when done (`_run_to_remote`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from data_gen.inputs import select_shard
 from data_gen import safety
 from data_gen.stage import Outcome, Stage, write_jsonl_atomic, write_text_atomic
+from reasonir_jax import paths
 from reasonir_jax.llm.types import ChatBackend, SamplingParams, StreamingChatBackend
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,12 @@ def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_
     raise ValueError(f"--output-shards must be >= 1, got {output_shards}")
   if batches_in_flight < 1:
     raise ValueError(f"--batches-in-flight must be >= 1, got {batches_in_flight}")
+  if paths.is_remote(output_dir):
+    return _run_to_remote(pipeline, items, output_dir, shard_index=shard_index,
+                          num_shards=num_shards, batch_size=batch_size,
+                          output_shards=output_shards, name=name,
+                          extra_manifest=extra_manifest, batches_in_flight=batches_in_flight,
+                          break_lock=break_lock)
   started = time.time()
   base = shard_name(name or pipeline.name, shard_index, num_shards)
   safety.check_shard_count(output_dir, name or pipeline.name, num_shards)
@@ -116,6 +126,39 @@ def run_pipeline(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_
                        shard_index=shard_index, num_shards=num_shards, batch_size=batch_size,
                        output_shards=output_shards, name=name, extra_manifest=extra_manifest,
                        batches_in_flight=batches_in_flight)
+
+
+def _run_to_remote(pipeline: Pipeline, items: Sequence, output_dir: str, *, shard_index: int,
+                   num_shards: int, name: str | None, **kwargs) -> dict:
+  """An object store can neither append nor rename, which the stage's commits need: the shard
+  runs in a local mirror of `output_dir` (paths.local_mirror; a rerun on this machine, after a
+  kill too, resumes there), then its TFRecords, rejects and stage are uploaded, the manifest
+  last, so a manifest in the bucket means a complete shard. A shard whose stage is already in
+  the bucket (finished on another machine) starts from that stage; one killed on another
+  machine starts over."""
+  name = name or pipeline.name
+  base = shard_name(name, shard_index, num_shards)
+  safety.check_shard_count(output_dir, name, num_shards)  # other machines' shards are here
+  local = paths.local_mirror(output_dir, "data_gen")
+  local_stage = os.path.join(local, "_stage", base)
+  fs, root = paths.filesystem(output_dir)
+  root = root.rstrip("/")
+  remote_stage = f"{root}/_stage/{base}"
+  if not os.path.isdir(local_stage) and fs.exists(f"{remote_stage}/ledger.jsonl"):
+    os.makedirs(local_stage)
+    for path in fs.ls(remote_stage, detail=False):
+      fs.get(path, os.path.join(local_stage, os.path.basename(path)))
+  log.info("%s: output %s, staged locally in %s", base, output_dir, local)
+  manifest = run_pipeline(pipeline, items, local, shard_index=shard_index,
+                          num_shards=num_shards, name=name, **kwargs)
+  for f in [*manifest["files"], manifest["rejects_file"]]:
+    fs.put(os.path.join(local, f), f"{root}/{f}")
+  for f in sorted(os.listdir(local_stage)):
+    if f != safety.LOCK_FILE:
+      fs.put(os.path.join(local_stage, f), f"{remote_stage}/{f}")
+  fs.put(os.path.join(local, f"{base}.manifest.json"), f"{root}/{base}.manifest.json")
+  print(f"{base}: uploaded to {output_dir}")
+  return manifest
 
 
 def _process_checked(pipeline: Pipeline, batch: list) -> list[Outcome]:

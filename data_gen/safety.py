@@ -1,6 +1,7 @@
 """Multi-machine safety for one output directory: a lock per stage (two launches of one shard
 are refused), one shard count per run name (re-sharding into a used directory is refused), and
 a coverage check over the shards' manifests and ledgers that lists every input id missing.
+The shard-count check and the coverage read a local or a remote (gs://) output directory.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 import socket
 import time
 from typing import Iterable
+
+from reasonir_jax import paths
 
 LOCK_FILE = "lock.json"
 _SHARD_RE = re.compile(r"-shard(\d{5})of(\d{5})")
@@ -85,13 +88,22 @@ class StageLock:
     self.release()
 
 
+def _matching(output_dir: str, name: str, suffix: str, in_stage: bool = False) -> list[str]:
+  """Paths `output_dir[/_stage]/NAME<suffix>` (local or remote; `suffix` may hold wildcards,
+  the folder and name are taken literally); [] when none."""
+  escape = (lambda s: s) if paths.is_remote(output_dir) else glob.escape
+  folder = paths.join(escape(output_dir), "_stage") if in_stage else escape(output_dir)
+  try:
+    return paths.glob(paths.join(folder, escape(name) + suffix))
+  except FileNotFoundError:
+    return []
+
+
 def shard_counts_in(output_dir: str, name: str) -> dict[int, list[str]]:
   """num_shards -> the files/stage dirs of run `name` in `output_dir` made with it."""
   found: dict[int, list[str]] = {}
-  escaped = glob.escape(name)
-  paths = (glob.glob(os.path.join(glob.escape(output_dir), f"{escaped}-shard*")) +
-           glob.glob(os.path.join(glob.escape(output_dir), "_stage", f"{escaped}-shard*")))
-  for path in paths:
+  for path in (_matching(output_dir, name, "-shard*") +
+               _matching(output_dir, name, "-shard*", in_stage=True)):
     rest = os.path.basename(path)[len(name):]
     match = _SHARD_RE.match(rest)
     if match:
@@ -113,9 +125,9 @@ def check_shard_count(output_dir: str, name: str, num_shards: int) -> None:
 
 def _ledger_ids(path: str) -> Iterable[str]:
   """Committed ids of a ledger, read-only (a torn last line of a live run is skipped)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path, "rb") as f:
     for line in f:
       try:
         yield json.loads(line)["id"]
@@ -127,8 +139,7 @@ def coverage(output_dir: str, name: str, expected_ids: Iterable[str]) -> dict:
   """Which expected input ids no shard has committed. Reads every `NAME-shard*.manifest.json`
   (all must agree on the shard count; a missing shard index is reported) and the ledger of
   each shard's stage (the committed ids)."""
-  manifests = sorted(glob.glob(os.path.join(glob.escape(output_dir),
-                                            f"{glob.escape(name)}-shard*.manifest.json")))
+  manifests = _matching(output_dir, name, "-shard*.manifest.json")
   counts = sorted(shard_counts_in(output_dir, name))
   if len(counts) > 1:
     raise ValueError(f"{output_dir}: run {name!r} mixes shard counts {counts}")
@@ -136,12 +147,12 @@ def coverage(output_dir: str, name: str, expected_ids: Iterable[str]) -> dict:
   done: set[str] = set()
   seen_shards = set()
   for path in manifests:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, "rb") as f:
       manifest = json.load(f)
     seen_shards.add(manifest["shard_index"])
-    stage = manifest.get("stage_dir") or os.path.join(
+    stage = manifest.get("stage_dir") or paths.join(
         "_stage", os.path.basename(path)[:-len(".manifest.json")])
-    done.update(_ledger_ids(os.path.join(output_dir, stage, "ledger.jsonl")))
+    done.update(_ledger_ids(paths.join(output_dir, stage, "ledger.jsonl")))
   expected = list(dict.fromkeys(expected_ids))
   missing = [i for i in expected if i not in done]
   return {

@@ -1,5 +1,9 @@
 """`Encoder`: load a ReasonIR model (HF directory or training workdir) and embed texts.
 
+The model's recipe (ModelConfig: template, causal attention, pooling) decides the prompts and the
+pooled tokens: ReasonIR's by default, Qwen3-Embedding's for its checkpoints and our exports of
+its recipe (reasonir_jax.hf.load.read_recipe), or `recipe=` by name.
+
     enc = Encoder.from_pretrained("path/to/hf_dir")
     q = enc.encode(queries, instruction="Given a biology post, retrieve relevant passages ...")
     d = enc.encode(documents)          # documents get no instruction
@@ -24,6 +28,7 @@ from tqdm.auto import tqdm
 
 from reasonir_jax import sharding as shd
 from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
+from reasonir_jax.model.config import RECIPES
 from reasonir_jax.packing import pack_lengths, packed_arrays
 from reasonir_jax.model.sharded import abstract_model, shard_model
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
@@ -53,7 +58,7 @@ def bucket_lengths(max_length: int) -> tuple[int, ...]:
 
 
 class Encoder:
-  """Embeds texts with a LlamaEncoder + mean pooling; see the module docstring."""
+  """Embeds texts with a LlamaEncoder and its recipe's pooling; see the module docstring."""
 
   def __init__(self, model: LlamaEncoder, tokenizer, model_cfg: ModelConfig, mesh=None,
                rules=None):
@@ -65,9 +70,13 @@ class Encoder:
     self.mesh = mesh
     self.rules = rules
     if isinstance(tokenizer, PromptTokenizer):
+      if (tokenizer.template, tokenizer.pooling) != (model_cfg.template, model_cfg.pooling):
+        raise ValueError(f"Encoder: the PromptTokenizer's template/pooling "
+                         f"{tokenizer.template}/{tokenizer.pooling} are not the model's "
+                         f"{model_cfg.template}/{model_cfg.pooling}")
       self.prompt_tokenizer = tokenizer
     else:
-      self.prompt_tokenizer = PromptTokenizer(tokenizer)
+      self.prompt_tokenizer = PromptTokenizer(tokenizer, model_cfg.template, model_cfg.pooling)
     if mesh is not None:
       shard_model(model, mesh, rules)  # a no-op for parameters already in their sharding
       self._dp = shd.data_parallel_size(mesh, rules)
@@ -94,37 +103,43 @@ class Encoder:
 
   @classmethod
   def from_pretrained(cls, path: str, dtype: str | None = "bfloat16", mesh=None, rules=None,
-                      show_progress: bool = True, step: int | None = None) -> "Encoder":
+                      show_progress: bool = True, step: int | None = None,
+                      recipe: str | None = None) -> "Encoder":
     """Loads an HF directory or a training workdir (one holding `checkpoints/`; `step` picks a
     checkpoint, default the latest), local or remote (gs://...). With `mesh`, every parameter
     is read straight into its sharding (each process reads only its own blocks). `dtype=None`
-    keeps the stored parameter dtype."""
+    keeps the stored parameter dtype. `recipe` (a name of ModelConfig's RECIPES) replaces the
+    one the directory or workdir config says."""
     from reasonir_jax import paths
-    from reasonir_jax.hf.load import load_hf, local_tokenizer_dir
+    from reasonir_jax.hf.load import load_hf, local_tokenizer_dir, read_recipe
     if dtype not in (None, "bfloat16", "float32"):
       raise ValueError(f"Encoder.from_pretrained: dtype must be 'bfloat16' or 'float32', got {dtype!r}")
+    if recipe is not None and recipe not in RECIPES:
+      raise ValueError(f"Encoder.from_pretrained: recipe={recipe!r} is not one of {tuple(RECIPES)}")
+    forced = {} if recipe is None else RECIPES[recipe]
     if mesh is not None and rules is None:
       from reasonir_jax.configs.base import SHARDING_RULES
       rules = SHARDING_RULES
     if paths.exists(paths.join(path, "checkpoints")):
-      return cls._from_workdir(path, dtype, mesh, rules, step)
+      return cls._from_workdir(path, dtype, mesh, rules, step, forced)
     if not paths.exists(paths.join(path, "config.json")):
       raise FileNotFoundError(f"Encoder.from_pretrained: {path} holds neither config.json (a "
                               f"Hugging Face directory) nor checkpoints/ (a training workdir)")
     kw = {} if dtype is None else dict(param_dtype=dtype, dtype=dtype)
+    kw.update(forced or read_recipe(path))
     model, cfg = load_hf(path, mesh=mesh, rules=rules, show_progress=show_progress,
                          remat_policy="none", **kw)
     return cls(model, load_tokenizer(local_tokenizer_dir(path)), cfg, mesh=mesh, rules=rules)
 
   @classmethod
   def _from_workdir(cls, workdir: str, dtype: str | None, mesh, rules,
-                    step: int | None = None) -> "Encoder":
+                    step: int | None = None, recipe: dict | None = None) -> "Encoder":
     """Restores the parameters of a training checkpoint straight into their shardings."""
     from reasonir_jax.hf.load import local_tokenizer_dir
     from reasonir_jax.training import checkpoint as ckpt_lib
     params, stored, tokenizer_path = ckpt_lib.restore_params(workdir, step, mesh, rules)
     dtype = dtype or stored.param_dtype
-    cfg = stored.replace(param_dtype=dtype, dtype=dtype, remat_policy="none")
+    cfg = stored.replace(param_dtype=dtype, dtype=dtype, remat_policy="none", **(recipe or {}))
     # The cast runs on the sharded arrays: nothing is gathered to one host.
     params = jax.tree.map(lambda x: x.astype(cfg.jnp_param_dtype), params)
     graphdef, state = abstract_model(cfg)
@@ -265,8 +280,9 @@ class Encoder:
   def save_pretrained(self, path: str, dtype: str | None = None,
                       max_shard_bytes: int | None = None,
                       prompts: dict[str, str] | None = None, max_length: int = 2048) -> str:
-    """Writes an HF `LlamaModel` directory (config, safetensors, tokenizer, sentence-transformers
-    files with a prompt per `prompts` entry: name -> instruction); call on every process."""
+    """Writes an HF `LlamaModel`/`Qwen3Model` directory (config, safetensors, tokenizer,
+    sentence-transformers files with a prompt per `prompts` entry: name -> instruction); call on
+    every process."""
     from reasonir_jax.hf.save import MAX_SHARD_BYTES, save_hf
     return save_hf(self._state, self.model_cfg, path, tokenizer=self.tokenizer, dtype=dtype,
                    max_shard_bytes=max_shard_bytes or MAX_SHARD_BYTES, prompts=prompts,

@@ -209,6 +209,15 @@ def check_writable(path) -> None:
     raise PathError(f"workdir {os.fspath(path)!r} is not writable: {type(e).__name__}: {e}") from e
 
 
+def local_mirror(remote, kind: str) -> str:
+  """A local folder standing in for the remote folder `remote` where an object store cannot do
+  what a stage needs (append, fsync, rename): $REASONIR_CACHE (default ~/.cache/reasonir_jax)
+  /KIND/<hash of `remote`>, the same on every run of this machine, so a rerun finds it."""
+  root = os.environ.get("REASONIR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reasonir_jax"))
+  folder = hashlib.sha256(os.fspath(remote).rstrip("/").encode()).hexdigest()[:16]
+  return os.path.join(root, kind, folder)
+
+
 def stage_local(path, cache_dir: str) -> str:
   """A local copy of remote file `path` under `cache_dir` (reused while its size matches), made
   by one sequential buffered download; local paths are returned unchanged."""

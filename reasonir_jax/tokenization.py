@@ -1,13 +1,23 @@
-"""The ReasonIR prompt template and its tokenization, with the prefix-token count pooling masks.
+"""The prompt templates and their tokenization, with the pooled tokens of each text.
 
-Every text is `BOS + prefix + text`, where the prefix is `<|user|>\\n{instruction}\\n<|embed|>\\n`
-(or `<|embed|>\\n` without an instruction; docs/reference.md section 1). As in GritLM (its training
-collator and `encode`) and sentence-transformers (`include_prompt=False`), the whole string is
+Two templates (`ModelConfig.template`):
+
+  reasonir          `BOS + prefix + text`, the prefix `<|user|>\\n{instruction}\\n<|embed|>\\n` (or
+                    `<|embed|>\\n` without an instruction; docs/reference.md section 1); no BOS when
+                    the tokenizer has none (Qwen's). Instructions are stripped of "\\t\\n :" at both
+                    ends, and one that is then empty gives the document template (GritLM's collator).
+  qwen3_embedding   Qwen3-Embedding's: queries `Instruct: {instruction}\\nQuery:{text}`, documents
+                    the plain text, `<|endoftext|>` appended to both, no BOS.
+
+As in GritLM (its training collator and `encode`) and sentence-transformers, the whole string is
 tokenized at once, and the number of tokens left out of the mean is the length of `BOS + prefix`
 tokenized alone. The two differ from tokenizing prefix and text apart where the text's first
 characters merge with the prefix's final newline (a text that begins with a newline, with the
-Llama-3 tokenizer). Instructions are stripped of "\\t\\n :" at both ends, and one that is then
-empty gives the document template (GritLM's collator). Truncation cuts the text, never the prefix.
+Llama-3 tokenizer). Truncation cuts the text, never the prefix or the appended EOS.
+
+Pooling (`ModelConfig.pooling`) is expressed in the pooled tokens each text gets, so the model's
+pooling is one masked mean either way: "mean" pools the tokens after the prefix, "last_token" the
+last token alone (the mean of one token is that token's state, exactly).
 
 Which tokenizer a run uses is decided here too (`resolve_tokenizer`), for the trainer and the
 input pipeline alike.
@@ -24,6 +34,9 @@ INSTRUCTION_STRIP = "\t\n :"  # stripped from both ends of an instruction (GritL
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 PAD_TOKEN = "<|finetune_right_pad_id|>"
+QWEN_EOS_TOKEN = "<|endoftext|>"  # what Qwen3-Embedding appends to every text (and pads with)
+TEMPLATES = ("reasonir", "qwen3_embedding")
+POOLINGS = ("mean", "last_token")
 _PROBE = "probe text"
 
 
@@ -38,6 +51,20 @@ def prompt_prefix(instruction: str | None) -> str:
   if instruction:
     return f"<|user|>\n{instruction}\n<|embed|>\n"
   return "<|embed|>\n"
+
+
+def qwen3_prefix(instruction: str | None) -> str:
+  """Qwen3-Embedding's query prefix; documents (no instruction) get none."""
+  return f"Instruct: {instruction}\nQuery:" if instruction else ""
+
+
+def template_prefix(template: str, instruction: str | None) -> str:
+  """The text `template` places before a passage."""
+  if template == "reasonir":
+    return prompt_prefix(instruction)
+  if template == "qwen3_embedding":
+    return qwen3_prefix(instruction)
+  raise ValueError(f"model.template={template!r} is not one of {TEMPLATES}")
 
 
 def format_prompt(text: str, instruction: str | None = None) -> str:
@@ -73,28 +100,46 @@ def resolve_tokenizer(tokenizer: str = "", init_from: str = "") -> str:
   return local_tokenizer_dir(tokenizer)
 
 
+def adds_exactly(tokenizer, front: list[int], back: list[int]) -> bool:
+  """Whether tokenizing with special tokens gives exactly front + the plain ids + back."""
+  plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+  return tokenizer(_PROBE)["input_ids"] == front + plain + back
+
+
 def adds_bos_only(tokenizer) -> bool:
   """Whether tokenizing with special tokens gives exactly BOS + the plain ids (Llama-3's way)."""
-  plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
-  return tokenizer(_PROBE)["input_ids"] == [tokenizer.bos_token_id] + plain
+  return adds_exactly(tokenizer, [tokenizer.bos_token_id], [])
 
 
 class PromptTokenizer:
-  """Tokenizes (instruction, text) pairs into the ids of `BOS + prefix + text` and the number of
-  leading tokens that pooling leaves out (see the module docstring)."""
+  """Tokenizes (instruction, text) pairs into the ids of a template's prompt and the index of
+  the first pooled token (see the module docstring)."""
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, template: str = "reasonir", pooling: str = "mean"):
     if isinstance(tokenizer, str):
       tokenizer = load_tokenizer(tokenizer)
+    if template not in TEMPLATES:
+      raise ValueError(f"model.template={template!r} is not one of {TEMPLATES}")
+    if pooling not in POOLINGS:
+      raise ValueError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
     self.tokenizer = tokenizer
-    if tokenizer.bos_token_id is None:
-      raise ValueError("tokenizer has no BOS token (bos_token_id is None); the template needs one")
-    self.bos_id = int(tokenizer.bos_token_id)
+    self.template = template
+    self.pooling = pooling
+    # BOS for the ReasonIR template when the tokenizer has one; Qwen3-Embedding uses none.
+    bos = tokenizer.bos_token_id if template == "reasonir" else None
+    self.bos_id = None if bos is None else int(bos)
+    self.eos_id = None
+    if template == "qwen3_embedding":
+      eos = tokenizer.convert_tokens_to_ids(QWEN_EOS_TOKEN)
+      if eos is None or eos == tokenizer.unk_token_id:
+        raise ValueError(f"model.template='qwen3_embedding' appends {QWEN_EOS_TOKEN!r}, which "
+                         f"the tokenizer does not have")
+      self.eos_id = int(eos)
     pad = tokenizer.pad_token_id
     self.pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
     # A tokenizer that adds BOS itself (and nothing else) does so; for any other, BOS is put in
     # front of the ids. Never BOS in the string as well as from the tokenizer (two BOS tokens).
-    self.adds_bos = adds_bos_only(tokenizer)
+    self.adds_bos = self.bos_id is not None and adds_bos_only(tokenizer)
 
   def _ids(self, strings: Sequence[str]) -> list[list[int]]:
     """BOS + the ids of each string, in one batched call. Uses the Rust backend's
@@ -109,35 +154,50 @@ class PromptTokenizer:
                                                       add_special_tokens=self.adds_bos)]
     else:
       ids = self.tokenizer(list(strings), add_special_tokens=self.adds_bos)["input_ids"]
-    return ids if self.adds_bos else [[self.bos_id, *x] for x in ids]
+    if self.bos_id is not None and not self.adds_bos:
+      ids = [[self.bos_id, *x] for x in ids]
+    return ids
 
   @functools.lru_cache(maxsize=4096)
   def prefix_ids(self, instruction: str | None) -> tuple[int, ...]:
     """`BOS + prefix` tokenized alone; its length is how many leading tokens pooling masks out."""
-    return tuple(self._ids([prompt_prefix(instruction)])[0])
+    return tuple(self._ids([template_prefix(self.template, instruction)])[0])
+
+  def reserved(self, instruction: str | None) -> int:
+    """Tokens of a prompt that are not text: BOS + prefix, and the appended EOS."""
+    return len(self.prefix_ids(instruction)) + (self.eos_id is not None)
 
   def full_ids(self, texts: Sequence[str], instructions: str | None | Sequence[str | None],
                max_chars: int | None = None) -> list[list[int]]:
-    """The untruncated ids of `BOS + prefix + text` per text (each text first cut to max_chars
-    characters when given), tokenized as one string."""
+    """The untruncated ids of `BOS + prefix + text (+ EOS)` per text (each text first cut to
+    max_chars characters when given), tokenized as one string."""
     instructions = _per_text(instructions, len(texts))
     cut = texts if max_chars is None else [t[:max_chars] for t in texts]
-    return self._ids([prompt_prefix(i) + t for i, t in zip(instructions, cut)])
+    ids = self._ids([template_prefix(self.template, i) + t for i, t in zip(instructions, cut)])
+    return ids if self.eos_id is None else [x + [self.eos_id] for x in ids]
 
   def encode(self, texts: Sequence[str], instructions: str | None | Sequence[str | None],
              max_length: int) -> list[tuple[list[int], int] | None]:
-    """(ids, prefix_len) per text, the ids cut to max_length tokens (the text is cut, the prefix
-    kept), or None where the prefix alone reaches max_length. Texts are first cut to
-    10 x max_length characters."""
+    """(ids, first pooled index) per text, the ids cut to max_length tokens (the text is cut,
+    the prefix and an appended EOS kept), or None where those alone reach max_length. Texts are
+    first cut to 10 x max_length characters."""
     instructions = _per_text(instructions, len(texts))
     prefix_lens = [len(self.prefix_ids(i)) for i in instructions]
-    keep = [i for i, n in enumerate(prefix_lens) if n < max_length]
+    keep = [i for i, inst in enumerate(instructions) if self.reserved(inst) < max_length]
     full = self.full_ids([texts[i] for i in keep], [instructions[i] for i in keep],
                          CHARS_PER_TOKEN_CAP * max_length)
     out: list[tuple[list[int], int] | None] = [None] * len(texts)
     for i, ids in zip(keep, full):
-      out[i] = (ids[:max_length], prefix_lens[i])
+      out[i] = self.cut((ids, prefix_lens[i]), max_length)
     return out
+
+  def cut(self, encoded: tuple[list[int], int], length: int) -> tuple[list[int], int]:
+    """One (ids, prefix_len) cut to at most `length` tokens, as (ids, first pooled index): an
+    appended EOS stays last, and last-token pooling pools the last token kept."""
+    ids, prefix_len = encoded
+    if len(ids) > length:
+      ids = ids[:length] if self.eos_id is None else ids[:length - 1] + ids[-1:]
+    return (ids, len(ids) - 1) if self.pooling == "last_token" else (ids, prefix_len)
 
 
 def _per_text(instructions, n: int) -> list[str | None]:

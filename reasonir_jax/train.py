@@ -4,10 +4,11 @@
       [--config.optim.lr=1e-5 --config.mesh.shape=(2,-1,1) ...]
 
 A workdir holding a checkpoint resumes from it (same data order and RNG, so an interrupted run
-ends with the same parameters as one that never stopped). Otherwise the encoder starts from the
-Hugging Face directory `--config.init_from`, or from random weights. Several processes (TPU pod
-hosts, or `--coordinator_address/--num_processes/--process_id`) each read their own share of the
-data; global arrays are built from process-local data.
+ends with the same parameters as one that never stopped); with `checkpoint.local_dir` the hosts'
+own local checkpoints are tried first (training/local_checkpoint.py). Otherwise the encoder
+starts from the Hugging Face directory `--config.init_from`, or from random weights. Several
+processes (TPU pod hosts, or `--coordinator_address/--num_processes/--process_id`) each read
+their own share of the data; global arrays are built from process-local data.
 
 The workdir, data globs and init_from may be remote (gs://BUCKET/...; see reasonir_jax/paths.py).
 On SIGTERM (or a preemption sync point on a pod) the run checkpoints the step it reached and
@@ -67,10 +68,12 @@ def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
 
 def with_hf_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` whose model takes its architecture from `config.init_from`'s
-  config.json (dtypes, scan and remat stay); `config` itself is left as it is."""
+  config.json (dtypes, scan, remat and the recipe: causal, template, pooling stay); `config`
+  itself is left as it is."""
   from reasonir_jax.hf import read_hf_config
   from reasonir_jax.model import ModelConfig
-  keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy")}
+  keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy",
+                                       "causal", "template", "pooling") if k in config.model}
   hf_cfg = ModelConfig.from_hf_dict(read_hf_config(config.init_from), **keep)
   adopted = config.copy_and_resolve_references()
   adopted.model.update({f.name: getattr(hf_cfg, f.name) for f in dataclasses.fields(hf_cfg)
@@ -95,6 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   from reasonir_jax import sharding as shd
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training import flops as flops_lib
+  from reasonir_jax.training import local_checkpoint
   from reasonir_jax.training import metrics as metrics_lib
   from reasonir_jax.training import nonfinite
   from reasonir_jax.training import preemption
@@ -113,13 +117,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   check_vocab(config, tokenizer_path)
   ckpt_lib.save_config(workdir, config, tokenizer_path)
   manager = ckpt_lib.CheckpointManager(workdir, config.checkpoint)
+  local = local_checkpoint.LocalCheckpointTier.from_config(workdir, config.checkpoint)
 
   if data_iterator is None:
     from reasonir_jax.data.pipeline import make_train_iterator
     data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec)
 
   latest = manager.latest_step()
-  if latest is not None:
+  # The local tier first: on the hosts that wrote it, it is at least as new and reads faster.
+  from_local = local.restore(trainer.abstract_state(), latest) if local is not None else None
+  if from_local is not None:
+    state, data_state, local_step = from_local
+    local_checkpoint.set_data_state(data_iterator, data_state)
+    log.info("resumed from the local checkpoint in %s at step %d", local.directory, local_step)
+  elif latest is not None:
     state, data_state = manager.restore(trainer.abstract_state(), latest)
     if data_state is not None:
       data_iterator.set_state(data_state)
@@ -179,6 +190,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
           trainer.packed_rows, attention))
       if not skipped and manager.save(state, data_iterator.get_state(), step=step):
         last_saved = step
+        if local is not None:
+          local.restart_clock()
+      elif not skipped and local is not None and local.due(step):
+        local.save(state, local_checkpoint.data_state_of(data_iterator), step)
       if step % log_every == 0 or step == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars.update(meter.report())
@@ -194,6 +209,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
         plan = manager.preemption_plan(watch.notice_time, saved_this_step=last_saved == step)
         if not plan.wait:
           manager.abandon()
+          if local is not None:
+            local.abandon()
           log.warning("preempted at step %d: %s; exiting at once with status %d (the restart "
                       "resumes from step %s)", step, plan.reason, preemption.EXIT_PREEMPTED,
                       last_committed(manager))
@@ -209,6 +226,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
     manager.wait()
   finally:
     watch.__exit__()
+    if local is not None:
+      local.close()
     manager.close()
     writer.close()
     if hasattr(data_iterator, "close"):

@@ -1,5 +1,6 @@
-"""The configs (`base.py`, `tiny.py`, `llama3_8b.py`) and their loader: `--config` and its
-`--config.a.b=value` overrides, parsed by `ml_collections.config_flags`, with clear errors.
+"""The configs (`base.py`, `tiny.py`, `llama3_8b.py`, `qwen3_8b.py`, `qwen3_embedding_8b.py`) and
+their loader: `--config` and its `--config.a.b=value` overrides, parsed by
+`ml_collections.config_flags`, with clear errors.
 
   config = load_config("tiny", ["optim.lr=1e-5"])
   overrides, rest = split_config_args(sys.argv[1:])   # entry points: the rest is theirs
@@ -82,6 +83,10 @@ def parse_config_flags(path: str, override_args: Sequence[str]) -> ml_collection
   for arg in override_args:
     if "=" not in arg:
       raise ConfigError(f"override {arg!r} is not of the form key.path=value")
+  # The last value of a key wins, as for any flag: config_flags would append a repeated
+  # tuple override (mesh.shape twice -> six entries) instead.
+  last = {_OVERRIDE.sub("", arg).split("=", 1)[0]: i for i, arg in enumerate(override_args)}
+  override_args = [override_args[i] for i in sorted(last.values())]
   # The file first: config_flags refuses overrides given before it.
   argv = ["reasonir_jax", f"--config={path}", *override_args]
   holder = flags.FlagValues()

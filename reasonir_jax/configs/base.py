@@ -1,7 +1,7 @@
 """The base config every variant starts from: model, mesh, sharding rules, data, optimiser, training.
 
-Variants (`tiny.py`, `llama3_8b.py` beside it) call `base_config()` and change a few fields.
-Every field can be overridden on the command line, e.g. `--config.optim.lr=1e-5`.
+Variants (`tiny.py`, `llama3_8b.py`, `qwen3_8b.py`, ... beside it) call `base_config()` and
+change a few fields. Every field can be overridden on the command line, e.g. `--config.optim.lr=1e-5`.
 """
 import dataclasses
 
@@ -128,6 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,
       # The step waits only for the device-to-host copy; the write runs in the background.
       async_save=True,
+      # The fast tier: each process's own shards on a disk of its own host ("" = off), read
+      # back first by a restart on the same hosts (training/local_checkpoint.py). A deleted or
+      # replaced host falls back to the checkpoints above.
+      local_dir="",
+      local_every_steps=0,
+      local_every_seconds=0.0,
+      local_keep=1,
   ))
   return c
 

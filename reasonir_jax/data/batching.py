@@ -59,12 +59,23 @@ def process_info(process_index, process_count) -> tuple[int, int]:
 
 def _as_prompt_tokenizer(tokenizer, config) -> PromptTokenizer:
   if isinstance(tokenizer, PromptTokenizer):
+    _check_recipe(tokenizer, config)
     return tokenizer
   if tokenizer is None:
     # The trainer's choice: config.data.tokenizer, else the model directory's, else the sample's.
     from reasonir_jax.tokenization import resolve_tokenizer
     tokenizer = resolve_tokenizer(config.data.get("tokenizer", ""), config.get("init_from", ""))
-  return PromptTokenizer(tokenizer)
+  m = config.model
+  return PromptTokenizer(tokenizer, template=m.get("template", "reasonir"),
+                         pooling=m.get("pooling", "mean"))
+
+
+def _check_recipe(tok: PromptTokenizer, config) -> None:
+  for name in ("template", "pooling"):
+    want = config.model.get(name, getattr(tok, name))
+    if getattr(tok, name) != want:
+      raise ValueError(f"the PromptTokenizer's {name} {getattr(tok, name)!r} is not "
+                       f"config.model.{name}={want!r}")
 
 
 def _resolve_pattern(pattern: str) -> str:
@@ -198,13 +209,13 @@ class HostBatchIterator:
     return None
 
   def _fits(self, row: TrainingRow) -> bool:
-    """False when an instruction alone reaches max_length (the row is dropped)."""
-    if len(self.tok.prefix_ids(row.query_instruction or None)) >= self.query_max_length:
+    """False when an instruction's prompt alone reaches max_length (the row is dropped)."""
+    if self.tok.reserved(row.query_instruction or None) >= self.query_max_length:
       return False
-    if len(self.tok.prefix_ids(row.positive_instruction or None)) >= self.passage_max_length:
+    if self.tok.reserved(row.positive_instruction or None) >= self.passage_max_length:
       return False
     if (self.group_size > 1 and row.negatives and
-        len(self.tok.prefix_ids(row.negative_instruction or None)) >= self.passage_max_length):
+        self.tok.reserved(row.negative_instruction or None) >= self.passage_max_length):
       return False
     return True
 
@@ -261,10 +272,11 @@ class HostBatchIterator:
             f"stats: {self._stats}")
       rows.append((row, s, pos))
     all_positives = [r.positives[0] for r, _, _ in rows]
-    raw = RawBatch([], [], [], [])
+    raw = RawBatch([], [], [], [], [])
     for j, (row, s, pos) in enumerate(rows):
       raw.queries.append(row.query)
       raw.query_instructions.append(row.query_instruction or None)
+      raw.weights.append(row.weight)
       others = [p for p in all_positives if p not in row.positives]
       for inst, text in self._pick_passages(row, s, pos, others):
         raw.passages.append(text)
@@ -285,22 +297,27 @@ class HostBatchIterator:
     tok = self._thread_tokenizer()
     q_enc = tok.encode(raw.queries, raw.query_instructions, self.query_max_length)
     p_enc = tok.encode(raw.passages, raw.passage_instructions, self.passage_max_length)
+    rows = {"weight": np.asarray(raw.weights, np.float32)}  # per query, in query order
     if self.packing:
       counts = dict.fromkeys(PACKING_STATS, 0)
-      return ({"query": self._pack(q_enc, "query", self.query_max_length, counts),
-               "passage": self._pack(p_enc, "passage", self.passage_max_length, counts)}, counts)
+      return ({"query": self._pack(tok, q_enc, raw.query_instructions, "query",
+                                   self.query_max_length, counts),
+               "passage": self._pack(tok, p_enc, raw.passage_instructions, "passage",
+                                     self.passage_max_length, counts),
+               "row": rows}, counts)
     lq = bucket_length(max(len(ids) for ids, _ in q_enc), self.buckets, self.query_max_length)
     lp = bucket_length(max(len(ids) for ids, _ in p_enc), self.buckets, self.passage_max_length)
     return ({"query": pad_batch(q_enc, lq, self.tok.pad_id),
-             "passage": pad_batch(p_enc, lp, self.tok.pad_id)}, {})
+             "passage": pad_batch(p_enc, lp, self.tok.pad_id), "row": rows}, {})
 
-  def _pack(self, encoded, side: str, row_length: int, counts: dict[str, int]
-            ) -> dict[str, np.ndarray]:
+  def _pack(self, tok: PromptTokenizer, encoded, instructions, side: str, row_length: int,
+            counts: dict[str, int]) -> dict[str, np.ndarray]:
     """Packed rows of one side; pool ids are global text indices (this process's block)."""
     lengths = [len(ids) for ids, _ in encoded]
-    # A cut never reaches into the template prefix: a text keeps a token to pool if it had one
-    # (one whose first characters merged into the prefix's last token may have none).
-    mins = [prefix_len + 1 for _, prefix_len in encoded]
+    # A cut never reaches into the template prefix or an appended EOS: a text keeps a token to
+    # pool if it had one (one whose first characters merged into the prefix's last token may
+    # have none).
+    mins = [tok.reserved(i) + 1 for i in instructions]
     rows, cap = fit_to_rows(lengths, row_length, self.packed_rows[side], mins)
     kept = cut_lengths(lengths, cap, mins)
     cut = [n - k for n, k in zip(lengths, kept) if k < n]
@@ -313,8 +330,9 @@ class HostBatchIterator:
       log.warning("packing: %d %s texts (%d tokens) over the %d x %d budget: the longest %d "
                   "cut to %d tokens", len(lengths), side, sum(lengths), self.packed_rows[side],
                   row_length, len(cut), cap)
+    encoded = [tok.cut(e, k) for e, k in zip(encoded, kept)]
     return packed_arrays(encoded, rows, row_length, self.tok.pad_id,
-                         text_offset=self.process_index * len(encoded), lengths=kept)
+                         text_offset=self.process_index * len(encoded))
 
   def _thread_tokenizer(self) -> PromptTokenizer:
     # HF fast tokenizers reconfigure their Rust backend on every call, which is not safe to
@@ -323,7 +341,8 @@ class HostBatchIterator:
       return self.tok
     local = self._local
     if not hasattr(local, "tok"):
-      local.tok = PromptTokenizer(copy.deepcopy(self.tok.tokenizer))
+      local.tok = PromptTokenizer(copy.deepcopy(self.tok.tokenizer), self.tok.template,
+                                  self.tok.pooling)
     return local.tok
 
   def __next__(self) -> Batch:
@@ -344,3 +363,4 @@ class RawBatch:
   query_instructions: list[str | None]
   passages: list[str]
   passage_instructions: list[str | None]
+  weights: list[float]  # TrainingRow.weight of each query's row

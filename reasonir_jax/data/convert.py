@@ -4,7 +4,8 @@
       [--name NAME] [--source SOURCE] [--documents BRIGHT_DIR | DOCS.(jsonl|parquet),...]
 
 Input lines: {"query": [instruction, text], "pos": [[instruction, text], ...],
-              "neg": [[instruction, text], ...]}  (optional "id" and "source" keys are kept).
+              "neg": [[instruction, text], ...]}  (optional "id" and "source" keys are kept, and
+"weight", the row's loss weight: a finite number >= 0, default 1).
 In the released HQ rows a positive is a BRIGHT document id, from any of the 12 BRIGHT corpora;
 with --documents (a local copy of the BRIGHT dataset, whose documents/ files of every task are
 read, or comma-separated files of `id`, `content` rows) such ids are replaced by the document
@@ -26,11 +27,12 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from reasonir_jax.data.schema import TrainingRow
+from reasonir_jax.data.schema import TrainingRow, check_weight
 from reasonir_jax.data.writer import write_rows
 
 log = logging.getLogger(__name__)
 _ID_MAX_CHARS = 200
+_ROW_KEYS = ("query", "pos", "neg", "id", "source", "weight")  # every other key goes to metadata
 
 
 class ConvertError(ValueError):
@@ -171,6 +173,10 @@ def parse_line(obj, where: str, source: str, row_id: str,
   empty += [f"neg[{i}]" for i, (_, text) in enumerate(neg) if not text.strip()]
   if empty:
     raise ConvertError(f"{where}: empty or whitespace-only text in {', '.join(empty)}")
+  weight = obj.get("weight", 1.0)
+  weight_problem = check_weight(weight)
+  if weight_problem:
+    raise ConvertError(f"{where}: field 'weight' {weight_problem}")
   if missing:
     return None, missing
   row = TrainingRow(
@@ -178,8 +184,9 @@ def parse_line(obj, where: str, source: str, row_id: str,
       positives=positives, negatives=[t for _, t in neg], query_instruction=q_inst,
       positive_instruction=_one_instruction(pos, where, "pos"),
       negative_instruction=_one_instruction(neg, where, "neg"),
-      metadata=json.dumps({k: obj[k] for k in obj if k not in ("query", "pos", "neg", "id", "source")},
-                          ensure_ascii=False, sort_keys=True))
+      metadata=json.dumps({k: obj[k] for k in obj if k not in _ROW_KEYS}, ensure_ascii=False,
+                          sort_keys=True),
+      weight=float(weight))
   try:
     return row.validate(), []
   except ValueError as e:

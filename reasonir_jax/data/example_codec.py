@@ -2,7 +2,9 @@
 
 Uses the `tf.train.Example` protobuf classes shipped with tensorflow-datasets, so no TensorFlow
 is needed. Every feature is a bytes_list of UTF-8 strings; the scalar fields hold exactly one
-value, `positives` and `negatives` hold one value per text (possibly zero negatives).
+value, `positives` and `negatives` hold one value per text (possibly zero negatives). The optional
+`weight` holds the row weight as its decimal text (`repr`, so it reads back exactly), written only
+when it is not 1: files from before it existed, and rows of weight 1, are unchanged bytes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ SCALAR_FEATURES = ("row_id", "source", "query", "query_instruction", "positive_i
                    "negative_instruction", "metadata")
 LIST_FEATURES = ("positives", "negatives")
 ALL_FEATURES = SCALAR_FEATURES + LIST_FEATURES
+WEIGHT_FEATURE = "weight"  # optional; absent = 1.0
 
 
 class ExampleParseError(ValueError):
@@ -37,6 +40,8 @@ def row_to_example_bytes(row: TrainingRow) -> bytes:
       raise TypeError(f"row {row.row_id!r}: field {name!r} must be a list of str")
     # Touch the bytes_list so an empty list is still a present (empty) feature.
     feature[name].bytes_list.value.extend(v.encode("utf-8") for v in values)
+  if row.weight != 1.0:
+    feature[WEIGHT_FEATURE].bytes_list.value.append(repr(float(row.weight)).encode("utf-8"))
   return example.SerializeToString(deterministic=True)
 
 
@@ -66,8 +71,20 @@ def example_bytes_to_row(data: bytes) -> TrainingRow:
       values[name] = strings[0]
     else:
       values[name] = strings
+  if WEIGHT_FEATURE in feature:
+    values["weight"] = _parse_weight(feature[WEIGHT_FEATURE])
   row = TrainingRow(**values)
   try:
     return row.validate()
   except ValueError as e:
     raise ExampleParseError(str(e)) from None
+
+
+def _parse_weight(f) -> float:
+  if f.WhichOneof("kind") != "bytes_list" or len(f.bytes_list.value) != 1:
+    raise ExampleParseError(f"feature {WEIGHT_FEATURE!r} must be a bytes_list of 1 value")
+  text = f.bytes_list.value[0]
+  try:
+    return float(text.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError):
+    raise ExampleParseError(f"feature {WEIGHT_FEATURE!r} is not a number: {text[:40]!r}") from None

@@ -53,6 +53,8 @@ class TrainIterator:
     self._jax = jax
     self.host_iter = host_iter
     self.sharding = jax.sharding.NamedSharding(mesh, batch_spec)
+    # [B] per-row arrays (batch["row"]) take the batch axis of the [B, L] spec only.
+    self.row_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*batch_spec[:1]))
     self.process_count = process_count
     self.device_prefetch = max(0, int(device_prefetch))
     self._buffer = []  # (device batch, state after it, stats)
@@ -66,13 +68,13 @@ class TrainIterator:
     local = np.asarray([batch["query"]["input_ids"].shape[1],
                         batch["passage"]["input_ids"].shape[1]], np.int32)
     lq, lp = np.max(multihost_utils.process_allgather(local), axis=0)
-    return {"query": _pad_to(batch["query"], int(lq), self.host_iter),
+    return {**batch, "query": _pad_to(batch["query"], int(lq), self.host_iter),
             "passage": _pad_to(batch["passage"], int(lp), self.host_iter)}
 
   def _to_device(self, batch: Batch):
     batch = self._agree_lengths(batch)
     make = self._jax.make_array_from_process_local_data
-    return {part: {k: make(self.sharding, v) for k, v in arrays.items()}
+    return {part: {k: make(self.sharding if v.ndim > 1 else self.row_sharding, v) for k, v in arrays.items()}
             for part, arrays in batch.items()}
 
   def _fill(self):
@@ -128,7 +130,8 @@ def make_train_iterator(config, tokenizer, mesh, batch_spec, *, process_index: i
                         process_count: int | None = None):
   """The trainer's entry point: an iterator of global batches
     {"query": {input_ids, attention_mask, pool_mask}: int32[B, Lq],
-     "passage": {...}: int32[B*G, Lp]}  (passages of query i: rows i*G..i*G+G-1, positive first)
+     "passage": {...}: int32[B*G, Lp],  (passages of query i: rows i*G..i*G+G-1, positive first)
+     "row": {"weight": float32[B]}}  (each query's TrainingRow.weight)
   placed in NamedSharding(mesh, batch_spec), with get_state()/set_state()/stats()."""
   pi, pc = process_info(process_index, process_count)
   host = make_host_iterator(config, tokenizer, process_index=pi, process_count=pc)

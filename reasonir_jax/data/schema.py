@@ -6,6 +6,7 @@ it is one `tf.train.Example` per row (see docs/data_format.md for the feature na
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass
@@ -20,6 +21,9 @@ class TrainingRow:
   negative_instruction: str = ""
   # Free-form JSON provenance, e.g. {"generator": ..., "prompt": ..., "sampling": {...}}.
   metadata: str = ""
+  # The row's weight in the InfoNCE mean over the global batch (training/loss.py): finite, >= 0;
+  # e.g. an LLM judge's score (data_gen's `judge` stage) for curriculum or intensity weighting.
+  weight: float = 1.0
 
   def empty_texts(self) -> list[str]:
     """The texts that are empty or whitespace only, by field: "query", "positives[0]", ...
@@ -38,8 +42,20 @@ class TrainingRow:
       raise ValueError("row has an empty row_id")
     if not self.positives:
       raise ValueError(f"row {self.row_id!r}: needs at least one positive")
+    weight_problem = check_weight(self.weight)
+    if weight_problem:
+      raise ValueError(f"row {self.row_id!r}: weight {weight_problem}")
     empty = self.empty_texts()
     if empty:
       raise ValueError(f"row {self.row_id!r}: empty {', '.join(empty)} (empty or whitespace-only "
                        "text)")
     return self
+
+
+def check_weight(value) -> str:
+  """"" for a valid row weight (a finite real number >= 0), else what is wrong with it."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return f"must be a number, got {type(value).__name__} {value!r:.40}"
+  if not math.isfinite(value) or value < 0:
+    return f"must be finite and >= 0, got {value!r}"
+  return ""

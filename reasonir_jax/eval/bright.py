@@ -1,7 +1,8 @@
 """BRIGHT evaluation of a dense ReasonIR encoder or the BM25 baseline.
 
     python -m reasonir_jax.eval.bright --model PATH --data BRIGHT_DIR --out OUT \\
-        [--tasks biology,pony|all] [--retriever dense|bm25] [--queries original|gpt4_reason|FILE] \\
+        [--tasks biology,pony|all] [--retriever dense|bm25|hybrid] [--queries original|gpt4_reason|FILE[,...]] \\
+        [--fusion score|rrf --dense-weight W --rrf-k K --fusion-depth N] \\
         [--protocol reference|ours] [--long-documents] [--max-length N] [--batch-size N] [--cache-dir DIR] \\
         [--rewrite-backend openai --rewrite-model M --base-url U] \\
         [--rerank-backend openai --rerank-model M --base-url U]
@@ -13,7 +14,15 @@ nDCG@10 and recall@100 (fractions) per task, BRIGHT's metric set (NDCG@k, MAP@k,
 MRR through pytrec_eval) and their plain means; a table compares them with the published numbers.
 BRIGHT's own layout is written too: `OUT/<task>_<retriever>_long_<True|False>/score.json` (the
 run as {qid: {docid: score}}) and `results.json` there, plus `OUT/qrels/<task>.qrels` (TREC qrels).
-`OUT/queries/<task>.jsonl` records the query texts used (for reranking).
+`OUT/queries/<task>.jsonl` records the query texts used (for reranking; the first query set when
+several are fused), `OUT/per_query/<task>.json` each query's nDCG@10 and recall@100.
+
+Fusion (eval/fusion.py, docs/hybrid_retrieval.md): `--retriever hybrid` retrieves with the dense
+model and BM25, and several comma-separated `--queries` retrieve once per query set; each of these
+lists holds `--fusion-depth` documents per query, and they are fused into one ranking (`score`:
+weighted sum of per-query min-max normalised scores; `rrf`: reciprocal-rank fusion). A retriever's
+weight (`--dense-weight`, BM25 the rest) is split evenly over the query sets. The fused run is
+written like any other, with the fused scores; `OUT/fusion.json` records the settings.
 
 `--protocol reference` (default) follows the public BM25, rewriting and reranking protocols
 (eval/protocol.py); `--protocol ours` selects our earlier variants. `--long-documents` uses the
@@ -33,7 +42,7 @@ import time
 import numpy as np
 
 from reasonir_jax import paths
-from reasonir_jax.eval import (bright_data, cache, encode_plan, metrics, protocol, published,
+from reasonir_jax.eval import (bright_data, cache, encode_plan, fusion, metrics, protocol, published,
                                retrieval)
 from reasonir_jax.llm import cache as llm_cache
 from reasonir_jax.llm import flags as llm_flags
@@ -42,6 +51,7 @@ from reasonir_jax.tokenization import prompt_prefix
 log = logging.getLogger(__name__)
 
 TOP_K = 1000
+RETRIEVERS = ("dense", "bm25", "hybrid")
 
 
 def default_cache_dir() -> str:
@@ -127,9 +137,11 @@ def dense_run(encoder, model_key: str, task: str, examples, doc_ids, docs, *, ma
 
 
 def bm25_run(task: str, examples, doc_ids, docs, top_k: int = TOP_K,
-             protocol_name: str = "reference") -> dict[str, dict[str, float]]:
-  from reasonir_jax.eval.bm25 import BM25Index
-  index = BM25Index(docs, protocol_name=protocol_name)
+             protocol_name: str = "reference", index=None) -> dict[str, dict[str, float]]:
+  """`index`: a BM25Index of `docs` already built (several query sets search one index)."""
+  if index is None:
+    from reasonir_jax.eval.bm25 import BM25Index
+    index = BM25Index(docs, protocol_name=protocol_name)
   extra = max([len(e.excluded_ids) for e in examples] + [0])
   scores, indices = index.search([e.query for e in examples], top_k + extra)
   run = {}
@@ -165,6 +177,62 @@ def write_public_layout(out: str, task: str, retriever: str, long_documents: boo
   metrics.write_qrels(paths.join(out, "qrels", f"{task}.qrels"), qrels)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What is retrieved and how it is fused: one list per (query set, retriever), in that order."""
+  query_sets: tuple[str, ...]
+  retrievers: tuple[str, ...]
+  method: str = "score"
+  retriever_weights: tuple[float, ...] = (1.0,)
+  rrf_k: int = fusion.RRF_K
+  depth: int = TOP_K
+
+  @property
+  def fused(self) -> bool:
+    return len(self.query_sets) * len(self.retrievers) > 1
+
+  def weights(self) -> list[float]:
+    """Each list's weight: its retriever's share, split evenly over the query sets."""
+    return [w / len(self.query_sets) for _ in self.query_sets for w in self.retriever_weights]
+
+
+def parse_plan(args) -> Plan:
+  """The retrieval plan of the flags, or ValueError naming the flag at fault."""
+  query_sets = tuple(q.strip() for q in args.queries.split(","))
+  if not all(query_sets):
+    raise ValueError(f"--queries {args.queries!r}: an empty name; give original, gpt4_reason or a FILE/DIR "
+                     "per comma-separated item")
+  if args.top_k < 1:
+    raise ValueError(f"--top-k {args.top_k}: must be >= 1")
+  retrievers = ("dense", "bm25") if args.retriever == "hybrid" else (args.retriever,)
+  plan = Plan(query_sets, retrievers)
+  given = {flag: value for flag, value in (("--fusion", args.fusion), ("--dense-weight", args.dense_weight),
+                                           ("--rrf-k", args.rrf_k), ("--fusion-depth", args.fusion_depth))
+           if value is not None}
+  if not plan.fused:
+    if given:
+      raise ValueError(f"{', '.join(given)}: nothing is fused; fusion needs --retriever hybrid or several "
+                       "comma-separated --queries")
+    return dataclasses.replace(plan, depth=args.top_k)
+  method = args.fusion or "score"
+  if args.dense_weight is not None:
+    if args.retriever != "hybrid":
+      raise ValueError(f"--dense-weight needs --retriever hybrid (got --retriever {args.retriever})")
+    if not 0.0 <= args.dense_weight <= 1.0:
+      raise ValueError(f"--dense-weight {args.dense_weight}: must be between 0 and 1 (BM25 gets 1 - it)")
+  if args.rrf_k is not None:
+    if method != "rrf":
+      raise ValueError(f"--rrf-k needs --fusion rrf (got --fusion {method})")
+    if args.rrf_k < 0:
+      raise ValueError(f"--rrf-k {args.rrf_k}: must be >= 0")
+  if args.fusion_depth is not None and args.fusion_depth < 1:
+    raise ValueError(f"--fusion-depth {args.fusion_depth}: must be >= 1")
+  dense = 0.5 if args.dense_weight is None else args.dense_weight
+  weights = (dense, 1.0 - dense) if args.retriever == "hybrid" else (1.0,)
+  return Plan(query_sets, retrievers, method, weights, fusion.RRF_K if args.rrf_k is None else args.rrf_k,
+              args.fusion_depth or args.top_k)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="", help="HF model directory or training workdir (dense)")
@@ -172,11 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--tasks", default=None, help="'all', 'available' (those in --data) or comma-separated "
                       "task names; default: all, or available for the shipped sample")
-  parser.add_argument("--retriever", choices=("dense", "bm25"), default="dense")
+  parser.add_argument("--retriever", choices=RETRIEVERS, default="dense",
+                      help="dense, bm25, or hybrid: both, their rankings fused (--fusion)")
   parser.add_argument("--protocol", choices=protocol.PROTOCOLS, default="reference",
                       help="BM25, rewriting and reranking: reference (the public protocols) or ours")
   parser.add_argument("--queries", default="original",
-                      help="original | gpt4_reason | FILE/DIR of jsonl (id, query)")
+                      help="original | gpt4_reason | FILE/DIR of jsonl (id, query); several, comma-separated "
+                           "(e.g. original,REWRITES1,REWRITES2), fuse their rankings (--fusion)")
+  parser.add_argument("--fusion", choices=fusion.METHODS, default=None,
+                      help="how ranked lists are fused (hybrid, several --queries): score = weighted sum of "
+                           "per-query min-max normalised scores (default), rrf = reciprocal-rank fusion")
+  parser.add_argument("--dense-weight", type=float, default=None,
+                      help="hybrid: weight of the dense lists, BM25 gets 1 - it (default 0.5)")
+  parser.add_argument("--rrf-k", type=int, default=None, help=f"--fusion rrf: k of 1 / (k + rank) "
+                      f"(default {fusion.RRF_K})")
+  parser.add_argument("--fusion-depth", type=int, default=None,
+                      help="documents each retriever returns per query set before fusion (default --top-k)")
   parser.add_argument("--long-documents", action="store_true",
                       help="long_documents, gold_ids_long and the long instructions (8 tasks)")
   parser.add_argument("--max-length", type=int, default=protocol.LONG_MAX_LENGTH,
@@ -248,28 +327,36 @@ def main(argv=None) -> dict:
     elif args.rewrite_prompt_file:
       raise ValueError("--rewrite-prompt-file needs a rewriting backend (--rewrite-backend)")
     llm_flags.backend_kwargs(args, "rerank")  # fail on bad rerank flags before the long part
+    plan = parse_plan(args)
+    if rewriter is not None and len(plan.query_sets) > 1:
+      raise ValueError("--rewrite-backend rewrites one query set; for several, write each with "
+                       "`python -m reasonir_jax.eval.rewrite --seed S --out DIR` and pass the DIRs to --queries")
     # Every file the run needs, checked before hours of encoding.
     for task in tasks:
       bright_data.split_file(data_dir, "examples", task)
       bright_data.split_file(data_dir, "long_documents" if args.long_documents else "documents", task)
-      if args.queries == "gpt4_reason":
+      if "gpt4_reason" in plan.query_sets:
         bright_data.split_file(data_dir, "gpt4_reason", task)
-    if args.retriever == "dense" and not args.model:
-      raise ValueError("--model is required with --retriever dense")
-    model_key = cache.model_fingerprint(args.model) if args.retriever == "dense" else None
+    if "dense" in plan.retrievers and not args.model:
+      raise ValueError(f"--model is required with --retriever {args.retriever}")
+    model_key = cache.model_fingerprint(args.model) if "dense" in plan.retrievers else None
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   cache_dir = args.cache_dir or default_cache_dir()
   paths.makedirs(args.out)
 
   encoder = None
-  if args.retriever == "dense":
+  if "dense" in plan.retrievers:
     encoder = load_encoder(args.model, args.dtype, args.mesh)
+  if plan.fused:
+    bright_data.write_text(paths.join(args.out, "fusion.json"), json.dumps(
+        dataclasses.asdict(plan) | {"list_weights": plan.weights(), "top_k": args.top_k}, indent=1))
 
   results, projected = {}, False
   for task in tasks:
     t0 = time.time()
-    examples = bright_data.load_queries(data_dir, task, args.queries)
+    query_sets = [bright_data.load_queries(data_dir, task, q) for q in plan.query_sets]
+    examples = query_sets[0]
     if rewriter is not None:
       answers = llm_cache.open_cache(paths.join(args.out, "rewritten"), task)
       try:
@@ -279,27 +366,40 @@ def main(argv=None) -> dict:
       finally:
         answers.close()
       examples = [dataclasses.replace(e, query=q) for e, q in zip(examples, texts)]
+      query_sets = [examples]
       bright_data.write_jsonl(paths.join(args.out, "rewritten", f"{task}.jsonl"),
                               [{"id": e.id, "query": e.query} for e in examples])
     doc_ids, docs = bright_data.load_documents(data_dir, task, args.long_documents)
     log.info("%s: %d queries, %d documents", task, len(examples), len(doc_ids))
-    if args.retriever == "dense":
+    if encoder is not None:
       cut = count_truncated(encoder, docs, args.max_length)
       if cut:
         log.warning("%s: --max-length %d cuts %d of %d documents (the reference evaluates up to %d tokens)",
                     task, args.max_length, cut, len(docs), protocol.LONG_MAX_LENGTH)
-      run = dense_run(encoder, model_key, task, examples, doc_ids, docs, max_length=args.max_length,
-                      batch_size=args.batch_size, long_documents=args.long_documents,
-                      cache_dir=cache_dir, top_k=args.top_k, chunk_size=args.cache_chunk_size,
-                      cache_dtype=args.cache_dtype)
-    else:
-      run = bm25_run(task, examples, doc_ids, docs, args.top_k, args.protocol)
+    index = None
+    if "bm25" in plan.retrievers and len(query_sets) > 1:
+      from reasonir_jax.eval.bm25 import BM25Index
+      index = BM25Index(docs, protocol_name=args.protocol)
+    runs = []
+    for qs in query_sets:
+      for retriever in plan.retrievers:
+        if retriever == "dense":
+          runs.append(dense_run(encoder, model_key, task, qs, doc_ids, docs, max_length=args.max_length,
+                                batch_size=args.batch_size, long_documents=args.long_documents,
+                                cache_dir=cache_dir, top_k=plan.depth, chunk_size=args.cache_chunk_size,
+                                cache_dtype=args.cache_dtype))
+        else:
+          runs.append(bm25_run(task, qs, doc_ids, docs, plan.depth, args.protocol, index=index))
+    run = (fusion.fuse(runs, plan.weights(), plan.method, rrf_k=plan.rrf_k, top_k=args.top_k)
+           if plan.fused else runs[0])
     metrics.write_trec_run(paths.join(args.out, f"{task}.run"), run, tag=args.retriever)
     bright_data.write_jsonl(paths.join(args.out, "queries", f"{task}.jsonl"),
                             [{"id": e.id, "query": e.query} for e in examples])
     qrels = bright_data.qrels_for(examples, args.long_documents)
     results[task] = metrics.evaluate(run, qrels) | metrics.public_metrics(run, qrels)
     write_public_layout(args.out, task, args.retriever, args.long_documents, run, qrels, results[task])
+    bright_data.write_text(paths.join(args.out, "per_query", f"{task}.json"),
+                           json.dumps(metrics.per_query_metrics(run, qrels), indent=1))
     log.info("%s: nDCG@10 %.4f recall@100 %.4f (%.1fs)", task, results[task]["ndcg@10"],
              results[task]["recall@100"], time.time() - t0)
     if encoder is not None and not projected and encode_plan.METER.rate():
@@ -309,6 +409,8 @@ def main(argv=None) -> dict:
   results["average"] = average({t: results[t] for t in tasks})
   bright_data.write_text(paths.join(args.out, "results.json"), json.dumps(results, indent=1))
   queries_kind = args.queries if args.queries in published.PUBLISHED else "custom"
+  if len(plan.query_sets) > 1:
+    queries_kind = f"{len(plan.query_sets)} query sets fused"
   if rewriter is not None:
     queries_kind = "rewritten"
     rewriter.close()

@@ -1,7 +1,8 @@
-"""Import a Hugging Face Llama checkpoint directory into a `LlamaEncoder`, block by block.
+"""Import a Hugging Face Llama or Qwen3 checkpoint directory into a `LlamaEncoder`, block by block.
 
-Accepts one `model.safetensors` or shards with `model.safetensors.index.json`, bare `LlamaModel`
-names or `LlamaForCausalLM` ones (`model.` prefix; `lm_head.weight` is ignored), on local disk or
+Accepts one `model.safetensors` or shards with `model.safetensors.index.json`, bare `LlamaModel` /
+`Qwen3Model` names or `*ForCausalLM` ones (`model.` prefix; `lm_head.weight`, absent when tied, is
+ignored), on local disk or
 a remote filesystem (gs://, via reasonir_jax.paths). Every parameter is built with
 `jax.make_array_from_callback`: each process reads only the blocks its own devices hold, straight
 from the lazily opened files, in our layout (hf/mapping.py). No process reads a whole tensor that
@@ -27,6 +28,7 @@ from reasonir_jax import sharding as shd
 from reasonir_jax.hf import mapping
 from reasonir_jax.hf.safetensors_io import SafetensorsFile
 from reasonir_jax.model import LlamaEncoder, ModelConfig
+from reasonir_jax.model.config import RECIPES
 from reasonir_jax.model.sharded import abstract_model
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -41,6 +43,28 @@ def read_hf_config(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f"{cfg_path} not found: not a Hugging Face model directory")
   with paths.open(cfg_path, "r") as f:
     return json.load(f)
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+  """The embedding recipe (ModelConfig's causal, template, pooling) a directory's
+  sentence-transformers files say: last-token pooling (Qwen3-Embedding's checkpoints, our
+  exports of its recipe) is the qwen3_embedding recipe, anything else ReasonIR's; config.json's
+  `is_causal`, where written, decides the attention."""
+  recipe = dict(RECIPES["reasonir"])
+  modules_path = paths.join(path, "modules.json")
+  if paths.exists(modules_path):
+    with paths.open(modules_path, "r") as f:
+      modules = json.load(f)
+    for m in modules:
+      pooling_path = paths.join(path, m.get("path", ""), "config.json")
+      if m.get("type", "").endswith(".Pooling") and paths.exists(pooling_path):
+        with paths.open(pooling_path, "r") as f:
+          if json.load(f).get("pooling_mode_lasttoken"):
+            recipe = dict(RECIPES["qwen3_embedding"])
+  causal = read_hf_config(path).get("is_causal")
+  if causal is not None:
+    recipe["causal"] = bool(causal)
+  return recipe
 
 
 def local_tokenizer_dir(path: str) -> str:
@@ -140,7 +164,7 @@ def load_params(path: str, cfg: ModelConfig, abstract_state: nnx.State, mesh=Non
   index = CheckpointIndex(path)
   scanned = "layers" in abstract_state and not isinstance(
       next(iter(abstract_state["layers"].keys())), int)
-  entries = mapping.param_entries(cfg.num_layers, scanned)
+  entries = mapping.param_entries(cfg.num_layers, scanned, cfg.qk_norm)
 
   expected = [n for e in entries for n in e.hf_names]
   missing = [n for n in expected if n not in index.locations]
@@ -174,9 +198,10 @@ def load_hf(path: str, *, mesh=None, rules=None, show_progress: bool = True,
             **overrides) -> tuple[LlamaEncoder, ModelConfig]:
   """A LlamaEncoder with the weights of the HF directory `path` (local or remote).
 
-  `overrides` replace ModelConfig fields (e.g. param_dtype="float32", scan_layers=True).
+  `overrides` replace ModelConfig fields (e.g. param_dtype="float32", scan_layers=True, the
+  recipe's causal/template/pooling: `read_recipe(path)` gives those its files say).
   With `mesh`, each parameter lands directly in its sharding under `rules`
-  (default: the rules of configs/base.py); on several processes each reads only its blocks.
+  (default: the rules of reasonir_jax/configs/base.py); on several processes each reads only its blocks.
   """
   if mesh is not None and rules is None:
     from reasonir_jax.configs.base import SHARDING_RULES

@@ -1,8 +1,9 @@
-"""The one table between our parameter paths and Hugging Face Llama tensor names.
+"""The one table between our parameter paths and Hugging Face Llama / Qwen3 tensor names.
 
-Import (`load.py`) and export (`save.py`) both walk `param_entries(cfg, scanned)`, so they cannot
-drift apart. Each row names our path, the HF tensor (bare `LlamaModel` names; `model.` is added
-or stripped for `LlamaForCausalLM` checkpoints by the loader) and a layout transform:
+Import (`load.py`) and export (`save.py`) both walk `param_entries(num_layers, scanned, qk_norm)`,
+so they cannot drift apart. Each row names our path, the HF tensor (bare `LlamaModel` /
+`Qwen3Model` names; `model.` is stripped from `*ForCausalLM` checkpoints by the loader) and a
+layout transform:
 
   identity   same layout (embeddings, norm scales)
   transpose  HF [out, in] <-> ours [in, out] (MLP)
@@ -37,6 +38,11 @@ PER_LAYER = (
     (("mlp", "up_proj"), "mlp.up_proj.weight", "transpose"),
     (("mlp", "down_proj"), "mlp.down_proj.weight", "transpose"),
 )
+# Qwen3's per-head q/k norms (ModelConfig.qk_norm).
+QK_NORM = (
+    (("attn", "q_norm", "scale"), "self_attn.q_norm.weight", "identity"),
+    (("attn", "k_norm", "scale"), "self_attn.k_norm.weight", "identity"),
+)
 
 # Tensors a checkpoint may hold that the encoder does not use.
 IGNORED = ("lm_head.weight",)
@@ -51,9 +57,9 @@ class Entry:
   stacked: bool  # our array has a leading layers axis (hf_names[i] is layer i)
 
 
-def param_entries(num_layers: int, scanned: bool) -> list[Entry]:
+def param_entries(num_layers: int, scanned: bool, qk_norm: bool = False) -> list[Entry]:
   entries = [Entry(path, (hf,), t, False) for path, hf, t in TOP_LEVEL]
-  for path, hf, t in PER_LAYER:
+  for path, hf, t in PER_LAYER + (QK_NORM if qk_norm else ()):
     if scanned:
       names = tuple(f"layers.{i}.{hf}" for i in range(num_layers))
       entries.append(Entry(("layers",) + path, names, t, True))

@@ -1,11 +1,12 @@
 """Export an encoder to a Hugging Face directory that transformers and sentence-transformers load
 as-is (no user code).
 
-Writes config.json (architectures ["LlamaModel"], `"is_causal": false`, RoPE in both the
-transformers-5 `rope_parameters` layout and the older `rope_theta` + `rope_scaling`), safetensors
-shards of at most `max_shard_bytes` (5 GB by default) with `model.safetensors.index.json` when
-there is more than one, the tokenizer (with a pad token, adding BOS itself) and the
-sentence-transformers files (hf/sentence_transformers_files.py). Tensors are fetched, converted and
+Writes config.json (architectures ["LlamaModel"] or ["Qwen3Model"], `is_causal` as the recipe
+says, RoPE in both the transformers-5 `rope_parameters` layout and the older `rope_theta` +
+`rope_scaling`), safetensors shards of at most `max_shard_bytes` (5 GB by default) with
+`model.safetensors.index.json` when there is more than one, the tokenizer (with a pad token,
+adding the template's BOS or EOS itself) and the sentence-transformers files
+(hf/sentence_transformers_files.py). Tensors are fetched, converted and
 written one at a time. On several processes every process takes part in gathering each tensor
 (one at a time, so host memory stays at one tensor) and process 0 writes the files.
 """
@@ -76,7 +77,8 @@ def hf_config(model_cfg: ModelConfig, dtype: str, pad_token_id: int | None = Non
   """config.json: transformers 5 reads `rope_parameters` and `is_causal`; older readers find the
   top-level `rope_theta` and `rope_scaling` of published Llama-3.1 checkpoints."""
   d = model_cfg.to_hf_dict(dtype=dtype)
-  d["is_causal"] = False  # bidirectional attention in plain transformers, no patching
+  # The recipe's attention in plain transformers, no patching (false: bidirectional).
+  d["is_causal"] = bool(model_cfg.causal)
   rope = dict(d["rope_parameters"])
   d["rope_theta"] = rope.pop("rope_theta")
   d["rope_scaling"] = rope if rope.get("rope_type") != "default" else None
@@ -89,16 +91,17 @@ def save_hf(model_or_params, model_cfg: ModelConfig, out_dir: str, tokenizer=Non
             dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
             show_progress: bool = True, prompts: dict[str, str] | None = None,
             max_length: int = 2048) -> str:
-  """Writes an HF `LlamaModel` directory (local or remote); `dtype` (default: the model's param
-  dtype) is the saved tensor dtype. `tokenizer` is a tokenizer object or a directory to copy it
-  from; with one, the sentence-transformers files are written too, with a prompt for documents
-  and one per `prompts` entry (name -> instruction). Call on every process."""
+  """Writes an HF `LlamaModel`/`Qwen3Model` directory (local or remote); `dtype` (default: the
+  model's param dtype) is the saved tensor dtype. `tokenizer` is a tokenizer object or a
+  directory to copy it from; with one, the sentence-transformers files of the recipe
+  (model_cfg.template, pooling) are written too, with a prompt for documents and one per
+  `prompts` entry (name -> instruction). Call on every process."""
   dtype = dtype or model_cfg.param_dtype
   if dtype not in _NP_DTYPES:
     raise ValueError(f"save_hf: dtype {dtype!r} is not one of {sorted(_NP_DTYPES)}")
   np_dtype = _NP_DTYPES[dtype]
   params, scanned = normalise_layers(pure_params(model_or_params))
-  entries = mapping.param_entries(model_cfg.num_layers, scanned)
+  entries = mapping.param_entries(model_cfg.num_layers, scanned, model_cfg.qk_norm)
   primary = jax.process_index() == 0
 
   # Plan: HF name -> (entry, layer index, HF shape), in the table's order.
@@ -164,8 +167,9 @@ def save_hf(model_or_params, model_cfg: ModelConfig, out_dir: str, tokenizer=Non
       _remove(paths.join(out_dir, INDEX_FILE))  # a stale index would shadow the single file
     pad_id = None
     if tokenizer is not None:
-      pad_id = save_tokenizer(tokenizer, out_dir)
-      st_files.write(out_dir, model_cfg.hidden_size, prompts or {}, max_length)
+      pad_id = save_tokenizer(tokenizer, out_dir, model_cfg.template)
+      st_files.write(out_dir, model_cfg.hidden_size, prompts or {}, max_length,
+                     model_cfg.template, model_cfg.pooling)
     _write_json(paths.join(out_dir, "config.json"), hf_config(model_cfg, dtype, pad_id))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -185,12 +189,13 @@ def _remove(path: str) -> None:
     os.remove(path)
 
 
-def save_tokenizer(tokenizer: Any, out_dir: str) -> int:
-  """Writes the tokenizer so that plain users get our inputs: it adds BOS itself (as Llama-3's
-  does; sentence-transformers relies on it) and has a pad token (Llama-3.1 has none: its
-  `<|finetune_right_pad_id|>` is taken when present, else EOS). Returns the pad token id."""
+def save_tokenizer(tokenizer: Any, out_dir: str, template: str = "reasonir") -> int:
+  """Writes the tokenizer so that plain users get our inputs: it adds the template's BOS or EOS
+  itself (as Llama-3's adds BOS; sentence-transformers relies on it) and has a pad token
+  (Llama-3.1 has none: its `<|finetune_right_pad_id|>` is taken when present, else Qwen's
+  `<|endoftext|>`, else EOS). Returns the pad token id."""
   from reasonir_jax.hf.tokenizer_export import prepare_tokenizer
-  tokenizer = prepare_tokenizer(tokenizer)
+  tokenizer = prepare_tokenizer(tokenizer, template)
   if not paths.is_remote(out_dir):
     tokenizer.save_pretrained(out_dir)
     return int(tokenizer.pad_token_id)

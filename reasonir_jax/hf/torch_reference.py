@@ -1,5 +1,5 @@
 """An explicit PyTorch reference encoder (torch + transformers only, no JAX) for tests and
-benchmarks.
+benchmarks: ReasonIR's recipe (`encode`) and Qwen3-Embedding's (`encode_last_token`).
 
 It works on any transformers LlamaModel, also one whose config is causal (a model built in a
 test, a checkpoint exported before `"is_causal": false` was written): it clears `is_causal` on
@@ -41,7 +41,7 @@ def encode(model, tokenizer, texts: list[str], instruction: str | None = None,
   # As GritLM's collator: the BOS token's text, the prefix and the text are tokenized as one
   # string with no special tokens added (so exactly one BOS, whatever the tokenizer adds), and
   # the mean leaves out as many leading tokens as BOS + prefix have alone.
-  prefix = tokenizer.bos_token + prompt_prefix(instruction)
+  prefix = (tokenizer.bos_token or "") + prompt_prefix(instruction)  # Qwen's tokenizers: no BOS
   skip = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
   rows = [tokenizer(prefix + text[: 10 * max_length], add_special_tokens=False)["input_ids"]
           [:max_length] for text in texts]
@@ -61,3 +61,24 @@ def encode(model, tokenizer, texts: list[str], instruction: str | None = None,
   summed = (hidden * pool_mask[..., None].float()).sum(dim=1)
   mean = summed / pool_mask.sum(dim=1, keepdim=True).clamp(min=1).float()
   return F.normalize(mean, dim=-1)
+
+
+@torch.no_grad()
+def encode_last_token(model, tokenizer, texts: list[str], instruction: str | None = None,
+                      max_length: int = 2048) -> torch.Tensor:
+  """[len(texts), hidden] float32 L2-normalised Qwen3-Embedding embeddings, as its model card
+  computes them: queries `Instruct: {instruction}\\nQuery:{text}`, documents plain, at most
+  max_length - 1 tokens then `<|endoftext|>`, left padding, the model's own causal attention,
+  the last token's state."""
+  prefix = f"Instruct: {instruction}\nQuery:" if instruction else ""
+  eod = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  rows = [tokenizer(prefix + text[: 10 * max_length], add_special_tokens=False)["input_ids"]
+          [: max_length - 1] + [eod] for text in texts]
+  length = max(len(r) for r in rows)
+  input_ids = torch.full((len(rows), length), eod, dtype=torch.long)
+  attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+  for i, r in enumerate(rows):
+    input_ids[i, length - len(r):] = torch.tensor(r)
+    attention_mask[i, length - len(r):] = 1
+  hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+  return F.normalize(hidden[:, -1], dim=-1)

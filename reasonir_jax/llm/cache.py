@@ -33,9 +33,7 @@ def open_cache(out_dir: str, task: str) -> AnswerCache:
   from reasonir_jax import paths
   if not paths.is_remote(out_dir):
     return AnswerCache(os.path.join(out_dir, "cache", f"{task}.jsonl"))
-  root = os.environ.get("REASONIR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reasonir_jax"))
-  folder = hashlib.sha256(out_dir.rstrip("/").encode()).hexdigest()[:16]
-  path = os.path.join(root, "llm_answers", folder, f"{task}.jsonl")
+  path = os.path.join(paths.local_mirror(out_dir, "llm_answers"), f"{task}.jsonl")
   log.info("answer cache of %s (remote) kept locally at %s", out_dir, path)
   return AnswerCache(path)
 

@@ -1,9 +1,11 @@
-"""Bidirectional GQA attention over segment ids, with one backend per accelerator.
+"""GQA attention over segment ids, bidirectional or causal, with one backend per accelerator.
 
 `attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, implementation=...)`:
-a query attends to every key with its own non-zero segment id (0 = padding), in both directions.
-With `q_segment_ids_bt=None` the key ids are a plain padding mask (non-zero = real key) and every
-query attends to all real keys of its row: the unpacked case, which needs only a [b, s] key bias.
+a query attends to every key with its own non-zero segment id (0 = padding), in both directions;
+with `causal=True` only to those at or before its own place in the row (a packed text is a
+contiguous run, so that is causal within the text). With `q_segment_ids_bt=None` the key ids are
+a plain padding mask (non-zero = real key) and every query attends to all real keys of its row:
+the unpacked case, which needs only a [b, s] key bias when bidirectional.
 Query heads are grouped by the KV head they share (GQA) and K/V are never repeated. A query with
 no key to attend to (a fully padded row, or a padding query of a packed row) gets uniform
 weights over its row: finite, and ignored by pooling.
@@ -61,7 +63,8 @@ def _platform() -> str:
 def attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
               q_segment_ids_bt: jax.Array | None, kv_segment_ids_bs: jax.Array, *,
               implementation: str = "auto", remat: bool = False,
-              interpret: bool = False, max_segments: int | None = None) -> jax.Array:
+              interpret: bool = False, max_segments: int | None = None,
+              causal: bool = False) -> jax.Array:
   """softmax(q k^T / sqrt(h) + mask) v per head -> [b, t, n, h] in q's dtype.
 
   `remat`: the caller rematerialises the layer (only the xla backend uses it, see its backward).
@@ -78,12 +81,13 @@ def attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
   if implementation == "auto" and impl == "cudnn" and q_btnh.dtype == jnp.float32:
     impl = "xla"  # cuDNN's fused attention takes bf16/fp16 only
   if impl == "xla":
-    return _xla_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, remat)
+    return _xla_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, remat,
+                          causal)
   if impl == "splash":
     return _splash_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
-                             interpret)
+                             interpret, causal)
   return _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
-                          max_segments=max_segments)
+                          max_segments=max_segments, causal=causal)
 
 
 def _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs) -> jax.Array:
@@ -93,11 +97,26 @@ def _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs) -> jax.Array:
   return (q == kv) & (kv != 0)
 
 
+def _mask_bts(q_segment_ids_bt, kv_segment_ids_bs, t: int, causal: bool,
+              q_start=0) -> jax.Array:
+  """[b, t, s] (or [b, 1, s] for a bidirectional unpacked row) True where a query may attend a
+  key; the queries are the row's places q_start .. q_start + t - 1."""
+  if q_segment_ids_bt is None:
+    mask = (kv_segment_ids_bs != 0)[:, None, :]
+  else:
+    mask = _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs)
+  if causal:
+    s = kv_segment_ids_bs.shape[1]
+    mask = mask & (jnp.arange(s)[None, None, :] <= q_start + jnp.arange(t)[None, :, None])
+  return mask
+
+
 # ---------------------------------------------------------------------------------------------
 # xla
 
 
-def _xla_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, remat):
+def _xla_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, remat,
+                   causal: bool = False):
   b, t, n, h = q_btnh.shape
   k_heads = k_bskh.shape[2]
   dt = q_btnh.dtype
@@ -105,19 +124,19 @@ def _xla_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, 
   q_btkgh = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
   chunk = ATTN_QUERY_CHUNK
 
-  def attend(q_btkgh, q_ids_bt):
-    if q_ids_bt is None:
-      bias = jnp.where(kv_segment_ids_bs != 0, 0.0, _MASKED).astype(jnp.float32)
-    else:
-      bias = jnp.where(_segment_mask_bts(q_ids_bt, kv_segment_ids_bs), 0.0,
-                       _MASKED).astype(jnp.float32)
+  def attend(q_btkgh, q_ids_bt, q_start=0):
+    mask = _mask_bts(q_ids_bt, kv_segment_ids_bs, q_btkgh.shape[1], causal, q_start)
+    if mask.shape[1] == 1:  # one key mask per row: the [b, s] bias
+      mask = mask[:, 0]
+    bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
     return _attend(q_btkgh, k_bskh, v_bskh, bias, dt, remat)
 
   if t > chunk and t % chunk == 0:
     def to_chunks(x):
       return jnp.moveaxis(x.reshape(b, t // chunk, chunk, *x.shape[2:]), 1, 0)
     q_ids = None if q_segment_ids_bt is None else to_chunks(q_segment_ids_bt)
-    out_cbtkgh = jax.lax.map(lambda args: attend(*args), (to_chunks(q_btkgh), q_ids))
+    starts = jnp.arange(t // chunk) * chunk
+    out_cbtkgh = jax.lax.map(lambda args: attend(*args), (to_chunks(q_btkgh), q_ids, starts))
     out_btkgh = jnp.moveaxis(out_cbtkgh, 0, 1).reshape(q_btkgh.shape)
   else:
     out_btkgh = attend(q_btkgh, q_segment_ids_bt)
@@ -239,19 +258,21 @@ def _block(padded_length: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(groups: int, t: int, s: int, interpret: bool):
+def _splash_kernel(groups: int, t: int, s: int, interpret: bool, causal: bool = False):
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
   bq, bkv = _block(t), _block(s)  # t, s: already padded to whole tiles
   blocks = sa.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                          block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                          block_kv_dq=bkv)
-  mask = sa.MultiHeadMask([sa.FullMask((t, s)) for _ in range(groups)])
+  # Causal by place in the (padded) row: padding only ever follows the real tokens.
+  head_mask = sa.CausalMask((t, s)) if causal else sa.FullMask((t, s))
+  mask = sa.MultiHeadMask([head_mask for _ in range(groups)])
   # One MQA kernel per KV head: its query heads are the group sharing that KV head (GQA with
   # K/V read once per group, never repeated).
   return sa.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret)
 
 
-def _splash_local(q_btnh, k_bskh, v_bskh, q_ids_bt, kv_ids_bs, interpret):
+def _splash_local(q_btnh, k_bskh, v_bskh, q_ids_bt, kv_ids_bs, interpret, causal=False):
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
   b, t, n, h = q_btnh.shape
   s, k_heads = k_bskh.shape[1], k_bskh.shape[2]
@@ -263,9 +284,9 @@ def _splash_local(q_btnh, k_bskh, v_bskh, q_ids_bt, kv_ids_bs, interpret):
       return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
     out = _splash_local(pad(q_btnh, pt), pad(k_bskh, ps), pad(v_bskh, ps),
                         jnp.pad(q_ids_bt, [(0, 0), (0, pt - t)], constant_values=-1),
-                        pad(kv_ids_bs, ps), interpret)
+                        pad(kv_ids_bs, ps), interpret, causal)
     return out[:, :t]
-  kernel = _splash_kernel(g, t, s, interpret)
+  kernel = _splash_kernel(g, t, s, interpret, causal)
   q_bkgth = (q_btnh * (h ** -0.5)).reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4)
   k_bksh = k_bskh.transpose(0, 2, 1, 3)
   v_bksh = v_bskh.transpose(0, 2, 1, 3)
@@ -278,10 +299,11 @@ def _splash_local(q_btnh, k_bskh, v_bskh, q_ids_bt, kv_ids_bs, interpret):
   return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
-def _splash_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, interpret):
+def _splash_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, interpret,
+                      causal: bool = False):
   t = q_btnh.shape[1]
   q_ids_bt, kv_ids_bs = _splash_segment_ids(q_segment_ids_bt, kv_segment_ids_bs, t)
-  run = functools.partial(_splash_local, interpret=interpret)
+  run = functools.partial(_splash_local, interpret=interpret, causal=causal)
   active = sharding.active_sharding()
   if active is None:
     return run(q_btnh, k_bskh, v_bskh, q_ids_bt, kv_ids_bs)
@@ -340,14 +362,15 @@ def packed_segments(segment_ids_bt, max_segments: int) -> tuple[jax.Array, jax.A
   return lengths, offsets
 
 
-def _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm, offsets_bm):
+def _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm, offsets_bm, causal: bool = False):
   """cuDNN flash attention on the packed layout (jax 0.10.2 has it only in its cuDNN module; the
   public jax.nn.dot_product_attention takes one length per row). Needs Hopper or newer."""
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+  mask_type = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
   return cudnn_fa.dot_product_attention(
       q_btnh, k_btnh, v_btnh, q_seqlen=lengths_bm, kv_seqlen=lengths_bm, q_offsets=offsets_bm,
-      kv_offsets=offsets_bm, scale=q_btnh.shape[-1] ** -0.5,
-      mask_type=cudnn_fa.MaskType.PADDING, qkv_layout="BTNH")
+      kv_offsets=offsets_bm, scale=q_btnh.shape[-1] ** -0.5, mask_type=mask_type,
+      qkv_layout="BTNH")
 
 
 def _packed_layout_supported() -> bool:
@@ -360,7 +383,8 @@ def _packed_layout_supported() -> bool:
 
 
 def _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
-                     implementation: str | None = "cudnn", max_segments: int | None = None):
+                     implementation: str | None = "cudnn", max_segments: int | None = None,
+                     causal: bool = False):
   """cuDNN fused attention. Padded rows: jax.nn.dot_product_attention with the key lengths
   (every query, padding included, attends the row's real keys, as the xla path does), GQA
   native. Packed rows: the packed layout over `packed_segments`, with M = max_segments + 1 (the
@@ -370,9 +394,9 @@ def _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs
   if q_segment_ids_bt is None:
     return jax.nn.dot_product_attention(
         q_btnh, k_bskh, v_bskh, key_value_seq_lengths=_padded_key_lengths(kv_segment_ids_bs),
-        implementation=implementation).astype(q_btnh.dtype)
+        implementation=implementation, is_causal=causal).astype(q_btnh.dtype)
   if not _packed_layout_supported():
-    mask = _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs)[:, None]
+    mask = _mask_bts(q_segment_ids_bt, kv_segment_ids_bs, q_btnh.shape[1], causal)[:, None]
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask,
                                         implementation=implementation).astype(q_btnh.dtype)
   t = q_btnh.shape[1]
@@ -383,11 +407,12 @@ def _cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs
   g = q_btnh.shape[2] // k_bskh.shape[2]
   k_btnh = jnp.repeat(k_bskh, g, axis=2) if g > 1 else k_bskh
   v_btnh = jnp.repeat(v_bskh, g, axis=2) if g > 1 else v_bskh
-  return _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm,
-                              offsets_bm).astype(q_btnh.dtype)
+  return _cudnn_packed_kernel(q_btnh, k_btnh, v_btnh, lengths_bm, offsets_bm,
+                              causal).astype(q_btnh.dtype)
 
 
-def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs):
+def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
+                        causal: bool = False):
   """Plain-jnp attention (repeats K/V, autodiff backward): the tests' reference."""
   b, t, n, h = q_btnh.shape
   g = n // k_bskh.shape[2]
@@ -398,6 +423,8 @@ def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids
     mask_bts = jnp.broadcast_to((kv_segment_ids_bs != 0)[:, None, :], (b, t, k_bskh.shape[1]))
   else:
     mask_bts = _segment_mask_bts(q_segment_ids_bt, kv_segment_ids_bs)
+  if causal:
+    mask_bts = mask_bts & jnp.tril(jnp.ones((t, k_bskh.shape[1]), bool))[None]
   s_bnts = jnp.where(mask_bts[:, None], s_bnts, _MASKED)
   p_bnts = jax.nn.softmax(s_bnts, axis=-1)
   return jnp.einsum("bnts,bsnh->btnh", p_bnts, v_bsnh).astype(q_btnh.dtype)

@@ -1,10 +1,19 @@
 """`ModelConfig`: the encoder's dimensions and switches, from our ConfigDict or an HF config.json.
 
-Reads both Hugging Face layouts: transformers 5 (`rope_parameters` holding `rope_theta` and the
-scaling fields, `head_dim`, `dtype`) and the published Llama-3.1 one (top-level `rope_theta`,
-`rope_scaling`, `torch_dtype`). `to_hf_dict()` writes a LlamaConfig dict transformers 5 loads.
-Its defaults (Llama-3.1-8B, docs/reference.md section 1) are `config.model`'s (configs/base.py).
-Importing it does not import jax: config files build from it before the AOT report sets up libtpu.
+Two families share the model: Llama-3 and Qwen3 (`model_type`; Qwen3 adds a per-head RMSNorm on
+q and k, `qk_norm`). Reads both Hugging Face layouts: transformers 5 (`rope_parameters` holding
+`rope_theta` and the scaling fields, `head_dim`, `dtype`) and the published one (top-level
+`rope_theta`, `rope_scaling`, `torch_dtype`). `to_hf_dict()` writes a LlamaConfig or Qwen3Config
+dict transformers 5 loads.
+
+The embedding recipe is three switches (`RECIPES` names the two we train): attention `causal`
+or bidirectional, the prompt `template` (reasonir_jax.tokenization) and `pooling`, "mean" over
+the text tokens or "last_token". An HF import keeps the recipe defaults; callers pass the recipe
+as overrides.
+
+Its defaults (Llama-3.1-8B, docs/reference.md section 1) are `config.model`'s
+(reasonir_jax/configs/base.py). Importing it does not import jax: config files build from it
+before the AOT report sets up libtpu.
 """
 from __future__ import annotations
 
@@ -15,6 +24,15 @@ ROPE_TYPES = ("llama3", "default")
 REMAT_POLICIES = ("none", "full", "offload", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
+MODEL_TYPES = ("llama", "qwen3")
+TEMPLATES = ("reasonir", "qwen3_embedding")
+POOLINGS = ("mean", "last_token")
+# The recipes: ReasonIR's (GritLM template, bidirectional, mean; the default) and
+# Qwen3-Embedding's (instruction format with EOS appended, causal, last token).
+RECIPES = {
+    "reasonir": dict(template="reasonir", causal=False, pooling="mean"),
+    "qwen3_embedding": dict(template="qwen3_embedding", causal=True, pooling="last_token"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +65,21 @@ class ModelConfig:
   # "auto" (splash on TPU, cudnn on NVIDIA GPU, xla elsewhere), "xla", "splash", "cudnn"
   # (reasonir_jax.model.attention).
   attention: str = "auto"
+  # "llama" or "qwen3" (per-head q/k RMSNorm, `qk_norm`); taken from init_from's config.json.
+  model_type: str = "llama"
+  tie_word_embeddings: bool = False  # recorded for export: the encoder has no LM head
+  # The embedding recipe (RECIPES): ReasonIR's bidirectional attention, GritLM template and mean
+  # pooling, or Qwen3-Embedding's causal attention, instruction format ("qwen3_embedding": EOS
+  # appended) and last-token pooling (reasonir_jax/configs/qwen3_embedding_8b.py).
+  causal: bool = False
+  template: str = "reasonir"  # reasonir | qwen3_embedding (reasonir_jax.tokenization)
+  pooling: str = "mean"  # mean | last_token
 
   def __post_init__(self):
+    for name, allowed in (("model_type", MODEL_TYPES), ("template", TEMPLATES),
+                          ("pooling", POOLINGS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f"model.rope_type={self.rope_type!r} is not supported (one of {ROPE_TYPES})")
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -64,6 +95,11 @@ class ModelConfig:
                        f"model.num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+
+  @property
+  def qk_norm(self) -> bool:
+    """Qwen3's RMSNorm over head_dim on q and k (each head alike) before RoPE."""
+    return self.model_type == "qwen3"
 
   @property
   def jnp_param_dtype(self):
@@ -90,11 +126,13 @@ class ModelConfig:
 
   @classmethod
   def from_hf_dict(cls, d: Mapping[str, Any], **overrides) -> "ModelConfig":
-    """From a Hugging Face Llama config.json dict (either layout); `overrides` replace fields."""
+    """From a Hugging Face Llama or Qwen3 config.json dict (either layout); `overrides` replace
+    fields (the recipe's among them)."""
     model_type = d.get("model_type", "llama")
-    if model_type != "llama":
-      raise ValueError(f"config.json: model_type={model_type!r} is not supported (need 'llama')")
-    for key, ok in (("attention_bias", False), ("mlp_bias", False)):
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"config.json: model_type={model_type!r} is not supported (one of "
+                       f"{MODEL_TYPES})")
+    for key, ok in (("attention_bias", False), ("mlp_bias", False), ("use_sliding_window", False)):
       if d.get(key, ok) != ok:
         raise ValueError(f"config.json: {key}={d[key]!r} is not supported")
     if d.get("hidden_act", "silu") != "silu":
@@ -135,6 +173,8 @@ class ModelConfig:
         pad_token_id=first_id(d.get("pad_token_id"), eos),
         param_dtype=dtype,
         dtype=dtype,
+        model_type=model_type,
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
     )
     if rope_type == "llama3":
       for ours, theirs in (("rope_factor", "factor"), ("rope_low_freq_factor", "low_freq_factor"),
@@ -148,15 +188,17 @@ class ModelConfig:
     return cls(**kw)
 
   def to_hf_dict(self, dtype: str | None = None) -> dict[str, Any]:
-    """A transformers-5 LlamaConfig dict for a bare `LlamaModel`."""
+    """A transformers-5 LlamaConfig or Qwen3Config dict for a bare `LlamaModel`/`Qwen3Model`."""
+
     rope: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
     if self.rope_type == "llama3":
       rope.update(factor=self.rope_factor, low_freq_factor=self.rope_low_freq_factor,
                   high_freq_factor=self.rope_high_freq_factor,
                   original_max_position_embeddings=self.rope_original_max_position_embeddings)
-    return {
-        "architectures": ["LlamaModel"],
-        "model_type": "llama",
+    family = {"llama": "LlamaModel", "qwen3": "Qwen3Model"}[self.model_type]
+    d = {
+        "architectures": [family],
+        "model_type": self.model_type,
         "vocab_size": self.vocab_size,
         "hidden_size": self.hidden_size,
         "intermediate_size": self.intermediate_size,
@@ -171,7 +213,7 @@ class ModelConfig:
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": self.tie_word_embeddings,
         "bos_token_id": self.bos_token_id,
         "eos_token_id": self.eos_token_id,
         "pad_token_id": self.pad_token_id,
@@ -179,3 +221,7 @@ class ModelConfig:
         "use_cache": False,
         "dtype": dtype or self.param_dtype,
     }
+    if self.model_type == "qwen3":
+      del d["mlp_bias"]  # Qwen3Config has none
+      d.update(use_sliding_window=False, sliding_window=None)
+    return d

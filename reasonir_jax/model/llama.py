@@ -1,6 +1,7 @@
-"""The bidirectional Llama-3.1 encoder (Flax NNX): embeddings, RMSNorm, RoPE, GQA attention
-over segment ids (no causal mask; `reasonir_jax.model.attention`), SwiGLU MLP, final norm; no LM
-head.
+"""The Llama-3.1 / Qwen3 encoder (Flax NNX): embeddings, RMSNorm, RoPE, GQA attention over
+segment ids (bidirectional, or causal with `causal`; `reasonir_jax.model.attention`), SwiGLU MLP,
+final norm; no LM head. Qwen3 differs by one switch: `qk_norm`, an RMSNorm over head_dim on each
+head of q and k before RoPE.
 
 Axis suffixes: b batch, t/s query/key time, d model width, n heads, k kv heads, g query heads per
 kv head, h head dim, f MLP width, v vocab. Parameters carry logical axis names for sharding
@@ -47,11 +48,12 @@ def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | Non
 
 
 class RMSNorm(nnx.Module):
+  """Over the last axis: hidden_size wide, or head_dim wide for Qwen3's q/k norms."""
 
-  def __init__(self, cfg: ModelConfig):
+  def __init__(self, cfg: ModelConfig, size: int | None = None):
     self.eps = cfg.rms_norm_eps
     self.dtype = cfg.jnp_dtype
-    self.scale = _param(None, (cfg.hidden_size,), (None,), cfg.jnp_param_dtype, ones=True)
+    self.scale = _param(None, (size or cfg.hidden_size,), (None,), cfg.jnp_param_dtype, ones=True)
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     x = x_btd.astype(jnp.float32)
@@ -70,6 +72,9 @@ class Attention(nnx.Module):
     self.k_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.v_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.o_proj = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(cfg, h)
+      self.k_norm = RMSNorm(cfg, h)
 
   def __call__(self, x_btd, q_segment_ids_bt, kv_segment_ids_bs, cos_th, sin_th,
                max_segments=None):
@@ -83,12 +88,14 @@ class Attention(nnx.Module):
     q_btnh = sharding.constrain(q_btnh, ("batch", "length", "act_heads", None))
     k_btkh = sharding.constrain(k_btkh, ("batch", "length", "act_kv_heads", None))
     v_btkh = sharding.constrain(v_btkh, ("batch", "length", "act_kv_heads", None))
+    if cfg.qk_norm:
+      q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
     q_btnh = apply_rope(q_btnh, cos_th, sin_th)
     k_btkh = apply_rope(k_btkh, cos_th, sin_th)
 
     out_btnh = attention(q_btnh, k_btkh, v_btkh, q_segment_ids_bt, kv_segment_ids_bs,
                          implementation=cfg.attention, remat=cfg.remat_policy != "none",
-                         max_segments=max_segments)
+                         max_segments=max_segments, causal=cfg.causal)
     out_btnh = sharding.constrain(out_btnh, ("batch", "length", "act_heads", None))
     return _dense(out_btnh, self.o_proj[...].astype(dt), 2)
 
@@ -206,7 +213,7 @@ def _mesh_axes(entry) -> tuple[str, ...]:
 
 
 class LlamaEncoder(nnx.Module):
-  """Bidirectional Llama: [b, l] token ids + attention mask -> [b, l, d] final-norm states."""
+  """Llama or Qwen3: [b, l] token ids + attention mask -> [b, l, d] final-norm states."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg

@@ -143,7 +143,7 @@ class PreemptionPlan:
   reason: str
 
 
-def _agree(flag: bool) -> bool:
+def agree(flag: bool) -> bool:
   """Process 0's value of `flag` on every process (decisions that gate collective saves)."""
   if jax.process_count() == 1:
     return flag
@@ -203,7 +203,7 @@ class CheckpointManager:
       return True
     if self.every_seconds <= 0:
       return False
-    return _agree(time.monotonic() - self._last_start >= self.every_seconds)
+    return agree(time.monotonic() - self._last_start >= self.every_seconds)
 
   def preemption_plan(self, notice_time: float, saved_this_step: bool) -> PreemptionPlan:
     """Save at a preemption only if it fits the grace window left since the notice.
@@ -228,7 +228,7 @@ class CheckpointManager:
       plan = PreemptionPlan(fits and not saved_this_step, fits,
                             f"{what} needs ~{need:.1f} s, {left:.1f} s of the "
                             f"{self.grace_seconds:.0f} s grace window left")
-    agreed = _agree(plan.wait)
+    agreed = agree(plan.wait)
     if agreed != plan.wait:
       plan = PreemptionPlan(agreed and not saved_this_step, agreed, plan.reason + " (process 0 decided)")
     return plan

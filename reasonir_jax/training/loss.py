@@ -2,7 +2,9 @@
 
 Queries are [B, D], passages [B*G, D] (the passages of query i are rows i*G .. i*G+G-1, the
 positive first). Logits are fp32 cosine / temperature with shape [B, B*G]; the target of query i
-is passage i*G (docs/reference.md section 2).
+is passage i*G (docs/reference.md section 2). With per-row weights w (TrainingRow.weight) the loss
+is the weighted mean over the global batch, sum_i w_i * nll_i / sum_i w_i; without them (or with all
+ones, bitwise) it is the plain mean. The weights are constants: no gradient flows into them.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ def similarity_logits(q_emb_bd: jax.Array, p_emb_nd: jax.Array, temperature: flo
 
 
 def contrastive_loss(q_emb_bd: jax.Array, p_emb_nd: jax.Array, *, temperature: float,
-                     group_size: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean InfoNCE loss and batch metrics (top-1 accuracy, mean positive / negative cosine)."""
+                     group_size: int, weights_b: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean (or `weights_b`-weighted mean) InfoNCE loss and batch metrics (top-1 accuracy, mean
+  positive / negative cosine; these stay unweighted)."""
   b = q_emb_bd.shape[0]
   if p_emb_nd.shape[0] != b * group_size:
     raise ValueError(f"passages: expected {b} x group_size {group_size} = {b * group_size} rows, "
@@ -28,7 +32,16 @@ def contrastive_loss(q_emb_bd: jax.Array, p_emb_nd: jax.Array, *, temperature: f
   target_b = jnp.arange(b) * group_size
   log_probs_bn = jax.nn.log_softmax(logits_bn, axis=-1)
   pos_logp_b = jnp.take_along_axis(log_probs_bn, target_b[:, None], axis=-1)[:, 0]
-  loss = -jnp.mean(pos_logp_b)
+  if weights_b is None:
+    loss = -jnp.mean(pos_logp_b)
+  else:
+    w_b = jax.lax.stop_gradient(weights_b.astype(jnp.float32))
+    total_w = jnp.sum(w_b)
+    # sum(w * nll) / sum(w) written as mean(w * nll) * (B / sum(w)): with all-ones weights that is
+    # mean(nll) * 1.0, reduced like the unweighted mean, so it stays bitwise equal on any mesh. A
+    # batch whose weights are all 0 carries no signal: loss 0 and a zero gradient, not 0 / 0.
+    scale = jnp.where(total_w > 0, b / jnp.where(total_w > 0, total_w, 1.0), 0.0)
+    loss = -jnp.mean(w_b * pos_logp_b) * scale
 
   cos_bn = logits_bn * temperature
   is_pos_bn = jnp.arange(b * group_size)[None, :] == target_b[:, None]

@@ -80,6 +80,7 @@ class Trainer:
     self.state_shardings = TrainState(step=rep, params=self.param_shardings,
                                       opt_state=self.opt_shardings, rng=rep)
     self.batch_sharding = shd.batch_sharding(mesh, self.rules)
+    self.row_sharding = shd.named_sharding(mesh, self.rules, ("batch",))  # batch["row"]: [B] arrays
     self._abstract_opt = abstract_opt
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, None),
                               out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
@@ -92,23 +93,27 @@ class Trainer:
       return embed_packed(model, *(inputs[k] for k in PACKED_INPUT_KEYS), num_texts)
     return embed(model, *(inputs[k] for k in INPUT_KEYS))
 
-  def loss_fn(self, q_emb_bd, p_emb_nd):
+  def loss_fn(self, q_emb_bd, p_emb_nd, weights_b=None):
     return loss_lib.contrastive_loss(q_emb_bd, p_emb_nd, temperature=self.temperature,
-                                     group_size=self.group_size)
+                                     group_size=self.group_size, weights_b=weights_b)
 
   def loss_and_grads(self, params, batch: dict):
-    """((loss, metrics), grads), full batch or GradCache per `config.train.grad_cache_chunk`."""
+    """((loss, metrics), grads), full batch or GradCache per `config.train.grad_cache_chunk`.
+    The row weights (batch["row"]["weight"], when present) are constants of the loss, so
+    GradCache's embedding gradients, and with them its parameter gradients, carry them exactly."""
+    weights = batch.get("row", {}).get("weight")
+    loss_fn = lambda q, p: self.loss_fn(q, p, weights)
     with shd.activation_sharding(self.mesh, self.rules):
       if self.chunk:
         return grad_cache.grad_cache_value_and_grad(
-            self.encode, self.loss_fn, params, batch, chunk_size=self.chunk,
+            self.encode, loss_fn, params, batch, chunk_size=self.chunk,
             num_shards=self.num_data_shards, mesh=self.mesh, batch_axes=self.batch_axes,
             num_texts=self.num_texts)
-      return grad_cache.full_batch_value_and_grad(self.encode, self.loss_fn, params, batch,
+      return grad_cache.full_batch_value_and_grad(self.encode, loss_fn, params, batch,
                                                   self.num_texts)
 
   def _train_step(self, state: TrainState, batch: dict):
-    batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.batch_sharding), batch)
+    batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.input_sharding(x)), batch)
     (loss, metrics), grads = self.loss_and_grads(state.params, batch)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -154,14 +159,16 @@ class Trainer:
 
   def abstract_batch(self, query_len: int, passage_len: int) -> dict:
     """A global batch as ShapeDtypeStructs: B queries of query_len, B*G passages of passage_len
-    (padded), or with config.data.packing the packed rows of those lengths."""
+    (padded), or with config.data.packing the packed rows of those lengths; B row weights."""
     keys = PACKED_INPUT_KEYS if self.packing else INPUT_KEYS
     rows = self.packed_rows or self.num_texts
 
     def side(rows, length):
       return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=self.batch_sharding)
               for k in keys}
-    return {"query": side(rows["query"], query_len), "passage": side(rows["passage"], passage_len)}
+    return {"query": side(rows["query"], query_len), "passage": side(rows["passage"], passage_len),
+            "row": {"weight": jax.ShapeDtypeStruct((self.global_batch,), jnp.float32,
+                                                   sharding=self.row_sharding)}}
 
   def compile_steps(self, log=print) -> dict[tuple[int, int], Any]:
     """The train step compiled for every shape of `step_shapes`, before the run's first step:
@@ -180,7 +187,11 @@ class Trainer:
   def place_batch(self, batch: dict) -> dict:
     """Puts a host (NumPy) global batch into the batch sharding; jax.Arrays pass through."""
     return jax.tree.map(
-        lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.batch_sharding), batch)
+        lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.input_sharding(x)), batch)
+
+  def input_sharding(self, x):
+    """[rows, L] inputs split their rows over the batch axes; so do [B] per-row arrays."""
+    return self.batch_sharding if x.ndim > 1 else self.row_sharding
 
 
 def applied_updates(opt_state) -> jax.Array:
@@ -209,9 +220,10 @@ def step_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
 
 def token_counts(batch: dict) -> dict[str, jax.Array]:
   """Useful (non-padding) tokens of a padded or packed global batch and its token slots."""
+  sides = (batch["query"], batch["passage"])
   useful = sum(jnp.sum((side["segment_ids" if grad_cache.is_packed(side) else "attention_mask"]
-                        > 0).astype(jnp.int32)) for side in batch.values())
-  slots = sum(side["input_ids"].size for side in batch.values())
+                        > 0).astype(jnp.int32)) for side in sides)
+  slots = sum(side["input_ids"].size for side in sides)
   return {"useful_tokens": useful, "token_slots": jnp.asarray(slots, jnp.int32)}
 
 

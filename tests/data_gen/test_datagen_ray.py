@@ -28,8 +28,11 @@ def _answer(req):
   return json.dumps({"hard_query": ["How should an engineer reason about this failure mode?"]})
 
 
-def _factory(base_url, kill_marker):
+def _factory(base_url, kill_marker, built_log=None):
   def make():
+    if built_log:
+      with open(built_log, "a") as f:
+        f.write(f"{os.getpid()}\n")
     from reasonir_jax.llm.backends import make_backend
     from reasonir_jax.llm.types import SamplingParams
     from data_gen.pipelines.hq import HQPipeline
@@ -74,9 +77,11 @@ def test_ray_run_survives_a_killed_worker_exactly_once(local_ray, tmp_path):
     parts = sorted((out / "_ray" / "hq" / "parts").glob("part-*.jsonl"))
     shutil.copy(parts[0], parts[0].with_name("part-zzzz-rerun.jsonl"))
     asked = len(server.requests)
-    again = run_on_ray(_factory(server.base_url, str(marker)), inputs, str(out), name="hq",
-                       batch_size=4)
+    built = tmp_path / "built.log"
+    again = run_on_ray(_factory(server.base_url, str(marker), str(built)), inputs, str(out),
+                       name="hq", batch_size=4)
     assert len(server.requests) == asked and again["processed_this_run"] == 0  # resumed
+    assert not built.exists()  # nothing left to do: no worker built a pipeline (or engine)
     assert again["duplicate_commits_dropped"] > 0
     assert sorted(r.row_id for r in read_rows(str(out / "hq-shard*.tfrecord"))) == want
   from data_gen.cli import main

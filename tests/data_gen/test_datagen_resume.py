@@ -40,6 +40,24 @@ def _args(inp, out, url, *extra):
           "--log-level", "WARNING", *extra]
 
 
+def killed_mid_run(args, ledger, n, min_done=4):
+  """Runs `python -m data_gen ARGS`, SIGKILLs it once `ledger` holds `min_done` entries, and
+  returns how many it holds (checked to be fewer than the `n` inputs)."""
+  proc = subprocess.Popen([sys.executable, "-m", "data_gen", *args], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while time.time() < deadline:
+    if os.path.exists(ledger) and sum(1 for _ in open(ledger)) >= min_done:
+      break
+    time.sleep(0.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  done_before = sum(1 for _ in open(ledger))
+  assert min_done <= done_before < n, "the run should be killed mid-way"
+  return done_before
+
+
 def _row_ids(out):
   return [r.row_id for r in read_rows(os.path.join(out, "hq-shard*.tfrecord"))]
 
@@ -50,20 +68,8 @@ def test_sigkill_mid_run_then_restart_is_exactly_once(tmp_path):
   out = str(tmp_path / "out")
   ledger = os.path.join(out, "_stage", "hq-shard00000of00001", "ledger.jsonl")
   with ScriptedChatServer(_responder(delay_s=0.05)) as server:
-    env = {**os.environ, "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, "-m", "data_gen", *_args(inp, out, server.base_url,
-                                                                       "--max-concurrency", "1")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-      if os.path.exists(ledger) and sum(1 for _ in open(ledger)) >= 4:
-        break
-      time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = sum(1 for _ in open(ledger))
-    assert 4 <= done_before < n, "the run should be killed mid-way"
+    done_before = killed_mid_run(_args(inp, out, server.base_url, "--max-concurrency", "1"),
+                                 ledger, n)
     assert not os.path.exists(os.path.join(out, "hq-shard00000of00001.manifest.json"))
     # A torn write at the moment of the kill: partial trailing lines in the stage files.
     stage_dir = os.path.dirname(ledger)

@@ -1,6 +1,6 @@
 """Attention backends: the splash kernel (Pallas interpret mode), the cuDNN path's masking and the
 XLA path against a plain reference, in values and gradients, with padding, fully padded rows,
-several segments per row and GQA."""
+several segments per row, GQA, bidirectional and causal."""
 import numpy as np
 import pytest
 
@@ -46,21 +46,23 @@ def _check_same(ours, ref, ids):
     np.testing.assert_allclose(a_cmp, r_cmp, atol=2e-5, rtol=2e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_splash_interpret_matches_xla(groups, packed):
+def test_splash_interpret_matches_xla(groups, packed, causal):
   from reasonir_jax.model.attention import attention
   q, kk, v, ids, cot = _inputs(groups, packed)
   q_ids = ids if packed else None
 
   def run(impl, **kw):
-    return lambda q, kk, v: attention(q, kk, v, q_ids, ids, implementation=impl, **kw)
+    return lambda q, kk, v: attention(q, kk, v, q_ids, ids, implementation=impl, causal=causal,
+                                      **kw)
 
   _check_same(_value_and_grads(run("splash", interpret=True), q, kk, v, cot),
               _value_and_grads(run("xla"), q, kk, v, cot), ids)
 
 
-def _emulated_packed_kernel(q, k, v, lengths_bm, offsets_bm):
+def _emulated_packed_kernel(q, k, v, lengths_bm, offsets_bm, causal=False):
   """What cuDNN's packed layout computes, on CPU: a query attends the keys of the segment
   (offset, length) it lies in; K/V arrive with every query head."""
   import jax.numpy as jnp
@@ -70,30 +72,35 @@ def _emulated_packed_kernel(q, k, v, lengths_bm, offsets_bm):
   start = offsets_bm[:, None, :-1]
   inside = (lengths_bm[:, None] >= 0) & (pos >= start) & (pos < start + lengths_bm[:, None])
   seg = jnp.where(inside.any(-1), jnp.argmax(inside, -1) + 1, 0)  # 0: in no segment
-  return reference_attention(q, k, v, seg, seg)
+  return reference_attention(q, k, v, seg, seg, causal=causal)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_xla_and_cudnn_masking_match_reference(groups, packed, monkeypatch):
+def test_xla_and_cudnn_masking_match_reference(groups, packed, causal, monkeypatch):
   """The XLA path (hand-written backward) and the cuDNN path's arguments (padded: through
   jax.nn.dot_product_attention's XLA implementation; packed: the packed layout's lengths and
   offsets through an emulation of the kernel; no GPU here) against autodiff."""
   from reasonir_jax.model import attention as attn
   q, kk, v, ids, cot = _inputs(groups, packed, seed=1)
   q_ids = ids if packed else None
-  ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, q_ids, ids),
+  ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, q_ids, ids, causal),
                          q, kk, v, cot)
   xla = _value_and_grads(
-      lambda q, kk, v: attn.attention(q, kk, v, q_ids, ids, implementation="xla"), q, kk, v, cot)
+      lambda q, kk, v: attn.attention(q, kk, v, q_ids, ids, implementation="xla", causal=causal),
+      q, kk, v, cot)
   _check_same(xla, ref, ids)
   monkeypatch.setattr(attn, "_cudnn_packed_kernel", _emulated_packed_kernel)
   monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
   cudnn_args = _value_and_grads(
       lambda q, kk, v: attn._cudnn_attention(q, kk, v, q_ids, ids, implementation="xla",
-                                             max_segments=3),
+                                             max_segments=3, causal=causal),
       q, kk, v, cot)
   _check_same(cudnn_args, ref, ids)
+  if causal:  # the causal mask is really applied: it changes the result
+    assert not np.allclose(xla[0], _value_and_grads(
+        lambda q, kk, v: attn.reference_attention(q, kk, v, q_ids, ids), q, kk, v, cot)[0])
 
 
 def test_cudnn_padded_rows_pass_key_lengths_not_a_mask(monkeypatch):
@@ -111,8 +118,8 @@ def test_cudnn_padded_rows_pass_key_lengths_not_a_mask(monkeypatch):
       lambda q, kk, v: attn.attention(q, kk, v, None, ids, implementation="cudnn"), q, kk, v, cot)
   shapes, kwargs = calls[0]
   assert shapes == [q.shape, kk.shape, v.shape]  # no bias or mask; K/V keep their 2 heads
-  assert set(kwargs) == {"key_value_seq_lengths", "implementation"}
-  assert kwargs["implementation"] == "cudnn"
+  assert set(kwargs) == {"key_value_seq_lengths", "implementation", "is_causal"}
+  assert kwargs["implementation"] == "cudnn" and kwargs["is_causal"] is False
   # Rows of 100 and 128 real keys; the fully padded row attends its first key (finite).
   np.testing.assert_array_equal(np.asarray(kwargs["key_value_seq_lengths"]), [100, 128, 1])
   ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, None, ids),
@@ -126,9 +133,9 @@ def test_cudnn_packed_rows_pass_segment_lengths_and_offsets(monkeypatch, max_seg
   q, kk, v, ids, cot = _inputs(4, packed=True, seed=4)
   calls = []
 
-  def recording(q, k, v, lengths, offsets):
+  def recording(q, k, v, lengths, offsets, causal):
     calls.append((k.shape, np.asarray(lengths), np.asarray(offsets)))
-    return _emulated_packed_kernel(q, k, v, lengths, offsets)
+    return _emulated_packed_kernel(q, k, v, lengths, offsets, causal)
 
   monkeypatch.setattr(attn, "_cudnn_packed_kernel", recording)
   monkeypatch.setattr(attn, "_packed_layout_supported", lambda: True)  # as on Hopper
@@ -260,3 +267,18 @@ def test_model_config_rejects_an_unknown_attention():
   from reasonir_jax.model.config import ModelConfig
   with pytest.raises(ValueError, match="model.attention='flash'"):
     ModelConfig(attention="flash")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_causal_query_chunks_keep_their_place_in_the_row(monkeypatch, packed):
+  """Long rows attend in query chunks: each chunk's causal mask starts at its own place."""
+  from reasonir_jax.model import attention as attn
+  q, kk, v, ids, cot = _inputs(4, packed, seed=3)
+  q_ids = ids if packed else None
+  ref = _value_and_grads(lambda q, kk, v: attn.reference_attention(q, kk, v, q_ids, ids, True),
+                         q, kk, v, cot)
+  monkeypatch.setattr(attn, "ATTN_QUERY_CHUNK", 32)  # 4 chunks of the 128-token rows
+  chunked = _value_and_grads(
+      lambda q, kk, v: attn.attention(q, kk, v, q_ids, ids, implementation="xla", causal=True),
+      q, kk, v, cot)
+  _check_same(chunked, ref, ids)

@@ -287,3 +287,62 @@ def test_remote_hf_dir_loads_sharded_and_exports(encoder, export_dir, gcs_emulat
                "config_sentence_transformers.json", "1_Pooling/config.json"):
     with paths.open(f"{bucket}/again/{name}", "rb") as f:
       assert f.read() == open(os.path.join(export_dir, name), "rb").read(), name
+
+
+@pytest.fixture(scope="module")
+def qwen_src(tmp_path_factory, qwen_tokenizer_dir, qwen3_dir_factory):
+  """A tiny Qwen3 checkpoint with the Qwen-like tokenizer (no BOS)."""
+  return qwen3_dir_factory(str(tmp_path_factory.mktemp("qwen_src")), seed=7,
+                           tokenizer_dir=qwen_tokenizer_dir)[1]
+
+
+def _reference(path, recipe):
+  """The PyTorch reference of a recipe on the transformers model at `path`."""
+  import transformers
+  from reasonir_jax.hf import torch_reference
+  from reasonir_jax.tokenization import load_tokenizer
+  model, tok = transformers.AutoModel.from_pretrained(path), load_tokenizer(path)
+  if recipe == "reasonir":
+    model = torch_reference.make_bidirectional(model)
+    return lambda texts, inst, n: torch_reference.encode(model, tok, texts, inst, n).numpy()
+  return lambda texts, inst, n: torch_reference.encode_last_token(model, tok, texts, inst, n).numpy()
+
+
+@pytest.mark.parametrize("recipe", ["reasonir", "qwen3_embedding"])
+def test_recipe_matches_pytorch_through_encoder_export_and_sentence_transformers(
+    qwen_src, tmp_path, recipe):
+  from sentence_transformers import SentenceTransformer
+  from reasonir_jax import Encoder
+  from reasonir_jax.model.config import RECIPES
+  enc = Encoder.from_pretrained(qwen_src, dtype="float32", show_progress=False, recipe=recipe)
+  cfg = enc.model_cfg
+  assert dict(template=cfg.template, causal=cfg.causal, pooling=cfg.pooling) == RECIPES[recipe]
+  reference = _reference(qwen_src, recipe)
+  assert len(enc.prompt_tokenizer.full_ids([TEXTS[3]], None)[0]) > 64
+  for inst in (INSTRUCTION, None):
+    for max_length in (64, 40):  # 40 cuts the long texts (an appended EOS stays last)
+      want = reference(TEXTS, inst, max_length)
+      for packing in (True, False):
+        got = enc.encode(TEXTS, inst, batch_size=2, max_length=max_length, packing=packing)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0,
+                                   err_msg=f"{inst} {max_length} packing={packing}")
+
+  out = enc.save_pretrained(str(tmp_path / "export"), prompts={"biology": INSTRUCTION},
+                            max_length=64)
+  config = json.load(open(os.path.join(out, "config.json")))
+  assert config["is_causal"] is cfg.causal and config["architectures"] == ["Qwen3Model"]
+  pooling = json.load(open(os.path.join(out, "1_Pooling", "config.json")))
+  assert pooling["pooling_mode_lasttoken"] is (recipe == "qwen3_embedding")
+  queries, docs = enc.encode(TEXTS, INSTRUCTION, max_length=64), enc.encode(TEXTS, max_length=64)
+  # Plain transformers on the export, with the reference recipe.
+  exported = _reference(out, recipe)
+  np.testing.assert_allclose(exported(TEXTS, INSTRUCTION, 64), queries, atol=1e-5, rtol=0)
+  # sentence-transformers with no user code: prompts, pooling, the tokenizer's BOS/EOS.
+  st = SentenceTransformer(out, device="cpu")
+  np.testing.assert_allclose(st.encode(TEXTS, prompt_name="biology", batch_size=2), queries,
+                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(st.encode(TEXTS, batch_size=2), docs, atol=1e-5, rtol=0)
+  # Our Encoder reads the recipe back from the export.
+  again = Encoder.from_pretrained(out, dtype="float32", show_progress=False)
+  assert again.model_cfg == cfg.replace(tie_word_embeddings=again.model_cfg.tie_word_embeddings)
+  np.testing.assert_allclose(again.encode(TEXTS, INSTRUCTION, max_length=64), queries, atol=1e-6)

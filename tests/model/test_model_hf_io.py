@@ -1,4 +1,5 @@
-"""HF import/export: round trips are bit-exact, transformers loads our export, errors name things."""
+"""HF import/export (Llama and Qwen3): round trips are bit-exact, transformers loads our export,
+errors name things."""
 import json
 import os
 import shutil
@@ -206,3 +207,32 @@ def test_block_reads_match_whole_tensor_local_and_remote(tmp_path, transform, ou
       block = mapping.view_to_ours(transform, st.read_block("w", view,
                                                             mapping.view_index(transform, index)))
       np.testing.assert_array_equal(block, want[index], err_msg=f"{path} {index}")
+
+
+def test_qwen3_round_trip_and_transformers_loads_export(tmp_path, qwen3_dir_factory):
+  import transformers
+  from safetensors.torch import load_file
+  from reasonir_jax.hf import load_hf, read_hf_config, save_hf
+  from reasonir_jax.model import ModelConfig
+  hf, src = qwen3_dir_factory(str(tmp_path / "src"), seed=5, tie_word_embeddings=True)
+  model, cfg = load_hf(src, show_progress=False, scan_layers=True)
+  out = str(tmp_path / "export")
+  save_hf(model, cfg, out, show_progress=False)
+  ours, ref = load_file(os.path.join(out, "model.safetensors")), hf.model.state_dict()
+  assert sorted(ours) == sorted(ref)
+  assert "layers.0.self_attn.q_norm.weight" in ours
+  for name, t in ref.items():
+    assert torch.equal(ours[name], t), name
+  config = read_hf_config(out)
+  assert config["architectures"] == ["Qwen3Model"] and config["model_type"] == "qwen3"
+  assert config["tie_word_embeddings"] is True and config["is_causal"] is False
+  assert ModelConfig.from_hf_dict(config) == cfg
+  loaded = transformers.AutoModel.from_pretrained(out)
+  assert type(loaded).__name__ == "Qwen3Model" and loaded.config.is_causal is False
+  for name, p in ref.items():
+    assert torch.equal(loaded.state_dict()[name], p), name
+  # Sliding-window attention is not the model we compute: refused by name.
+  with pytest.raises(ValueError, match="use_sliding_window"):
+    ModelConfig.from_hf_dict(dict(config, use_sliding_window=True))
+  with pytest.raises(ValueError, match="model_type='mistral'"):
+    ModelConfig.from_hf_dict(dict(config, model_type="mistral"))

@@ -1,4 +1,5 @@
-"""The JAX encoder matches transformers' LlamaModel made bidirectional (fp32, tiny configs)."""
+"""The JAX encoder matches transformers' LlamaModel made bidirectional, and Qwen3Model both
+bidirectional and causal (fp32, tiny configs); Qwen3 imports sharded with the same numbers."""
 import numpy as np
 import pytest
 import torch
@@ -167,3 +168,72 @@ def test_scan_switch_keeps_the_random_init():
     jax.tree.map(np.testing.assert_array_equal, layer, unrolled["layers"][i])
     assert not np.array_equal(unrolled["layers"][i]["attn"]["q_proj"],
                               unrolled["layers"][(i + 1) % 3]["attn"]["q_proj"])
+
+
+def _torch_hidden(hf_model, ids, mask, causal):
+  from reasonir_jax.hf.torch_reference import key_padding_mask, make_bidirectional
+  import copy
+  model = hf_model if causal else make_bidirectional(copy.deepcopy(hf_model))
+  mask_t = torch.tensor(mask)
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=mask_t if causal else key_padding_mask(mask_t, torch.float32),
+                output_hidden_states=True)
+  return [h.numpy() for h in out.hidden_states]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("tied,kv_heads,scan", [(False, 2, True), (True, 1, False)])
+def test_matches_transformers_qwen3_per_layer(tmp_path, qwen3_dir_factory, causal, tied,
+                                               kv_heads, scan):
+  from reasonir_jax.hf import load_hf
+  from reasonir_jax.model import mean_pool
+  hf, src = qwen3_dir_factory(str(tmp_path / "qwen3"), seed=kv_heads, tie_word_embeddings=tied,
+                              num_key_value_heads=kv_heads)
+  # Untied, the checkpoint holds an LM head, which the encoder skips.
+  from reasonir_jax.hf.load import CheckpointIndex
+  assert ("lm_head.weight" in CheckpointIndex(src).ignored) != tied
+  model, cfg = load_hf(src, show_progress=False, param_dtype="float32", dtype="float32",
+                       scan_layers=scan, remat_policy="none", causal=causal)
+  assert (cfg.model_type, cfg.qk_norm, cfg.tie_word_embeddings) == ("qwen3", True, tied)
+  assert cfg.rope_theta == 1e6 and cfg.rope_type == "default" and cfg.head_dim == 16
+  ids, mask = _inputs(seed=kv_heads, vocab=2048)
+  ref = _torch_hidden(hf.model, ids, mask, causal)
+  out, hidden = model(ids, mask, output_hidden_states=True)
+  keep = mask.astype(bool)
+  errors = [np.abs(np.asarray(hidden[i])[keep] - ref[i][keep]).max()
+            for i in range(cfg.num_layers)]
+  errors.append(np.abs(np.asarray(out)[keep] - ref[-1][keep]).max())
+  assert max(errors) < 1e-5, errors
+  # Mean pooling after a 3-token prefix, and the last token: both against PyTorch.
+  last = mask.sum(1) - 1
+  for pool in (np.where(np.arange(12)[None] >= 3, mask, 0),
+               np.eye(12, dtype=np.int32)[last]):
+    ours = np.asarray(mean_pool(out, pool))
+    h = torch.tensor(ref[-1]) * torch.tensor(pool)[..., None]
+    want = torch.nn.functional.normalize(h.sum(1) / torch.tensor(pool).sum(1, keepdim=True), dim=-1)
+    np.testing.assert_allclose(ours, want.numpy(), atol=1e-5, rtol=0)
+
+
+def test_qwen3_sharded_import_gives_the_same_numbers(tmp_path, qwen3_dir_factory):
+  import jax
+  from reasonir_jax import sharding as shd
+  from reasonir_jax.configs.base import SHARDING_RULES
+  from reasonir_jax.hf import load_hf
+  from reasonir_jax.model import embed
+  _, src = qwen3_dir_factory(str(tmp_path / "src"), seed=6)
+  ids, mask = _inputs(seed=6, batch=8, vocab=2048)
+  pool = np.where(np.arange(12)[None] >= 2, mask, 0)
+  kw = dict(show_progress=False, param_dtype="float32", dtype="float32", remat_policy="none",
+            causal=True)
+  plain, _ = load_hf(src, **kw)
+  want = np.asarray(embed(plain, ids, mask, pool))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  sharded, _ = load_hf(src, mesh=mesh, **kw)
+  q_norm = sharded.layers.attn.q_norm.scale[...]
+  assert q_norm.sharding.is_equivalent_to(
+      shd.named_sharding(mesh, SHARDING_RULES, (None, None), q_norm.shape), q_norm.ndim)
+  embed_tokens = sharded.embed_tokens[...]
+  assert len(embed_tokens.sharding.device_set) == 8 and not embed_tokens.sharding.is_fully_replicated
+  got = np.asarray(jax.jit(embed)(sharded, ids, mask, pool))
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)

@@ -164,3 +164,31 @@ def test_encode_equals_sentence_transformers_export(llama3, prompt_tok, hf_model
     with torch.no_grad():
       mean = model(input_ids=torch.tensor([apart])).last_hidden_state[0, len(prefix):].mean(0)
     assert np.abs(ours[0] - (mean / mean.norm()).numpy()).max() > 1e-3
+
+
+def test_qwen3_embedding_template_ids(qwen_tokenizer_dir, tokenizer_dir):
+  from reasonir_jax.tokenization import PromptTokenizer, load_tokenizer
+  hf_tok = load_tokenizer(qwen_tokenizer_dir)
+  tok = PromptTokenizer(hf_tok, "qwen3_embedding", "last_token")
+  (ids, start), = tok.encode(["Binary search."], INSTRUCTION, 64)
+  assert hf_tok.decode(ids) == f"Instruct: {INSTRUCTION}\nQuery:Binary search.<|endoftext|>"
+  assert start == len(ids) - 1 and ids[-1] == 2048
+  (doc, start), = tok.encode(["Binary search."], None, 64)
+  assert hf_tok.decode(doc) == "Binary search.<|endoftext|>" and start == len(doc) - 1
+  long = "Plate tectonics explains earthquakes, volcanoes and the drift of continents. " * 3
+  full = tok.full_ids([long], None)[0]
+  (cut, start), = tok.encode([long], None, 16)
+  assert cut == full[:15] + [2048] and start == 15
+  assert tok.cut((cut, start), 10) == (cut[:9] + [2048], 9)
+  assert tok.reserved(INSTRUCTION) == len(tok.prefix_ids(INSTRUCTION)) + 1
+  assert tok.encode(["x"], INSTRUCTION, tok.reserved(INSTRUCTION)) == [None]
+  # ReasonIR's template on a tokenizer without BOS: none added, the prefix left out of the mean.
+  plain = PromptTokenizer(hf_tok)
+  (ids, prefix_len), = plain.encode(["Binary search."], INSTRUCTION, 64)
+  from reasonir_jax.tokenization import prompt_prefix
+  assert ids == hf_tok(prompt_prefix(INSTRUCTION) + "Binary search.")["input_ids"]
+  assert prefix_len == len(hf_tok(prompt_prefix(INSTRUCTION))["input_ids"])
+  with pytest.raises(ValueError, match="qwen3_embedding.*<\\|endoftext\\|>"):
+    PromptTokenizer(tokenizer_dir, "qwen3_embedding", "last_token")
+  with pytest.raises(ValueError, match="model.pooling='first'"):
+    PromptTokenizer(hf_tok, "reasonir", "first")

@@ -43,6 +43,11 @@ def test_values_parse_by_the_type_of_the_key():
   assert load_config("tiny", ["data.packing=no"]).data.packing is False
 
 
+def test_a_repeated_key_takes_its_last_value():
+  config = load_config("tiny", ["mesh.shape=(4,2,1)", "optim.lr=1.0", "mesh.shape=(2,2,2)"])
+  assert config.mesh.shape == (2, 2, 2) and config.optim.lr == 1.0
+
+
 def test_overrides_split_from_other_flags_in_any_order():
   overrides, rest = split_config_args(["--config.optim.lr=1", "--workdir=w", "--config=tiny"])
   assert overrides == ["--config.optim.lr=1"] and rest == ["--workdir=w", "--config=tiny"]
@@ -51,9 +56,10 @@ def test_overrides_split_from_other_flags_in_any_order():
 
 
 def test_former_config_paths_still_load_the_same_configs():
-  new = load_config("tiny").to_dict()
-  assert load_config(os.path.join(REPO, "configs", "tiny.py")).to_dict() == new
-  assert load_config(os.path.join(REPO, "reasonir_jax", "configs", "tiny.py")).to_dict() == new
+  for name in ("base", "tiny", "llama3_8b", "qwen3_8b", "qwen3_embedding_8b"):
+    new = load_config(name).to_dict()
+    assert load_config(os.path.join(REPO, "configs", f"{name}.py")).to_dict() == new, name
+    assert load_config(os.path.join(REPO, "reasonir_jax", "configs", f"{name}.py")).to_dict() == new
   code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
           "try:\n  import reasonir_jax.config\nexcept DeprecationWarning as e:\n  print(e)\n"
           "import warnings; warnings.simplefilter('ignore')\n"
@@ -71,6 +77,12 @@ def test_model_defaults_come_from_model_config():
   model = base_config().model.to_dict()
   assert model == dataclasses.asdict(ModelConfig())
   assert ModelConfig.from_config(load_config("llama3_8b").model).remat_policy == "offload"
+  # The Qwen3 recipes build on the 8B recipe's training set-up, local tier included.
+  qwen = load_config("qwen3_8b")
+  assert ModelConfig.from_config(qwen.model).qk_norm and not qwen.model.causal
+  assert qwen.checkpoint.local_every_seconds == 300.0 and qwen.model.remat_policy == "offload"
+  embedding = ModelConfig.from_config(load_config("qwen3_embedding_8b").model)
+  assert (embedding.causal, embedding.pooling, embedding.vocab_size) == (True, "last_token", 151665)
 
 
 def test_hf_architecture_comes_as_a_new_config(tmp_path):

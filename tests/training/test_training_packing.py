@@ -23,7 +23,7 @@ def _host_params(config):
 
 def _packed(batch, trainer):
   rows, cfg = trainer.packed_rows, trainer.config.data
-  return {"query": pack_padded(batch["query"], rows["query"], cfg.query_max_length),
+  return {**batch, "query": pack_padded(batch["query"], rows["query"], cfg.query_max_length),
           "passage": pack_padded(batch["passage"], rows["passage"], cfg.passage_max_length)}
 
 
@@ -97,7 +97,7 @@ def test_host_pipeline_packs_every_text_and_counts_cuts(make_tiny_config):
       np.testing.assert_array_equal(tokens, want["input_ids"][i][want["attention_mask"][i] == 1])
   stats = it.stats()
   assert stats["packing_overflow_batches"] == 0 and stats["packing_cut_tokens"] == 0
-  assert stats["packing_tokens"] == sum(int(ref[s]["attention_mask"].sum()) for s in ref)
+  assert stats["packing_tokens"] == sum(int(ref[s]["attention_mask"].sum()) for s in ("query", "passage"))
 
   # A passage budget far too small: the longest passages are cut (counted), nothing dropped.
   tight_cfg = make_tiny_config("data.packing=True", *lengths[:2], "data.passage_max_length=64",

@@ -14,7 +14,11 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 
-from tests.vllm.vllm_util import CHAT_TEMPLATE, MODEL_MAX_LEN, require_vllm  # noqa: E402
+from tests.vllm.vllm_util import (CHAT_TEMPLATE, MAX_MODEL_LEN, VLLMServer,  # noqa: E402
+                                  require_vllm)
+
+# The test that stops the session's server runs last, whatever modules use the server.
+LAST = "test_shutdown_is_clean"
 
 
 def pytest_collection_modifyitems(items):
@@ -22,6 +26,7 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if str(item.fspath).startswith(here):
       item.add_marker(pytest.mark.vllm)
+  items.sort(key=lambda item: item.name == LAST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +42,21 @@ def tiny_llama_dir(tmp_path_factory, tokenizer_dir):
   tok.save_pretrained(out)
   config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                       head_dim=64, max_position_embeddings=MODEL_MAX_LEN,
+                       head_dim=64, max_position_embeddings=MAX_MODEL_LEN,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
   torch.manual_seed(0)
   model = LlamaForCausalLM(config).to(torch.float32)
   model.save_pretrained(out)
   return out
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama_dir, tmp_path_factory):
+  """vLLM's OpenAI-compatible server for the tiny model, one for the session (a start costs
+  about as much as the tests that use it): the `openai` backend's tests, data_gen and the
+  evaluation's rewriting and reranking all talk to it."""
+  require_vllm()
+  log = str(tmp_path_factory.mktemp("serve") / "vllm_serve.log")
+  with VLLMServer(tiny_llama_dir, log_path=log) as server:
+    yield server

@@ -1,14 +1,17 @@
 """The `vllm-async` backend (vLLM's async engine in this process) on real vLLM (CPU build), one
 engine for the module: a stream of requests answered as they finish, structured JSON, the length
-check before sending, finish_reason=length, seeds, stop strings, and `close()` with requests in
-flight (the module's last test: it shuts the engine down)."""
+check before sending, finish_reason=length, seeds, stop strings, data_gen's negatives on it, and
+`close()` with requests in flight (the module's last test: it shuts the engine down)."""
 import json
 import time
 
 import pytest
 
+from data_gen.inputs import read_training_rows
 from reasonir_jax.llm.backends import make_backend
 from reasonir_jax.llm.types import ChatFailure, SamplingParams
+from tests.vllm.datagen_util import (N_INPUTS, check_long_input_rejected, check_negatives,
+                                     crashed_then_resumed, negatives_pipeline, write_rows)
 from tests.vllm.vllm_util import MAX_MODEL_LEN, engine_kwargs, require_vllm
 
 SCHEMA = {"type": "object",
@@ -50,10 +53,10 @@ def test_structured_output_is_schema_valid_json(backend):
 
 def test_prompt_over_max_model_len_is_answered_at_once_and_never_sent(backend):
   before = backend.meter.completed
-  f = backend.submit(_user("word " * 300), SamplingParams(max_tokens=8))
+  f = backend.submit(_user("word " * (MAX_MODEL_LEN + 50)), SamplingParams(max_tokens=8))
   assert f.done()  # resolved before anything reached the engine
   assert f.result().kind == "prompt_too_long"
-  g = backend.submit_completion("word " * 120, SamplingParams(max_tokens=200))
+  g = backend.submit_completion("word " * (MAX_MODEL_LEN - 150), SamplingParams(max_tokens=200))
   assert g.done() and g.result().kind == "prompt_too_long"
   assert f"max_model_len={MAX_MODEL_LEN}" in g.result().reason
   assert backend.meter.completed == before
@@ -75,6 +78,16 @@ def test_stop_string_ends_the_answer(backend):
   cut = backend.submit_completion("Plate tectonics",
                                   SamplingParams(max_tokens=24, stop=(stop,))).result(timeout=120)
   assert cut == full[:full.index(stop)]
+
+
+def test_negatives_stopped_mid_run_then_resumed_is_exactly_once(backend, tmp_path):
+  # On this module's engine, two batches in flight (the command line's SIGKILL, which takes the
+  # engine with it, is test_vllm_datagen.py's, on vl).
+  rows = read_training_rows(write_rows(tmp_path / "rows.jsonl", N_INPUTS))
+  out = str(tmp_path / "negatives")
+  manifest, rejects = crashed_then_resumed(lambda: negatives_pipeline(backend), rows, out)
+  check_long_input_rejected(rejects, "vllm-async")
+  check_negatives(out, manifest, rejects, "vllm-async")
 
 
 def test_close_resolves_requests_in_flight_and_refuses_new_ones(backend):

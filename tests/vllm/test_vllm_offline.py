@@ -1,12 +1,16 @@
 """The `vllm` backend (vLLM's offline `LLM`) on real vLLM (CPU build), one engine for the module:
 chat and raw completions, structured JSON, the length check before sending, finish_reason=length,
-seeds, stop strings, and one answer per input in order."""
+seeds, stop strings, one answer per input in order, and data_gen's vl and negatives on it."""
 import json
 
 import pytest
 
+from data_gen.inputs import read_documents, read_training_rows
 from reasonir_jax.llm.backends import make_backend
 from reasonir_jax.llm.types import ChatFailure, SamplingParams
+from tests.vllm.datagen_util import (N_INPUTS, check_long_input_rejected, check_negatives,
+                                     check_vl, crashed_then_resumed, negatives_pipeline,
+                                     vl_pipeline, write_docs, write_rows)
 from tests.vllm.vllm_util import MAX_MODEL_LEN, engine_kwargs, require_vllm
 
 SCHEMA = {"type": "object",
@@ -101,8 +105,8 @@ def test_prompt_over_max_model_len_is_rejected_without_being_sent(backend, monke
     return generate(conversations, params, **kw)
 
   monkeypatch.setattr(backend, "_generate", spy)
-  long = _user("word " * 300)  # about 300 tokens: over max_model_len on its own
-  edge = _user("word " * 100)  # fits, but not with max_tokens=200
+  long = _user("word " * (MAX_MODEL_LEN + 50))  # a token a word: over max_model_len on its own
+  edge = _user("word " * (MAX_MODEL_LEN - 150))  # fits, but not with max_tokens=200
   short = _user("hi")
   out = backend.chat([long, short, edge], SamplingParams(max_tokens=200))
   assert [getattr(r, "kind", None) for r in out] == ["prompt_too_long", "length",
@@ -110,7 +114,7 @@ def test_prompt_over_max_model_len_is_rejected_without_being_sent(backend, monke
   assert f"max_model_len={MAX_MODEL_LEN}" in out[0].reason
   assert sent == [short]
   # The raw path checks the string as generate() tokenizes it.
-  raw = backend.complete(["word " * 300], SamplingParams(max_tokens=8))
+  raw = backend.complete(["word " * (MAX_MODEL_LEN + 50)], SamplingParams(max_tokens=8))
   assert raw[0].kind == "prompt_too_long" and sent == [short]
 
 
@@ -136,7 +140,8 @@ def test_stop_strings_end_the_answer_before_the_stop_string(backend):
 
 
 def test_every_input_is_answered_once_in_order(backend):
-  convs = [_user("x " * 300), _user("a"), _user("b"), _user("x " * 300), _user("c")]
+  too_long = _user("x " * (MAX_MODEL_LEN + 50))
+  convs = [too_long, _user("a"), _user("b"), too_long, _user("c")]
   out = backend.chat(convs, SamplingParams(max_tokens=4), json_schema=None)
   assert len(out) == len(convs)
   assert [r.kind for r in out] == ["prompt_too_long", "length", "length", "prompt_too_long",
@@ -148,12 +153,29 @@ def test_every_input_is_answered_once_in_order(backend):
       assert alone.text == r.text
 
 
+def test_vl_and_negatives_stopped_mid_run_then_resumed_are_exactly_once(backend, tmp_path):
+  # data_gen's two-step pipelines on this module's engine (the command line's SIGKILL, which
+  # takes the engine with it, is test_vllm_datagen.py's).
+  docs = read_documents(write_docs(tmp_path / "docs.jsonl", N_INPUTS))
+  out = str(tmp_path / "vl")
+  manifest, rejects = crashed_then_resumed(lambda: vl_pipeline(backend), docs, out)
+  check_long_input_rejected(rejects, "vllm")
+  check_vl(manifest, rejects)
+  rows = read_training_rows(write_rows(tmp_path / "rows.jsonl", N_INPUTS))
+  out = str(tmp_path / "negatives")
+  manifest, rejects = crashed_then_resumed(lambda: negatives_pipeline(backend), rows, out)
+  check_long_input_rejected(rejects, "vllm")
+  check_negatives(out, manifest, rejects, "vllm")
+
+
 def test_close_stops_the_engine_process(backend):
   # The module's last test: the engine core is a child process, which close() ends now rather
   # than at interpreter exit.
   import psutil
-  engines = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+  # This process's own engine core and its workers (the session's server runs another engine).
+  engines = [p for p in psutil.Process().children() if "EngineCore" in p.name()]
   assert engines, "vLLM's engine core should run as a child process"
+  engines += [c for p in engines for c in p.children(recursive=True)]
   backend.close()
   _, alive = psutil.wait_procs(engines, timeout=30)
   assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]

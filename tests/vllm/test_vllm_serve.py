@@ -1,29 +1,21 @@
-"""vLLM's OpenAI-compatible server (what `vllm serve` runs; real vLLM, CPU build) started as a
-child process, waited for until /v1/models answers, and used as the OpenAI-compatible endpoint of the `openai` backend: chat, raw
-completions (/v1/completions), structured JSON, and a clean shutdown."""
+"""vLLM's OpenAI-compatible server (what `vllm serve` runs; real vLLM, CPU build; the session's
+`vllm_server`) started as a child process, waited for until /v1/models answers, and used as the
+OpenAI-compatible endpoint of the `openai` backend: chat, raw completions (/v1/completions),
+structured JSON, and a clean shutdown."""
 import json
 
 import pytest
 
 from reasonir_jax.llm.backends import make_backend
 from reasonir_jax.llm.types import ChatFailure, SamplingParams
-from tests.vllm.vllm_util import VLLMServer, require_vllm
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
           "required": ["answer"], "additionalProperties": False}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-  require_vllm()
-  log = str(tmp_path_factory.mktemp("serve") / "vllm_serve.log")
-  with VLLMServer(tiny_llama_dir, log_path=log) as s:
-    yield s
-
-
-@pytest.fixture(scope="module")
-def backend(server):
-  b = make_backend("openai", base_url=server.base_url, model=server.served_name,
+def backend(vllm_server):
+  b = make_backend("openai", base_url=vllm_server.base_url, model=vllm_server.served_name,
                    max_concurrency=4)
   yield b
   b.close()
@@ -61,6 +53,7 @@ def test_seeded_sampling_is_reproducible(backend):
   assert run(5) == run(5)
 
 
-def test_shutdown_is_clean(server):
-  # The module's last test: SIGTERM ends the server (and its engine) within the grace period.
-  assert server.stop() == 0
+def test_shutdown_is_clean(vllm_server):
+  # The session's last test (tests/vllm/conftest.py puts it there): SIGTERM ends the server (and
+  # its engine) within the grace period.
+  assert vllm_server.stop() == 0

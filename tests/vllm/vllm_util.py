@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-MAX_MODEL_LEN = 256  # the backend tests' engines: short prompts, long ones easy to make
-# The model's own context: data_gen's hq prompt alone is ~900 tokens with the test tokenizer.
-MODEL_MAX_LEN = 2048
+# The model's context and every engine's: data_gen's hq prompt alone is ~900 tokens with the test
+# tokenizer, and the backend tests' engines run data_gen's pipelines too.
+MAX_MODEL_LEN = 2048
 # On CPU, gpu_memory_utilization is the fraction of host RAM vLLM may take. enforce_eager skips
 # torch.compile: about half the start-up time here, and a tiny model gains nothing from it.
 ENGINE_KWARGS = dict(max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.1, dtype="float32",
@@ -94,6 +94,14 @@ class VLLMServer:
     self.stop()
     raise TimeoutError(f"vllm serve not ready after {self.startup_timeout_s} s "
                        f"(log: {self.log_path})")
+
+  def finished_requests(self) -> int:
+    """Requests the engine has finished so far (its Prometheus counter, all finish reasons): how
+    a test sees what reached the real engine."""
+    import requests
+    text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("vllm:request_success_total")))
 
   def stop(self) -> int | None:
     if self.proc is None or self.proc.poll() is not None:
