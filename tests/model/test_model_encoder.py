@@ -185,6 +185,10 @@ def test_order_buckets_and_batch_independence(encoder):
   docs = encoder.encode(TEXTS, batch_size=2, max_length=64)
   assert np.abs(docs[0] - batched[0]).max() > 1e-3
   assert encoder.encode([], max_length=64).shape == (0, 64)
+  # A token budget below the texts' lengths splits them into smaller batches, same embeddings.
+  budgeted = encoder.encode(TEXTS, instruction=INSTRUCTION, batch_size=2, max_length=64,
+                            budget_length=8)
+  np.testing.assert_allclose(budgeted, batched, atol=2e-5)
 
 
 def test_instruction_tokens_are_not_pooled(encoder):
