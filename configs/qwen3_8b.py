@@ -1,3 +1,3 @@
-"""Deprecated: the configs moved into the package (reasonir_jax/configs/qwen3_8b.py, or `--config=qwen3_8b`);
-this file goes in the next release."""
+"""Deprecated: the configs moved into the package (reasonir_jax/configs/qwen3_8b.py, or
+`--config=qwen3_8b`); this file goes in the next release."""
 from reasonir_jax.configs.qwen3_8b import get_config  # noqa: F401

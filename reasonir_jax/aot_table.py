@@ -1,5 +1,5 @@
-"""Deprecated: moved to reasonir_jax.scale.aot_table (`python -m reasonir_jax.scale.aot_table`); this name
-goes in the next release."""
+"""Deprecated: moved to reasonir_jax.scale.aot_table (`python -m reasonir_jax.scale.aot_table`);
+this name goes in the next release."""
 import sys
 
 from reasonir_jax._compat import alias

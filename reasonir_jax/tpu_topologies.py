@@ -1,5 +1,5 @@
-"""Deprecated: moved to reasonir_jax.scale.tpu_topologies (`python -m reasonir_jax.scale.tpu_topologies`); this name
-goes in the next release."""
+"""Deprecated: moved to reasonir_jax.scale.tpu_topologies (`python -m
+reasonir_jax.scale.tpu_topologies`); this name goes in the next release."""
 import sys
 
 from reasonir_jax._compat import alias
