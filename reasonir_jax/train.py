@@ -121,7 +121,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
 
   if data_iterator is None:
     from reasonir_jax.data.pipeline import make_train_iterator
-    data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec)
+    # The trainer's batch layout, derived once: both sides agree on rows, shapes and checks.
+    data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec,
+                                        layout=trainer.layout)
 
   latest = manager.latest_step()
   # The local tier first: on the hosts that wrote it, it is at least as new and reads faster.

@@ -8,6 +8,7 @@
   convert.py        reference JSONL -> TFRecords (python -m reasonir_jax.data.convert)
   sources.py        config.data.sources, per-process file sharding, Grain record source
   mixing.py         which records make up each batch (reference epoch plan, or weighted)
+  layout.py         BatchLayout: rows per side, step shapes, divisibility (trainer and pipeline)
   batching.py       HostBatchIterator: rows -> tokenized, padded numpy batches
   prefetch.py       background planning + tokenizer threads
   pipeline.py       make_train_iterator / make_host_iterator (global jax.Arrays / numpy)
