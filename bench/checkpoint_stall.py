@@ -45,7 +45,7 @@ def main():
     parser.error("need --every >= 2 and --steps >= 3 x --every (a few saves, steps between)")
   import jax
   from reasonir_jax import train
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training import checkpoint as ckpt_lib
 
   blocking, waits, managers = [], [], []

@@ -105,22 +105,22 @@ def main(argv=None):
   parser.add_argument("--peak_flops", type=float, default=0.0,
                       help="peak bf16 FLOP/s of one device, where its kind is not known")
   parser.add_argument("--tiny", action="store_true",
-                      help="configs/tiny.py's width, 128-token rows, fp32 (CPU; CI keeps it alive)")
+                      help="reasonir_jax/configs/tiny.py's width, 128-token rows, fp32 (CPU; CI keeps it alive)")
   parser.add_argument("--no_torch", action="store_true", help="time our step only")
   args = parser.parse_args(argv)
 
   import jax
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training import flops, metrics
 
   overrides = [f"model.num_layers={args.layers}", f"train.global_batch_size={args.batch}",
                f"model.attention={args.attention}", "model.scan_layers=True",
                "model.remat_policy=none", "train.grad_cache_chunk=0", "mesh.shape=(1,1,1)"]
   if args.tiny:
-    config = load_config("configs/tiny.py", overrides)
+    config = load_config("tiny", overrides)
     length = min(args.length, 128)
   else:
-    config = load_config("configs/llama3_8b.py", overrides + WIDTH_8B + ["model.dtype=bfloat16"])
+    config = load_config("llama3_8b", overrides + WIDTH_8B + ["model.dtype=bfloat16"])
     length = args.length
   config.data.query_max_length = config.data.passage_max_length = length
   device = jax.devices()[0]

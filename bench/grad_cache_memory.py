@@ -28,13 +28,13 @@ PACKED = ["data.packing=True", "data.pack_queries_per_row=4", "data.pack_passage
 def peak_bytes(batch: int, chunk: int, length: int, packing: bool = False) -> tuple[int, int]:
   """(peak, temporaries) in bytes of the compiled step for one device."""
   from reasonir_jax import sharding as shd
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training.step import build_trainer
   overrides = [*SMALL, f"train.global_batch_size={batch}", f"train.grad_cache_chunk={chunk}"]
   if packing:  # rows of 4 texts: the same tokens as the padded batch
     overrides += [*PACKED, f"data.query_max_length={length}", f"data.passage_max_length={length}"]
     length *= 4
-  cfg = load_config("configs/tiny.py", overrides)
+  cfg = load_config("tiny", overrides)
   trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
   compiled = trainer.train_step.lower(trainer.abstract_state(),
                                       trainer.abstract_batch(length, length)).compile()

@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reasonir_jax.assets.sample_facts import DOMAINS  # noqa: E402
-from reasonir_jax.config import load_config  # noqa: E402
+from reasonir_jax.configs import load_config  # noqa: E402
 from reasonir_jax.data.pipeline import make_host_iterator  # noqa: E402
 from reasonir_jax.data.sample import sample_tokenizer_dir  # noqa: E402
 from reasonir_jax.data.schema import TrainingRow  # noqa: E402

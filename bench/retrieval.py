@@ -2,7 +2,7 @@
 
     python bench/retrieval.py [--num-docs 2048] [--corpus 400000] [--dim 4096] [--queries 1000] [--mesh-compare]
 
-1. Encoding: the `configs/tiny.py` model dimensions with random weights, documents of ~100
+1. Encoding: the `reasonir_jax/configs/tiny.py` model dimensions with random weights, documents of ~100
    tokens (max length 128), through `Encoder.encode`; the reference, measured in the same run,
    is transformers' PyTorch `LlamaModel` of the same dimensions on the same batches.
 2. Retrieval: exact top-100 for 1,000 random queries against a random 400k x 4096 corpus,
@@ -48,7 +48,7 @@ def bench_encoding(num_docs: int, batch_size: int, max_length: int) -> None:
   import transformers
   from flax import nnx
 
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.encoder import Encoder
   from reasonir_jax.model import LlamaEncoder, ModelConfig
   from reasonir_jax.tokenization import load_tokenizer, train_tokenizer
@@ -82,7 +82,7 @@ def bench_encoding(num_docs: int, batch_size: int, max_length: int) -> None:
         mask = batch["attention_mask"].unsqueeze(-1).float()
         torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
   ref = num_docs / (time.perf_counter() - t0)
-  print(f"encoding (configs/tiny.py dims, {jax.device_count()} device(s), {num_docs} docs of ~100 tokens, "
+  print(f"encoding (reasonir_jax/configs/tiny.py dims, {jax.device_count()} device(s), {num_docs} docs of ~100 tokens, "
         f"batch {batch_size}, max_length {max_length}):")
   print(f"  reasonir_jax Encoder.encode: {ours:8.1f} docs/s")
   print(f"  torch LlamaModel (reference): {ref:8.1f} docs/s   ratio ours/ref = {ours / ref:.2f}")
@@ -95,7 +95,7 @@ def bench_mesh_encoding(num_docs: int, batch_size: int, max_length: int) -> None
   import torch
   import transformers
 
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.eval import bright, encode_plan
   from reasonir_jax.tokenization import train_tokenizer
 
@@ -116,7 +116,7 @@ def bench_mesh_encoding(num_docs: int, batch_size: int, max_length: int) -> None
       encoder.encode(docs, batch_size=batch_size, max_length=max_length, show_progress=False)
       rates[mesh] = num_docs / (time.perf_counter() - t0)
     shutil.rmtree(model_dir, ignore_errors=True)
-  print(f"mesh (configs/tiny.py dims, {jax.device_count()} device(s), {num_docs} docs, batch {batch_size}):")
+  print(f"mesh (reasonir_jax/configs/tiny.py dims, {jax.device_count()} device(s), {num_docs} docs, batch {batch_size}):")
   print(f"  data parallel -1,1,1:   {rates['-1,1,1']:8.1f} docs/s")
   print(f"  weights sharded 1,-1,1: {rates['1,-1,1']:8.1f} docs/s   ratio dp/sharded = "
         f"{rates['-1,1,1'] / rates['1,-1,1']:.2f}")

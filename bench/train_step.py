@@ -148,7 +148,7 @@ def packing_main(args):
   """Our step on packed vs padded inputs of the same realistic batch (see the module docstring)."""
   import jax
   from reasonir_jax import sharding as shd
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.packing import pack_padded
   from reasonir_jax.training.step import build_trainer
 
@@ -200,7 +200,7 @@ def packing_main(args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/tiny.py")
+  parser.add_argument("--config", default="reasonir_jax/configs/tiny.py")
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=5, help="timed rounds, JAX and PyTorch alternating")
   parser.add_argument("--batch", type=int, default=16)
@@ -208,12 +208,12 @@ def main():
   parser.add_argument("--passage_len", type=int, default=128)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
-                      help="reuse: reasonir_jax.host_memory.keep_freed_blocks(), as CPU training runs")
+                      help="reuse: reasonir_jax.scale.host_memory.keep_freed_blocks(), as CPU training runs")
   parser.add_argument("--packing", action="store_true",
                       help="race our step on packed vs padded inputs (no PyTorch)")
   args = parser.parse_args()
 
-  from reasonir_jax import host_memory
+  from reasonir_jax.scale import host_memory
   # Before JAX (and PyTorch's thread pool) start: both then allocate under the same policy.
   reuse = args.malloc == "reuse" and host_memory.keep_freed_blocks()
   malloc_note = "glibc keeps freed blocks" if reuse else "default malloc"
@@ -221,7 +221,7 @@ def main():
     return packing_main(args)
   import torch
   torch.set_num_threads(args.threads)
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training.synthetic import random_batch
   config = load_config(args.config, [f"train.global_batch_size={args.batch}", "mesh.shape=(1,1,1)"])
   import jax

@@ -1,6 +1,3 @@
-"""The base config (defaults of docs/reference.md section 2); variants start from it."""
-from reasonir_jax.config_base import base_config
-
-
-def get_config():
-  return base_config()
+"""Deprecated: the configs moved into the package (reasonir_jax/configs/base.py, or
+`--config=base`); this file goes in the next release."""
+from reasonir_jax.configs.base import get_config  # noqa: F401

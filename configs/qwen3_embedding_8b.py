@@ -1,17 +1,3 @@
-"""Fine-tuning a Qwen3-Embedding checkpoint in its own recipe: causal attention, its instruction
-format (queries `Instruct: {task}\nQuery:{query}`, documents plain, `<|endoftext|>` appended) and
-last-token pooling. Needs --config.init_from=DIR (Qwen3-Embedding-0.6B, 4B or 8B: the dimensions
-come from DIR's config.json); the rest is configs/qwen3_8b.py.
-"""
-import os
-
-from reasonir_jax.config import load_config_file
-from reasonir_jax.model.config import RECIPES
-
-
-def get_config():
-  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen3_8b.py"))
-  c.model.update(RECIPES["qwen3_embedding"])
-  c.model.vocab_size = 151665  # Qwen3-Embedding's embedding rows
-  c.model.eos_token_id = 151643
-  return c
+"""Deprecated: the configs moved into the package (reasonir_jax/configs/qwen3_embedding_8b.py, or
+`--config=qwen3_embedding_8b`); this file goes in the next release."""
+from reasonir_jax.configs.qwen3_embedding_8b import get_config  # noqa: F401

@@ -15,14 +15,12 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
-import json
 import os
 import re
 from typing import Iterable, Sequence
 
-from reasonir_jax.data.reader import expand_paths
+from reasonir_jax import paths as paths_lib
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.eval import bright_data
 
@@ -41,14 +39,14 @@ def expand_inputs(spec: str | Sequence[str]) -> list[str]:
       except FileNotFoundError as e:
         raise FileNotFoundError(f"--input {item!r}: {e}") from None
     elif os.path.isdir(item):
-      found = sorted(p for ext in ("jsonl", "json", "parquet", "tfrecord")
-                     for p in glob.glob(os.path.join(item, f"*.{ext}")))
-      if not found:
-        raise FileNotFoundError(f"--input {item!r}: directory has no .jsonl/.parquet/.tfrecord")
-      paths.extend(found)
+      try:
+        paths.extend(paths_lib.expand([item], ("jsonl", "json", "parquet", "tfrecord")))
+      except FileNotFoundError:
+        raise FileNotFoundError(
+            f"--input {item!r}: directory has no .jsonl/.parquet/.tfrecord") from None
     else:
       try:
-        paths.extend(expand_paths([item]))
+        paths.extend(paths_lib.expand([item]))
       except FileNotFoundError as e:
         raise FileNotFoundError(f"--input {item!r}: {e}") from None
   if not paths:
@@ -82,29 +80,9 @@ def select_shard(items: Iterable, key, shard_index: int, num_shards: int) -> lis
   return [it for it in items if shard_of(key(it), num_shards) == shard_index]
 
 
-def _iter_jsonl(path: str):
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        yield lineno, json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-
-
 def _iter_records(path: str):
   """(location, dict) for each record of a .jsonl/.json or .parquet file."""
-  if path.endswith(".parquet"):
-    import pyarrow.parquet as pq
-    i = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # streamed, not whole
-      for rec in batch.to_pylist():
-        yield f"{path}[row {i}]", rec
-        i += 1
-  else:
-    for lineno, rec in _iter_jsonl(path):
-      yield f"{path}:{lineno}", rec
+  return paths_lib.iter_records(path)
 
 
 def read_documents(spec: str | Sequence[str]) -> list[dict]:

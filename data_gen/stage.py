@@ -19,6 +19,7 @@ import os
 import uuid
 from typing import IO, Iterable, Iterator
 
+from reasonir_jax import paths
 from reasonir_jax.data.schema import TrainingRow
 
 
@@ -169,21 +170,9 @@ class Stage:
     return counts
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str) -> Iterator[IO[str]]:
-  """A text file written under a temporary name, fsynced and renamed to `path` when the block
-  ends cleanly (removed if it raises): readers see the whole file or none of it."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  os.replace(tmp, path)
+def atomic_writer(path: str) -> contextlib.AbstractContextManager[IO[str]]:
+  """A text file readers see whole or not at all (reasonir_jax.paths.atomic_write)."""
+  return paths.atomic_write(path)
 
 
 def json_line(record: dict) -> str:

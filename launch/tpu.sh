@@ -23,9 +23,9 @@
 #
 # Settings come from the environment or from ENV_FILE (see launch/env.example):
 #   PROJECT, ZONE (required); TPU_NAME, ACCELERATOR_TYPE (v5p-128), RUNTIME_VERSION (per chip),
-#   NUM_SLICES (1), QUEUED (0), SPOT (0), CONFIG (configs/llama3_8b.py), WORKDIR (gs://...,
-#   required by train), TRAIN_ARGS (extra --config.x=y overrides, shell words expanded on each
-#   worker), GIT_URL/GIT_REF, SETUP_CMD (run on each worker after setup, e.g. staging weights),
+#   NUM_SLICES (1), QUEUED (0), SPOT (0), CONFIG (reasonir_jax/configs/llama3_8b.py),
+#   WORKDIR (gs://..., required by train), TRAIN_ARGS (extra --config.x=y overrides, shell words
+#   expanded on each worker), GIT_URL/GIT_REF, SETUP_CMD (run on each worker after setup, e.g. staging weights),
 #   LOG_DIR, WORKER_PYTHON (3.11), MAX_RESTARTS (10), LIBTPU_INIT_ARGS (default: the FSDP
 #   collective-overlap flags for v5p, see FSDP_OVERLAP_FLAGS; set it, even empty, to replace them),
 #   POLL_SECONDS (60), LOGS_EVERY (600 s; run gathers logs this often), STOP_WAIT (600),
@@ -88,9 +88,9 @@ run() {
   fi
 }
 
-# One field of the slice table in reasonir_jax/tpu_topologies.py (hosts, runtime_version, ...).
+# One field of the slice table in reasonir_jax/scale/tpu_topologies.py (hosts, runtime_version, ...).
 slice_field() {
-  (cd "${REPO_ROOT}" && "${PYTHON}" -m reasonir_jax.tpu_topologies "${ACCELERATOR_TYPE}" "$1")
+  (cd "${REPO_ROOT}" && "${PYTHON}" -m reasonir_jax.scale.tpu_topologies "${ACCELERATOR_TYPE}" "$1")
 }
 
 load_settings() {
@@ -106,7 +106,7 @@ load_settings() {
   NUM_SLICES="${NUM_SLICES:-1}"
   QUEUED="${QUEUED:-0}"
   SPOT="${SPOT:-0}"
-  CONFIG="${CONFIG:-configs/llama3_8b.py}"
+  CONFIG="${CONFIG:-reasonir_jax/configs/llama3_8b.py}"
   WORKDIR="${WORKDIR:-}"
   TRAIN_ARGS="${TRAIN_ARGS:-}"
   GIT_URL="${GIT_URL:-}"

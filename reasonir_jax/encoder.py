@@ -14,7 +14,8 @@ call, so the jitted encoder compiles one shape per encode() and spends no FLOPs 
 `packing=False` texts are sorted by length and padded to a few bucket lengths (powers of two
 and the 1.5x points between them), and the batch to a fixed size: one compile per bucket. When
 sorted padded batches are estimated to cost less than the packed rows (near-equal lengths),
-packed encoding runs the padded path.
+packed encoding runs the padded path. `budget_length=` (or `encode_by_length`) also keeps the
+tokens of one call near batch_size x budget_length when texts run longer than that.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from reasonir_jax import sharding as shd
 from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
 from reasonir_jax.model.config import RECIPES
 from reasonir_jax.packing import pack_lengths, packed_arrays
-from reasonir_jax.model.sharded import shard_model
-from reasonir_jax.tokenization import PromptTokenizer, bucket_length, load_tokenizer, pad_batch
+from reasonir_jax.model.sharded import abstract_model, shard_model
+from reasonir_jax.tokenization import (PromptTokenizer, bucket_length, load_tokenizer, pad_batch,
+                                       prompt_prefix)
 from reasonir_jax.training import flops
 
 MIN_BUCKET = 32
@@ -40,10 +42,54 @@ PACK_ROW_MULTIPLE = 64  # packed rows are a multiple of this long
 # masked softmax attention runs well below matmul rates (about 10-20x on XLA:CPU at width 512,
 # far less with TPU/GPU flash kernels), so longer rows only pay where they remove much padding.
 ATTN_COST_WEIGHT = 12
+# Texts longer than this many tokens are encoded in proportionally smaller batches (halved per
+# doubling of length) by `encode_by_length`, so one device call holds about
+# batch_size * BUDGET_LENGTH tokens whatever max_length allows: at BRIGHT's 32768-token default a
+# batch of long documents would otherwise need 16x the activation memory of a 2048-token one.
+BUDGET_LENGTH = 2048
 
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
+
+
+def may_exceed(texts, instruction, length: int) -> list[int]:
+  """Indices of the texts whose `BOS + prefix + text` could exceed `length` tokens: a byte-level
+  BPE token holds at least one UTF-8 byte, so only those with more bytes need tokenizing."""
+  prefix = len(prompt_prefix(instruction).encode()) + 1  # + 1: BOS
+  return [i for i, t in enumerate(texts) if prefix + len(t.encode()) > length]
+
+
+def encode_by_length(encoder, texts, *, instruction, batch_size: int, max_length: int,
+                     budget_length: int = BUDGET_LENGTH, show_progress: bool = False,
+                     **encode_kw) -> np.ndarray:
+  """`encoder.encode` with texts longer than `budget_length` tokens in batches halved per
+  doubling of their length (about batch_size * budget_length tokens per call); any object with
+  `encode` (and a `prompt_tokenizer` to measure the texts) will do."""
+  texts = list(texts)
+  tok = getattr(encoder, "prompt_tokenizer", None)
+  long = may_exceed(texts, instruction, budget_length) if tok and max_length > budget_length else []
+  shift = {}
+  if long:
+    for i, e in zip(long, tok.encode([texts[i] for i in long], instruction, max_length)):
+      n = len(e[0]) if e is not None else 0  # None: encode() below names the text
+      if n > budget_length:
+        shift[i] = int(np.ceil(np.log2(n / budget_length)))
+  if not shift:
+    return encoder.encode(texts, instruction=instruction, batch_size=batch_size,
+                          max_length=max_length, show_progress=show_progress, **encode_kw)
+  groups: dict[int, list[int]] = {}
+  for i in range(len(texts)):
+    groups.setdefault(max(1, batch_size >> shift.get(i, 0)), []).append(i)
+  out = None
+  for group_batch, idx in sorted(groups.items(), reverse=True):
+    emb = np.asarray(encoder.encode([texts[i] for i in idx], instruction=instruction,
+                                    batch_size=group_batch, max_length=max_length,
+                                    show_progress=show_progress, **encode_kw))
+    if out is None:
+      out = np.zeros((len(texts), emb.shape[1]), emb.dtype)
+    out[idx] = emb
+  return out
 
 
 def bucket_lengths(max_length: int) -> tuple[int, ...]:
@@ -63,7 +109,7 @@ class Encoder:
   def __init__(self, model: LlamaEncoder, tokenizer, model_cfg: ModelConfig, mesh=None,
                rules=None):
     if mesh is not None and rules is None:
-      from reasonir_jax.config_base import SHARDING_RULES
+      from reasonir_jax.configs.base import SHARDING_RULES
       rules = SHARDING_RULES
     self.model = model
     self.model_cfg = model_cfg
@@ -118,7 +164,7 @@ class Encoder:
       raise ValueError(f"Encoder.from_pretrained: recipe={recipe!r} is not one of {tuple(RECIPES)}")
     forced = {} if recipe is None else RECIPES[recipe]
     if mesh is not None and rules is None:
-      from reasonir_jax.config_base import SHARDING_RULES
+      from reasonir_jax.configs.base import SHARDING_RULES
       rules = SHARDING_RULES
     if paths.exists(paths.join(path, "checkpoints")):
       return cls._from_workdir(path, dtype, mesh, rules, step, forced)
@@ -137,28 +183,13 @@ class Encoder:
     """Restores the parameters of a training checkpoint straight into their shardings."""
     from reasonir_jax.hf.load import local_tokenizer_dir
     from reasonir_jax.training import checkpoint as ckpt_lib
-    config, tokenizer_path = ckpt_lib.load_saved_config(workdir)
-    stored = ModelConfig.from_config(config.model)
+    params, stored, tokenizer_path = ckpt_lib.restore_params(workdir, step, mesh, rules)
     dtype = dtype or stored.param_dtype
     cfg = stored.replace(param_dtype=dtype, dtype=dtype, remat_policy="none", **(recipe or {}))
-    abstract = nnx.state(nnx.eval_shape(lambda: LlamaEncoder(stored, rngs=nnx.Rngs(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def placed(v):  # the stored dtype, in this parameter's sharding
-      sharding = (device if mesh is None else
-                  shd.named_sharding(mesh, rules, shd.variable_logical_axes(v), v.shape))
-      return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-
-    targets = jax.tree.map(placed, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    manager = ckpt_lib.CheckpointManager(workdir)
-    try:
-      params = manager.restore_params(nnx.to_pure_dict(nnx.State(targets)), step)
-    finally:
-      manager.close()
     # The cast runs on the sharded arrays: nothing is gathered to one host.
     params = jax.tree.map(lambda x: x.astype(cfg.jnp_param_dtype), params)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, params)
+    graphdef, state = abstract_model(cfg)
+    nnx.replace_by_pure_dict(state, nnx.to_pure_dict(params))
     model = nnx.merge(graphdef, state)
     if mesh is not None:
       model.set_activation_sharding(mesh, rules)
@@ -167,8 +198,11 @@ class Encoder:
 
   def encode(self, texts: Sequence[str], instruction: str | None | Sequence[str | None] = None,
              batch_size: int = 32, max_length: int = 2048, show_progress: bool | None = None,
-             packing: bool = True) -> np.ndarray:
+             packing: bool = True, budget_length: int | None = None) -> np.ndarray:
     """[len(texts), hidden] float32 L2-normalised embeddings, in the caller's order.
+
+    With `budget_length`, texts longer than that many tokens go in smaller batches
+    (`encode_by_length`).
 
     With packing (the default) the texts are packed into rows (reasonir_jax.packing) and each
     device call gets the same token budget, about batch_size texts of the longest length: one
@@ -178,6 +212,10 @@ class Encoder:
     if isinstance(texts, str):
       raise TypeError("Encoder.encode takes a list of texts, not a single string")
     texts = list(texts)
+    if budget_length is not None:
+      return encode_by_length(self, texts, instruction=instruction, batch_size=batch_size,
+                              max_length=max_length, budget_length=budget_length,
+                              show_progress=bool(show_progress), packing=packing)
     hidden = self.model_cfg.hidden_size
     if not texts:
       return np.zeros((0, hidden), np.float32)

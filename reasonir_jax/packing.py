@@ -118,18 +118,10 @@ PER_ROW_FIELDS = {"query": "pack_queries_per_row", "passage": "pack_passages_per
 
 
 def packed_rows_per_side(config, num_queries: int) -> dict[str, int]:
-  """Packed rows of a batch of num_queries queries and num_queries x group_size passages:
-  texts / config.data.pack_{query,passage}s_per_row (rows of query_/passage_max_length)."""
-  d = config.data
-  texts = {"query": num_queries, "passage": num_queries * int(d.group_size)}
-  per_row = {side: int(d.get(field, 1)) for side, field in PER_ROW_FIELDS.items()}
-  out = {}
-  for side in ("query", "passage"):
-    if per_row[side] < 1 or texts[side] % per_row[side]:
-      raise ValueError(f"config.data.{PER_ROW_FIELDS[side]}={per_row[side]} must be >= 1 and "
-                       f"divide the {texts[side]} {side} texts of the batch")
-    out[side] = texts[side] // per_row[side]
-  return out
+  """Packed rows of a batch of num_queries queries (reasonir_jax.data.layout.BatchLayout, which
+  the trainer and the input pipeline share)."""
+  from reasonir_jax.data.layout import BatchLayout  # pylint: disable=import-outside-toplevel
+  return BatchLayout.from_config(config).packed_rows_for(num_queries)
 
 
 def pack_padded(side: dict[str, np.ndarray], num_rows: int, row_length: int,

@@ -1,7 +1,9 @@
 """Paths that may be local or remote (gs://, s3://, or any fsspec filesystem), in one place.
 
 Every path a user gives (data globs, workdir, init_from, export out, evaluation data) goes
-through these helpers. Local paths use the standard library; a path with a `scheme://` prefix
+through these helpers, and so do the file chores several modules share: expanding comma-separated
+inputs and globs (`expand`), reading JSON-lines and parquet records (`iter_records`) and writing a
+file that readers see whole or not at all (`atomic_write`). Local paths use the standard library; a path with a `scheme://` prefix
 goes to fsspec (the filesystem etils.epath and Orbax use for gs://: gcsfs, from the `gcs` extra).
 Remote paths are never passed to `os.path.abspath` or `os.makedirs`, which would turn
 `gs://b/run` into a local folder `./gs:/b/run`.
@@ -12,13 +14,16 @@ sequential scan of a TFRecord file costs one request per block, not one per reco
 from __future__ import annotations
 
 import builtins
+import contextlib
 import glob as _glob
 import hashlib
+import io
+import json
 import os
 import posixpath
 import shutil
 import uuid
-from typing import IO
+from typing import IO, Iterator, Sequence
 
 READ_BLOCK_BYTES = 16 << 20  # one remote request per 16 MiB of a sequential read
 
@@ -153,17 +158,33 @@ def absolute(path) -> str:
   return os.fspath(path) if is_remote(path) else os.path.abspath(_local(path))
 
 
-def write_text(path, text: str) -> None:
-  """Writes `text` so that a reader never sees half a file: a local temporary file renamed into
-  place; remote object stores publish an object only once its upload completes."""
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w") -> Iterator[IO]:
+  """A file to write that readers see whole or not at all: a local one is written under a
+  temporary name (which `glob` leaves out), fsynced and renamed into place when the block ends
+  cleanly, and removed if it raises; an object store publishes an upload only once it completes."""
   if is_remote(path):
-    with open(path, "w") as f:
-      f.write(text)
+    with open(path, mode) as f:
+      yield f
     return
-  tmp = f"{_local(path)}.tmp-{uuid.uuid4().hex[:8]}"
-  with builtins.open(tmp, "w") as f:
+  local = _local(path)
+  tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with builtins.open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, local)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path, text: str) -> None:
+  """Writes `text` so that a reader never sees half a file (`atomic_write`)."""
+  with atomic_write(path) as f:
     f.write(text)
-  os.replace(tmp, _local(path))
 
 
 def read_text(path) -> str:
@@ -208,8 +229,59 @@ def stage_local(path, cache_dir: str) -> str:
   if os.path.isfile(local) and os.path.getsize(local) == size:
     return local
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-  with open(path, "rb") as src, builtins.open(tmp, "wb") as dst:
+  with open(path, "rb") as src, atomic_write(local, "wb") as dst:
     shutil.copyfileobj(src, dst, READ_BLOCK_BYTES)
-  os.replace(tmp, local)
   return local
+
+
+def expand(pattern_or_paths, dir_extensions: Sequence[str] = ()) -> list[str]:
+  """The files of comma-separated paths and glob patterns (or of a list of them), local or
+  remote, in order: a pattern gives its matches sorted; with `dir_extensions`, a directory gives
+  its files with those extensions, sorted. A pattern that matches nothing, a missing file and a
+  directory without such files are FileNotFoundErrors naming them."""
+  if isinstance(pattern_or_paths, (str, os.PathLike)):
+    items = [p for p in os.fspath(pattern_or_paths).split(",") if p]
+  else:
+    items = [os.fspath(p) for p in pattern_or_paths]
+  found = []
+  for item in items:
+    if has_magic(item):
+      found.extend(glob(item))
+    elif dir_extensions and isdir(item):
+      files = []
+      for ext in dir_extensions:
+        try:
+          files.extend(glob(join(item, f"*.{ext}")))
+        except FileNotFoundError:
+          pass
+      if not files:
+        raise FileNotFoundError(f"no .{', .'.join(dir_extensions)} files in {item!r}")
+      found.extend(sorted(files))
+    elif isfile(item):
+      found.append(item)
+    else:
+      raise FileNotFoundError(f"no such file: {item!r}")
+  return found
+
+
+def iter_records(path) -> Iterator[tuple[str, dict]]:
+  """(where, record) for each record of a JSON-lines (.jsonl, .json) or parquet file, local or
+  remote; `where` is `path:line` or `path[row i]`. Parquet is read in batches, not whole; a line
+  that is not JSON is a ValueError naming it."""
+  path = os.fspath(path)
+  with open(path, "rb") as raw:
+    if path.endswith(".parquet"):
+      import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+      i = 0
+      for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+          yield f"{path}[row {i}]", record
+          i += 1
+      return
+    for n, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
+      if line.strip():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        yield f"{path}:{n}", record

@@ -1,8 +1,8 @@
 """Device mesh, logical-axis sharding rules and activation constraints (no model code).
 
 Parameters and activations carry *logical* axis names ("embed", "heads", "batch", ...); the rule
-table `config.sharding_rules` (see config_base.py) maps them to mesh axes ("data", "fsdp",
-"tensor"). Changing the parallelism means editing that table or `config.mesh`, never the model.
+table `config.sharding_rules` (see reasonir_jax/configs/base.py) maps them to mesh axes ("data",
+"fsdp", "tensor"). Changing the parallelism means editing that table or `config.mesh`, never the model.
 
 Activation constraints (`constrain`) only act inside `activation_sharding(mesh, rules)`; outside
 it (plain CPU use, tests without a mesh) they are no-ops. Building a model in its sharding is

@@ -18,6 +18,9 @@ Llama-3 tokenizer). Truncation cuts the text, never the prefix or the appended E
 Pooling (`ModelConfig.pooling`) is expressed in the pooled tokens each text gets, so the model's
 pooling is one masked mean either way: "mean" pools the tokens after the prefix, "last_token" the
 last token alone (the mean of one token is that token's state, exactly).
+
+Which tokenizer a run uses is decided here too (`resolve_tokenizer`), for the trainer and the
+input pipeline alike.
 """
 from __future__ import annotations
 
@@ -73,6 +76,28 @@ def load_tokenizer(path: str):
   """A Hugging Face tokenizer from a local directory (no network)."""
   from transformers import AutoTokenizer
   return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def has_tokenizer(path: str) -> bool:
+  """Whether the directory `path` (local or remote) holds a Hugging Face tokenizer."""
+  from reasonir_jax import paths  # pylint: disable=import-outside-toplevel
+  return any(paths.exists(paths.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def resolve_tokenizer(tokenizer: str = "", init_from: str = "") -> str:
+  """The tokenizer directory of a run: `tokenizer` (config.data.tokenizer), else the one of the
+  model directory `init_from`, else the shipped sample one. Always a local path: transformers
+  reads local folders, so a remote tokenizer is copied to a temporary folder first."""
+  if not tokenizer and init_from and has_tokenizer(init_from):
+    tokenizer = init_from
+  if not tokenizer:
+    from reasonir_jax.data.sample import sample_tokenizer_dir  # pylint: disable=import-outside-toplevel
+    return sample_tokenizer_dir()
+  from reasonir_jax import paths  # pylint: disable=import-outside-toplevel
+  if not paths.is_remote(tokenizer):
+    return tokenizer
+  from reasonir_jax.hf.load import local_tokenizer_dir  # pylint: disable=import-outside-toplevel
+  return local_tokenizer_dir(tokenizer)
 
 
 def adds_exactly(tokenizer, front: list[int], back: list[int]) -> bool:

@@ -1,6 +1,6 @@
 """Contrastive training of the ReasonIR encoder on a device mesh.
 
-  python -m reasonir_jax.train --config=configs/tiny.py --workdir=/tmp/run \
+  python -m reasonir_jax.train --config=tiny --workdir=/tmp/run \
       [--config.optim.lr=1e-5 --config.mesh.shape=(2,-1,1) ...]
 
 A workdir holding a checkpoint resumes from it (same data order and RNG, so an interrupted run
@@ -36,63 +36,54 @@ StepCallback = Callable[[int, object, dict], None]
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Known flags plus `--config.a.b=value` overrides (returned as "a.b=value" strings)."""
+  """Known flags plus the `--config.a.b=value` overrides, which ml_collections.config_flags
+  applies to `--config` (reasonir_jax.configs.parse_config_flags)."""
   parser = argparse.ArgumentParser(prog="python -m reasonir_jax.train", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--config", required=True,
+                      help="config file or name, e.g. tiny or reasonir_jax/configs/tiny.py")
   parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, config.json")
   parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   parser.add_argument("--multihost", action="store_true",
                       help="call jax.distributed.initialize() and let JAX find its peers (TPU pods)")
-  args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognised argument {item!r} (config overrides look like --config.optim.lr=1e-5)")
+  from reasonir_jax.configs import split_config_args
+  overrides, rest = split_config_args(argv)
+  args, unknown = parser.parse_known_args(rest)
+  for item in unknown:
+    parser.error(f"unrecognised argument {item!r} (config overrides look like --config.optim.lr=1e-5)")
+  for item in overrides:
     if "=" not in item:
       parser.error(f"override {item!r} needs a value: {item}=VALUE")
-    overrides.append(item[len("--config."):])
   return args, overrides
-
-
-def _has_tokenizer(path: str) -> bool:
-  from reasonir_jax import paths
-  return any(paths.exists(paths.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _local_tokenizer(path: str) -> str:
-  """transformers reads tokenizers from local folders: a remote one is copied down first."""
-  from reasonir_jax import paths
-  if not paths.is_remote(path):
-    return path
-  from reasonir_jax.hf.load import local_tokenizer_dir
-  return local_tokenizer_dir(path)
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
   """config.data.tokenizer, else the init_from directory's tokenizer, else the shipped sample one
-  (a local path: remote tokenizers are copied to a temporary folder)."""
-  if config.data.tokenizer:
-    return _local_tokenizer(config.data.tokenizer)
-  if config.init_from and _has_tokenizer(config.init_from):
-    return _local_tokenizer(config.init_from)
-  from reasonir_jax.data.sample import sample_tokenizer_dir
-  return sample_tokenizer_dir()
+  (a local path; reasonir_jax.tokenization.resolve_tokenizer)."""
+  from reasonir_jax.tokenization import resolve_tokenizer as resolve
+  return resolve(config.data.tokenizer, config.init_from)
 
 
-def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
-  """Takes the architecture from `config.init_from`'s config.json (dtypes, scan, remat and the
-  recipe: causal, template, pooling stay)."""
+def with_hf_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model takes its architecture from `config.init_from`'s
+  config.json (dtypes, scan, remat and the recipe: causal, template, pooling stay); `config`
+  itself is left as it is."""
   from reasonir_jax.hf import read_hf_config
   from reasonir_jax.model import ModelConfig
   keep = {k: config.model[k] for k in ("param_dtype", "dtype", "scan_layers", "remat_policy",
                                        "causal", "template", "pooling") if k in config.model}
   hf_cfg = ModelConfig.from_hf_dict(read_hf_config(config.init_from), **keep)
-  for field in dataclasses.fields(hf_cfg):
-    if field.name in config.model:
-      config.model[field.name] = getattr(hf_cfg, field.name)
+  adopted = config.copy_and_resolve_references()
+  adopted.model.update({f.name: getattr(hf_cfg, f.name) for f in dataclasses.fields(hf_cfg)
+                        if f.name in adopted.model})
+  return adopted
+
+
+def adopt_hf_model_config(config: ml_collections.ConfigDict) -> None:
+  """Deprecated (one release): `with_hf_architecture`, written back into `config`."""
+  config.model.update(with_hf_architecture(config).model)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepCallback | None = None,
@@ -119,7 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
   if config.init_from:
     if not paths.isdir(config.init_from):
       raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory")
-    adopt_hf_model_config(config)
+    config = with_hf_architecture(config)
   mesh = shd.make_mesh(config.mesh)
   trainer = build_trainer(config, mesh)
   tokenizer_path = resolve_tokenizer(config)
@@ -130,7 +121,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step_callback: StepC
 
   if data_iterator is None:
     from reasonir_jax.data.pipeline import make_train_iterator
-    data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec)
+    # The trainer's batch layout, derived once: both sides agree on rows, shapes and checks.
+    data_iterator = make_train_iterator(config, tokenizer_path, mesh, trainer.batch_sharding.spec,
+                                        layout=trainer.layout)
 
   latest = manager.latest_step()
   # The local tier first: on the hosts that wrote it, it is at least as new and reads faster.
@@ -279,7 +272,8 @@ def check_required(config: ml_collections.ConfigDict) -> None:
   missing = []
   if not config.data.sources or config.data.sources.strip() == "sample":
     missing.append("--config.data.sources=name=gs://BUCKET/glob-*.tfrecord[:weight],...")
-  if not config.data.tokenizer and not (config.init_from and _has_tokenizer(config.init_from)):
+  from reasonir_jax.tokenization import has_tokenizer
+  if not config.data.tokenizer and not (config.init_from and has_tokenizer(config.init_from)):
     missing.append("--config.init_from=HF_MODEL_DIR (with its tokenizer) or "
                    "--config.data.tokenizer=TOKENIZER_DIR")
   if missing:
@@ -301,14 +295,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  from reasonir_jax import host_memory
+  from reasonir_jax.scale import host_memory
   host_memory.configure_for_cpu()  # before JAX starts its CPU client
   from reasonir_jax.training import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          multihost=args.multihost)
-  from reasonir_jax.config import ConfigError, load_config
+  from reasonir_jax.configs import ConfigError, parse_config_flags
   try:
-    config = load_config(args.config, overrides)
+    config = parse_config_flags(args.config, overrides)
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   try:

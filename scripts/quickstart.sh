@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the built-in tiny default, on CPU: data -> train -> export -> evaluate.
 #   1. convert the shipped sample rows (reference JSON-lines format) into sharded TFRecords;
-#   2. train configs/tiny.py on them (the loss falls within a minute or two);
+#   2. train reasonir_jax/configs/tiny.py on them (the loss falls within a minute or two);
 #   3. export the last checkpoint as a Hugging Face LlamaModel directory;
 #   4. evaluate the export on the shipped BRIGHT-layout sample, beside the BM25 baseline.
 # Re-running starts from scratch; set OUT to keep several runs.
@@ -20,8 +20,8 @@ echo "== 1/4 data: sample rows -> TFRecords"
 "$PY" -m reasonir_jax.data.convert --input "$ASSETS/sample_train.jsonl" --output "$OUT/data" \
   --num-shards 4 --name sample --source sample
 
-echo "== 2/4 train: configs/tiny.py"
-"$PY" -m reasonir_jax.train --config=configs/tiny.py --workdir="$OUT/train" \
+echo "== 2/4 train: reasonir_jax/configs/tiny.py"
+"$PY" -m reasonir_jax.train --config=reasonir_jax/configs/tiny.py --workdir="$OUT/train" \
   "--config.data.sources=sample=$OUT/data/sample-*.tfrecord"
 
 echo "== 3/4 export: Hugging Face LlamaModel"

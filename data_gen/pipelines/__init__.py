@@ -1,1 +1,2 @@
-"""The generation pipelines, one module each: `hq`, `vl`, `negatives` (LLM) and `mine` (BM25)."""
+"""The generation pipelines, one module each: `hq`, `vl`, `negatives`, `judge` (LLM) and `mine`
+(BM25)."""

@@ -8,6 +8,7 @@
   convert.py        reference JSONL -> TFRecords (python -m reasonir_jax.data.convert)
   sources.py        config.data.sources, per-process record shares, Grain record datasets
   mixing.py         which records make up each batch (reference epoch plan, or weighted)
+  layout.py         BatchLayout: rows per side, step shapes, divisibility (trainer and pipeline)
   batching.py       HostBatchIterator (a Grain iterator): rows -> tokenized, padded numpy batches
   pipeline.py       make_train_iterator / make_host_iterator (global jax.Arrays / numpy)
   sample.py         paths of the shipped sample data and tokenizer

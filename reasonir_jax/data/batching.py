@@ -34,10 +34,11 @@ import numpy as np
 from reasonir_jax.data import mixing as mixing_lib
 from reasonir_jax.data import sources as sources_lib
 from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_row
+from reasonir_jax.data.layout import BatchLayout
 from reasonir_jax.data.reader import expand_paths
 from reasonir_jax.data.schema import TrainingRow
 from reasonir_jax.data.tfrecord import CorruptRecordError
-from reasonir_jax.packing import cut_lengths, fit_to_rows, packed_arrays, packed_rows_per_side
+from reasonir_jax.packing import cut_lengths, fit_to_rows, packed_arrays
 from reasonir_jax.tokenization import PromptTokenizer, bucket_length, pad_batch
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,9 @@ def _as_prompt_tokenizer(tokenizer, config) -> PromptTokenizer:
     _check_recipe(tokenizer, config)
     return tokenizer
   if tokenizer is None:
-    # config.data.tokenizer, else the model directory's (init_from), else the shipped sample one.
-    tokenizer = config.data.get("tokenizer", "") or config.get("init_from", "")
-    if not tokenizer:
-      from reasonir_jax.data.sample import sample_tokenizer_dir
-      tokenizer = sample_tokenizer_dir()
+    # The trainer's choice: config.data.tokenizer, else the model directory's, else the sample's.
+    from reasonir_jax.tokenization import resolve_tokenizer
+    tokenizer = resolve_tokenizer(config.data.get("tokenizer", ""), config.get("init_from", ""))
   m = config.model
   return PromptTokenizer(tokenizer, template=m.get("template", "reasonir"),
                          pooling=m.get("pooling", "mean"))
@@ -98,26 +97,24 @@ class HostBatchIterator(grain.DatasetIterator):
 
   def __init__(self, config, tokenizer, *, process_index: int | None = None,
                process_count: int | None = None, local_batch_size: int | None = None,
-               num_workers: int = 0):
+               num_workers: int = 0, layout: BatchLayout | None = None):
     super().__init__()
     self._pool = None  # the tokenizer threads, made last (close() may run after a failed init)
     d = config.data
     self.process_index, self.process_count = process_info(process_index, process_count)
-    global_batch = int(config.train.global_batch_size)
+    # The trainer's layout when it hands one over (train.run derives it once), else the config's.
+    layout = layout or BatchLayout.from_config(config)
     if local_batch_size is None:
-      if global_batch % self.process_count:
-        raise ValueError(f"train.global_batch_size {global_batch} is not divisible by the "
-                         f"{self.process_count} processes")
-      local_batch_size = global_batch // self.process_count
+      local_batch_size = layout.local_batch(self.process_count)
     self.batch_size = int(local_batch_size)
     self.group_size = int(d.group_size)
     if self.group_size < 1:
       raise ValueError(f"data.group_size must be >= 1, got {self.group_size}")
-    self.query_max_length = int(d.get("query_max_length", 0) or d.max_length)
-    self.passage_max_length = int(d.get("passage_max_length", 0) or d.max_length)
-    self.buckets = tuple(int(b) for b in d.bucket_lengths)
-    self.packing = bool(d.get("packing", False))
-    self.packed_rows = packed_rows_per_side(config, self.batch_size) if self.packing else None
+    self.query_max_length = layout.query_max_length
+    self.passage_max_length = layout.passage_max_length
+    self.buckets = layout.buckets
+    self.packing = layout.packing
+    self.packed_rows = layout.packed_rows_for(self.batch_size) if self.packing else None
     self.mixing = mixing_lib.check_mode(d.get("mixing", "reference"))
     self.skip_corrupt = bool(d.skip_corrupt)
     self.seed = int(config.seed) * 1_000_003 + int(d.shuffle_seed)

@@ -54,16 +54,18 @@ class PrefetchedBatches(grain.experimental.ThreadPrefetchDatasetIterator):
 
 def make_host_iterator(config, tokenizer=None, *, process_index: int | None = None,
                        process_count: int | None = None, local_batch_size: int | None = None,
-                       prefetch: int | None = None, num_workers: int | None = None):
+                       prefetch: int | None = None, num_workers: int | None = None,
+                       layout=None):
   """Numpy batches of this process. `prefetch` (default config.data.prefetch) batches are kept
   ready by Grain's prefetch thread (0: none, everything runs in the caller), with `num_workers`
   (default config.data.num_workers) tokenizer threads; call close() to stop them. `tokenizer` is
   a PromptTokenizer, an HF tokenizer, a directory, or None (config.data.tokenizer, else the
-  model directory config.init_from, else the shipped sample tokenizer)."""
+  model directory config.init_from, else the shipped sample tokenizer). `layout` (a
+  data.layout.BatchLayout; default the config's) is the trainer's, handed over by train.run."""
   workers = config.data.get("num_workers", 0) if num_workers is None else num_workers
   it = HostBatchIterator(config, tokenizer, process_index=process_index,
                          process_count=process_count, local_batch_size=local_batch_size,
-                         num_workers=workers)
+                         num_workers=workers, layout=layout)
   depth = config.data.get("prefetch", 2) if prefetch is None else prefetch
   return PrefetchedBatches(it, depth) if depth else it
 
@@ -155,12 +157,12 @@ def _pad_id(host_iter) -> int:
 
 
 def make_train_iterator(config, tokenizer, mesh, batch_spec, *, process_index: int | None = None,
-                        process_count: int | None = None):
+                        process_count: int | None = None, layout=None):
   """The trainer's entry point: an iterator of global batches
     {"query": {input_ids, attention_mask, pool_mask}: int32[B, Lq],
      "passage": {...}: int32[B*G, Lp],  (passages of query i: rows i*G..i*G+G-1, positive first)
      "row": {"weight": float32[B]}}  (each query's TrainingRow.weight)
   placed in NamedSharding(mesh, batch_spec), with get_state()/set_state()/stats()."""
   pi, pc = process_info(process_index, process_count)
-  host = make_host_iterator(config, tokenizer, process_index=pi, process_count=pc)
+  host = make_host_iterator(config, tokenizer, process_index=pi, process_count=pc, layout=layout)
   return TrainIterator(host, mesh, batch_spec, pc)

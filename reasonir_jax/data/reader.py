@@ -7,7 +7,6 @@ large buffered blocks (reasonir_jax.paths), one request per block rather than pe
 from __future__ import annotations
 
 import logging
-import os
 from typing import Iterator, Sequence
 
 from reasonir_jax import paths as paths_lib
@@ -18,22 +17,8 @@ from reasonir_jax.data.tfrecord import CorruptRecordError, iter_records
 log = logging.getLogger(__name__)
 
 
-def expand_paths(pattern_or_paths: str | Sequence[str]) -> list[str]:
-  """Sorted files of a glob pattern (or a comma-separated list of them, or a list of paths), local
-  or remote. A pattern that matches no file is an error naming it."""
-  if isinstance(pattern_or_paths, (str, os.PathLike)):
-    items = [p for p in str(pattern_or_paths).split(",") if p]
-  else:
-    items = [str(p) for p in pattern_or_paths]
-  paths = []
-  for item in items:
-    if paths_lib.has_magic(item):
-      paths.extend(paths_lib.glob(item))
-    elif paths_lib.isfile(item):
-      paths.append(item)
-    else:
-      raise FileNotFoundError(f"no such file: {item!r}")
-  return paths
+# Comma-separated globs and files, local or remote (the one implementation: paths.expand).
+expand_paths = paths_lib.expand
 
 
 def read_rows(pattern_or_paths: str | Sequence[str], skip_corrupt: bool = False,

@@ -42,11 +42,13 @@ import time
 import numpy as np
 
 from reasonir_jax import paths
+# The batch sizes by text length are the Encoder's decision (encode_by_length); bright only asks
+# for them on the corpus, where --max-length lets documents run to 32768 tokens.
+from reasonir_jax.encoder import encode_by_length, may_exceed
 from reasonir_jax.eval import (bright_data, cache, encode_plan, fusion, metrics, protocol, published,
                                retrieval)
 from reasonir_jax.llm import cache as llm_cache
 from reasonir_jax.llm import flags as llm_flags
-from reasonir_jax.tokenization import prompt_prefix
 
 log = logging.getLogger(__name__)
 
@@ -57,47 +59,6 @@ RETRIEVERS = ("dense", "bm25", "hybrid")
 def default_cache_dir() -> str:
   return os.environ.get("REASONIR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reasonir_jax",
                                                        "embeddings"))
-
-
-# Texts longer than this many tokens are encoded in proportionally smaller batches (halved per
-# doubling of length), so one device call holds about batch_size * BUDGET_LENGTH tokens whatever
-# --max-length allows: at the 32768-token default a batch of long documents would otherwise need
-# 16x the activation memory of a 2048-token one.
-BUDGET_LENGTH = 2048
-
-
-def _may_exceed(texts, instruction, length: int) -> list[int]:
-  """Indices of the texts whose `BOS + prefix + text` could exceed `length` tokens: a byte-level
-  BPE token holds at least one UTF-8 byte, so only those with more bytes are tokenized."""
-  prefix = len(prompt_prefix(instruction).encode()) + 1  # + 1: BOS
-  return [i for i, t in enumerate(texts) if prefix + len(t.encode()) > length]
-
-
-def encode_by_length(encoder, texts, *, instruction, batch_size: int, max_length: int,
-                     show_progress: bool = False) -> np.ndarray:
-  texts = list(texts)
-  tok = getattr(encoder, "prompt_tokenizer", None)
-  long = _may_exceed(texts, instruction, BUDGET_LENGTH) if tok and max_length > BUDGET_LENGTH else []
-  shift = {}
-  if long:
-    for i, e in zip(long, tok.encode([texts[i] for i in long], instruction, max_length)):
-      n = len(e[0]) if e is not None else 0  # None: encode() below names the text
-      if n > BUDGET_LENGTH:
-        shift[i] = int(np.ceil(np.log2(n / BUDGET_LENGTH)))
-  if not shift:
-    return encoder.encode(texts, instruction=instruction, batch_size=batch_size, max_length=max_length,
-                          show_progress=show_progress)
-  groups: dict[int, list[int]] = {}
-  for i in range(len(texts)):
-    groups.setdefault(max(1, batch_size >> shift.get(i, 0)), []).append(i)
-  out = None
-  for group_batch, idx in sorted(groups.items(), reverse=True):
-    emb = np.asarray(encoder.encode([texts[i] for i in idx], instruction=instruction, batch_size=group_batch,
-                                    max_length=max_length, show_progress=show_progress))
-    if out is None:
-      out = np.zeros((len(texts), emb.shape[1]), emb.dtype)
-    out[idx] = emb
-  return out
 
 
 def corpus_embeddings(encoder, model_key: str, task: str, doc_ids, docs, *, max_length: int,
@@ -157,7 +118,7 @@ def count_truncated(encoder, docs, max_length: int) -> int:
   tok = getattr(encoder, "prompt_tokenizer", None)
   if tok is None:
     return 0
-  long = [docs[i] for i in _may_exceed(docs, None, max_length)]
+  long = [docs[i] for i in may_exceed(docs, None, max_length)]
   return sum(len(ids) > max_length for ids in tok.full_ids(long, None)) if long else 0
 
 

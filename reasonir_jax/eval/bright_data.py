@@ -14,7 +14,6 @@ and so may the output files written here.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from typing import Sequence
@@ -132,21 +131,8 @@ def documents_files(data_dir: str) -> list[str]:
 
 
 def read_rows(files: Sequence[str]) -> list[dict]:
-  rows = []
-  for path in files:
-    if path.endswith(".parquet"):
-      import pyarrow.parquet as pq
-      with paths.open(path, "rb") as f:
-        rows.extend(pq.read_table(f).to_pylist())
-    else:
-      with paths.open(path, "rb") as raw:
-        for n, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
-          if line.strip():
-            try:
-              rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-              raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-  return rows
+  """Every record of JSON-lines and parquet files, in order (paths.iter_records)."""
+  return [record for path in files for _, record in paths.iter_records(path)]
 
 
 def _field(row: dict, name: str, path: str):

@@ -25,6 +25,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from reasonir_jax import paths
+
 log = logging.getLogger(__name__)
 
 STORAGE_DTYPES = ("float32", "float16")
@@ -163,9 +165,8 @@ class EmbeddingCache:
     os.makedirs(self.dir, exist_ok=True)
     meta_path = os.path.join(self.dir, "meta.json")
     if not os.path.exists(meta_path):
-      with open(meta_path + ".tmp", "w") as f:
+      with paths.atomic_write(meta_path) as f:
         json.dump({"key": self.key, "num_texts": n, "chunk_size": self.chunk_size}, f, indent=1)
-      os.replace(meta_path + ".tmp", meta_path)
     num = -(-n // self.chunk_size)
     todo = self.missing_chunks(n)
     if todo:
@@ -182,9 +183,8 @@ class EmbeddingCache:
       if emb.ndim != 2 or len(emb) != len(chunk):
         raise ValueError(f"encoder returned shape {emb.shape} for {len(chunk)} texts")
       emb = emb.astype(self.storage_dtype)
-      tmp = self.chunk_path(i) + ".tmp.npy"
-      np.save(tmp, emb)
-      os.replace(tmp, self.chunk_path(i))
+      with paths.atomic_write(self.chunk_path(i), "wb") as f:
+        np.save(f, emb)
       done += len(chunk)
       if bar is not None:
         bar.update(len(chunk))

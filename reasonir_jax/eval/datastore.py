@@ -20,7 +20,6 @@ encodes nothing.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from reasonir_jax import paths
 from reasonir_jax.eval import bright_data, cache, retrieval
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,17 @@ PASSAGES = "passages.jsonl"
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
   """Files, directories (their *.jsonl and *.parquet files) and glob patterns, in order."""
-  paths = []
+  files = []
   for item in inputs:
-    if os.path.isdir(item):
-      found = sorted(glob.glob(os.path.join(item, "*.jsonl")) + glob.glob(os.path.join(item, "*.parquet")))
-    else:
-      found = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+    try:
+      found = paths.expand([item], dir_extensions=("jsonl", "parquet"))
+    except FileNotFoundError:
+      found = []
     found = [p for p in found if p.endswith((".jsonl", ".json", ".parquet"))]
-    if not found or not all(os.path.isfile(p) for p in found):
+    if not found or not all(paths.isfile(p) for p in found):
       raise FileNotFoundError(f"--input {item}: no JSON-lines or parquet file found")
-    paths.extend(found)
-  return paths
+    files.extend(found)
+  return files
 
 
 def _text_of(row: dict, where: str) -> str:
@@ -123,9 +123,7 @@ class Datastore:
       rows = pool_top_k(rows, pool_questions, pool_k)
       stats |= {"pool_k": pool_k, "pool_questions": list(pool_questions), "passages": len(rows)}
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, PASSAGES + ".tmp")
-    bright_data.write_jsonl(tmp, rows)
-    os.replace(tmp, os.path.join(out_dir, PASSAGES))
+    bright_data.write_jsonl(os.path.join(out_dir, PASSAGES), rows)
     with open(os.path.join(out_dir, "datastore.json"), "w") as f:
       json.dump(stats | {"inputs": list(inputs)}, f, indent=1)
     log.info("datastore %s: %d passages from %d files (%d duplicates removed)", out_dir, stats["passages"],

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
+import math
 import os
-import struct
 import time
 
 log = logging.getLogger(__name__)
@@ -29,25 +28,16 @@ BRIGHT_CORPUS_SIZES = {
 }
 SHARED_CORPORA = (("aops", "theoremqa_questions"),)
 
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
-
-
 def safetensors_parameter_count(model_dir: str) -> int | None:
   """Parameters stored in a Hugging Face directory's safetensors files (headers only), or None."""
-  paths = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-  if not paths:
+  from reasonir_jax.hf.safetensors_io import SafetensorsFile  # pylint: disable=import-outside-toplevel
+  files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+  if not files:
     return None
   total = 0
-  for path in paths:
-    with open(path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      header = json.loads(f.read(n))
-    for name, info in header.items():
-      if name != "__metadata__":
-        count = 1
-        for d in info["shape"]:
-          count *= d
-        total += count
+  for path in files:
+    f = SafetensorsFile(path)
+    total += sum(math.prod(f.shape(name)) for name in f.names())
   return total
 
 

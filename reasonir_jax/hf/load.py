@@ -29,6 +29,7 @@ from reasonir_jax.hf import mapping
 from reasonir_jax.hf.safetensors_io import SafetensorsFile
 from reasonir_jax.model import LlamaEncoder, ModelConfig
 from reasonir_jax.model.config import RECIPES
+from reasonir_jax.model.sharded import abstract_model
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -200,14 +201,13 @@ def load_hf(path: str, *, mesh=None, rules=None, show_progress: bool = True,
   `overrides` replace ModelConfig fields (e.g. param_dtype="float32", scan_layers=True, the
   recipe's causal/template/pooling: `read_recipe(path)` gives those its files say).
   With `mesh`, each parameter lands directly in its sharding under `rules`
-  (default: the rules of config_base.py); on several processes each reads only its blocks.
+  (default: the rules of reasonir_jax/configs/base.py); on several processes each reads only its blocks.
   """
   if mesh is not None and rules is None:
-    from reasonir_jax.config_base import SHARDING_RULES
+    from reasonir_jax.configs.base import SHARDING_RULES
     rules = SHARDING_RULES
   cfg = ModelConfig.from_hf_dict(read_hf_config(path), **overrides)
-  abstract = nnx.eval_shape(lambda: LlamaEncoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
+  graphdef, abstract_state = abstract_model(cfg)
   state = load_params(path, cfg, abstract_state, mesh, rules, show_progress)
   model = nnx.merge(graphdef, state)
   if mesh is not None:

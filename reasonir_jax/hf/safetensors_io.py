@@ -10,7 +10,6 @@ A checkpoint is never held in host memory as a whole; writing streams tensors in
 from __future__ import annotations
 
 import json
-import os
 import struct
 from typing import Callable, Iterable
 
@@ -111,9 +110,8 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
     offset += size
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # the format aligns the data start to 8 bytes
-  # Local files appear whole (written aside, then renamed); an object store's upload is atomic.
-  tmp = path if paths.is_remote(path) else path + ".tmp"
-  with paths.open(tmp, "wb") as f:
+  # Readers see the file whole or not at all.
+  with paths.atomic_write(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for name, shape, dtype in specs:
@@ -121,8 +119,6 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
       if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
         raise ValueError(f"tensor {name!r}: got {arr.shape} {arr.dtype}, planned {shape} {dtype}")
       f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-  if tmp != path:
-    os.replace(tmp, path)
 
 
 def tensor_bytes(shape: Iterable[int], dtype) -> int:

@@ -1,4 +1,5 @@
-"""The ReasonIR encoder: a bidirectional Llama-3.1 stack and mean pooling.
+"""The encoder: a Llama-3 or Qwen3 stack, bidirectional or causal, pooled over its marked tokens
+(the text's mean, or its last token) and L2-normalised.
 
 `embed(model, input_ids, attention_mask, pool_mask)` is encode + pool: the L2-normalised
 embedding of each padded row (inputs from `reasonir_jax.tokenization.pad_batch`).

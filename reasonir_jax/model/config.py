@@ -10,13 +10,15 @@ The embedding recipe is three switches (`RECIPES` names the two we train): atten
 or bidirectional, the prompt `template` (reasonir_jax.tokenization) and `pooling`, "mean" over
 the text tokens or "last_token". An HF import keeps the recipe defaults; callers pass the recipe
 as overrides.
+
+Its defaults (Llama-3.1-8B, docs/reference.md section 1) are `config.model`'s
+(reasonir_jax/configs/base.py). Importing it does not import jax: config files build from it
+before the AOT report sets up libtpu.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
-
-import jax.numpy as jnp
 
 ROPE_TYPES = ("llama3", "default")
 REMAT_POLICIES = ("none", "full", "offload", "dots", "dots_no_batch")
@@ -44,7 +46,7 @@ class ModelConfig:
   head_dim: int = 128
   rms_norm_eps: float = 1e-5
   rope_theta: float = 500000.0
-  rope_type: str = "llama3"
+  rope_type: str = "llama3"  # "llama3" or "default" (no scaling)
   rope_factor: float = 8.0
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
@@ -53,13 +55,22 @@ class ModelConfig:
   bos_token_id: int = 128000
   eos_token_id: int = 128001
   pad_token_id: int = 128004
+  # fp32 master weights; bf16 matmuls. Norms and softmax always run in fp32.
   param_dtype: str = "float32"
   dtype: str = "bfloat16"
   scan_layers: bool = True
+  # "none", "full" (save nothing), "offload" (as full, layer inputs kept in host memory; TPU),
+  # "dots" (save matmul outputs), "dots_no_batch" (weight matmuls only).
   remat_policy: str = "full"
-  attention: str = "auto"  # auto | xla | splash | cudnn (reasonir_jax.model.attention)
-  model_type: str = "llama"  # llama | qwen3 (Qwen3 adds `qk_norm`)
-  tie_word_embeddings: bool = False  # recorded for export (the encoder has no LM head)
+  # "auto" (splash on TPU, cudnn on NVIDIA GPU, xla elsewhere), "xla", "splash", "cudnn"
+  # (reasonir_jax.model.attention).
+  attention: str = "auto"
+  # "llama" or "qwen3" (per-head q/k RMSNorm, `qk_norm`); taken from init_from's config.json.
+  model_type: str = "llama"
+  tie_word_embeddings: bool = False  # recorded for export: the encoder has no LM head
+  # The embedding recipe (RECIPES): ReasonIR's bidirectional attention, GritLM template and mean
+  # pooling, or Qwen3-Embedding's causal attention, instruction format ("qwen3_embedding": EOS
+  # appended) and last-token pooling (reasonir_jax/configs/qwen3_embedding_8b.py).
   causal: bool = False
   template: str = "reasonir"  # reasonir | qwen3_embedding (reasonir_jax.tokenization)
   pooling: str = "mean"  # mean | last_token
@@ -92,10 +103,12 @@ class ModelConfig:
 
   @property
   def jnp_param_dtype(self):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     return jnp.dtype(self.param_dtype)
 
   @property
   def jnp_dtype(self):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     return jnp.dtype(self.dtype)
 
   def replace(self, **changes) -> "ModelConfig":

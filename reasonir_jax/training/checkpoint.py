@@ -410,25 +410,28 @@ class CheckpointManager:
       self._manager.close()
 
 
-def load_params_for_export(workdir: str, step: int | None = None):
-  """(params_state, model_cfg, tokenizer_path) of a training workdir's checkpoint (latest by default).
-
-  params_state is the encoder's `nnx.State` of Params on the default device, for `nnx.merge` /
-  `nnx.update` into a `LlamaEncoder(model_cfg)`.
-  """
-  from reasonir_jax.model import LlamaEncoder, ModelConfig
+def restore_params(workdir: str, step: int | None = None, mesh=None, rules=None):
+  """(params_state, model_cfg, tokenizer_path) of a training workdir's checkpoint (latest by
+  default): the encoder's `nnx.State` of Params in the stored dtype, each restored straight into
+  its sharding under `rules` on `mesh` (every process reads only its blocks), or onto the first
+  local device without a mesh; for `nnx.merge` / `nnx.update` with a `LlamaEncoder(model_cfg)`.
+  Export and `Encoder.from_pretrained` both read workdirs through it."""
+  from reasonir_jax.model import ModelConfig
+  from reasonir_jax.model.sharded import abstract_model
   config, tokenizer_path = load_saved_config(workdir)
   model_cfg = ModelConfig.from_config(config.model)
-  abstract_model = nnx.eval_shape(lambda: LlamaEncoder(model_cfg, rngs=nnx.Rngs(0)))
-  _, abstract_params = nnx.split(abstract_model, nnx.Param)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                 abstract_params)
+  _, targets = abstract_model(model_cfg, mesh, rules, filters=(nnx.Param,), device=device)
   if not paths.isdir(paths.join(workdir, CHECKPOINT_DIR)):
     raise FileNotFoundError(f"{workdir!r} has no {CHECKPOINT_DIR}/ folder: not a training workdir")
   manager = CheckpointManager(workdir)
   try:
-    params = manager.restore_params(abstract_params, step)
+    params = manager.restore_params(targets, step)
   finally:
     manager.close()
   return params, model_cfg, tokenizer_path
+
+
+def load_params_for_export(workdir: str, step: int | None = None):
+  """`restore_params` onto the default device (the name export used; kept for one release)."""
+  return restore_params(workdir, step)

@@ -1,5 +1,7 @@
 """Analytic FLOPs and tokens of one contrastive train step (MFU, HFU, the AOT report, the
-Encoder's packing cost): the one place these formulas live.
+Encoder's packing cost) and the devices' peak FLOP/s: the one place these formulas and figures
+live. Importing it does not import jax (scale/tpu_topologies.py reads the peaks before the AOT
+report configures libtpu).
 
 XLA's cost analysis counts a scanned layer body once, so FLOPs are counted by hand: 2 FLOPs per
 multiply-add of every weight matmul per token slot, bidirectional attention over the (query,
@@ -34,8 +36,26 @@ from __future__ import annotations
 
 import functools
 
-import jax
-import jax.numpy as jnp
+# Peak dense bf16 FLOP/s per chip (Cloud TPU and NVIDIA spec sheets): MFU's denominator
+# (training/metrics.py) and the AOT report's step-time bounds (scale/tpu_topologies.py).
+PEAK_BF16_FLOPS = {"v4": 275e12, "v5p": 459e12, "v5e": 197e12, "v6e": 918e12,
+                   "h200": 989e12, "h100": 989e12, "a100": 312e12}
+
+# `jax.Device.device_kind` substrings -> PEAK_BF16_FLOPS keys (first match wins).
+_DEVICE_KINDS = (("v5 lite", "v5e"), ("v5e", "v5e"), ("v5p", "v5p"), ("v5", "v5p"),
+                 ("v6 lite", "v6e"), ("v6e", "v6e"), ("v4", "v4"),
+                 ("h200", "h200"), ("h100", "h100"), ("a100", "a100"))
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak bf16 FLOP/s of one device, `override` if > 0, None when unknown (e.g. CPU)."""
+  if override and override > 0:
+    return float(override)
+  kind = device_kind.lower()
+  for key, chip in _DEVICE_KINDS:
+    if key in kind:
+      return PEAK_BF16_FLOPS[chip]
+  return None
 
 
 def _get(cfg, name):
@@ -153,11 +173,23 @@ def tokens_per_step(global_batch: int, query_len: int, passage_len: int, group_s
   return query_rows * query_len + passage_rows * passage_len
 
 
-@functools.partial(jax.jit, inline=True)
-def attention_pairs(segment_ids_bl) -> jax.Array:
+def attention_pairs(segment_ids_bl):
   """sum over texts of len_i^2 for packed rows (segment ids 1, 2, ... per text, each text one
   contiguous run, 0 = padding): the attention pairs the model needs. A float32 scalar, on
   device for global arrays (no host sync; nothing crosses rows)."""
+  return _attention_pairs_jit()(segment_ids_bl)
+
+
+@functools.cache
+def _attention_pairs_jit():
+  # Built on first use, so that importing this module does not import jax.
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.jit(_attention_pairs, inline=True)
+
+
+def _attention_pairs(segment_ids_bl):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   ids = jnp.asarray(segment_ids_bl)
   b, l = ids.shape
   pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reasonir_jax.packing import PER_ROW_FIELDS
+from reasonir_jax.data.layout import PER_ROW_FIELDS
 
 # encode_fn(params, inputs, num_texts) -> emb [num_texts, D] fp32, where inputs is one side's
 # dict of [rows, L] arrays: padded (input_ids, attention_mask, pool_mask: one text per row) or

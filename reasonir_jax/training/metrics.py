@@ -14,23 +14,8 @@ from typing import Mapping
 
 import jax
 
-# Peak dense bf16 FLOP/s per device, matched on `jax.Device.device_kind` (first match wins).
-PEAK_FLOPS_BY_KIND = (
-    ("v5 lite", 197e12), ("v5e", 197e12), ("v5p", 459e12), ("v5", 459e12),
-    ("v6 lite", 918e12), ("v6e", 918e12), ("v4", 275e12),
-    ("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
-)
-
-
-def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
-  """Peak bf16 FLOP/s of one device, `override` if > 0, None when unknown (e.g. CPU)."""
-  if override and override > 0:
-    return float(override)
-  kind = device_kind.lower()
-  for key, peak in PEAK_FLOPS_BY_KIND:
-    if key in kind:
-      return peak
-  return None
+# The peak table lives with the FLOPs formulas; re-exported for callers of this module.
+from reasonir_jax.training.flops import peak_flops_per_device  # noqa: F401
 
 
 class Throughput:

@@ -20,12 +20,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.model import LlamaEncoder, ModelConfig, embed, embed_packed
-from reasonir_jax.model.sharded import create_sharded_model
+from reasonir_jax.data.layout import BatchLayout
+from reasonir_jax.model import ModelConfig, embed, embed_packed
+from reasonir_jax.model.sharded import abstract_model, create_sharded_model
 from reasonir_jax.training import grad_cache, loss as loss_lib, optimizer as optim_lib
 from reasonir_jax.training import state as state_lib
 from reasonir_jax.training.state import TrainState
-from reasonir_jax.packing import PER_ROW_FIELDS, packed_rows_per_side
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pool_mask")
 PACKED_INPUT_KEYS = ("input_ids", "segment_ids", "positions", "pool_ids")
@@ -34,40 +34,30 @@ PACKED_INPUT_KEYS = ("input_ids", "segment_ids", "positions", "pool_ids")
 class Trainer:
   """Holds the model definition, optimiser, shardings and the jitted train step."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh,
+               layout: BatchLayout | None = None):
     self.config = config
     self.mesh = mesh
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.model_cfg = ModelConfig.from_config(config.model)
-    self.global_batch = int(config.train.global_batch_size)
-    self.group_size = int(config.data.group_size)
+    # The batch layout is derived once (train.run hands the same one to the input pipeline).
+    self.layout = layout or BatchLayout.from_config(config)
+    self.global_batch = self.layout.global_batch
+    self.group_size = self.layout.group_size
     self.temperature = float(config.train.temperature)
     self.chunk = int(config.train.grad_cache_chunk)
     self.num_data_shards = shd.data_parallel_size(mesh, self.rules)
     batch_spec = shd.logical_to_spec(("batch",), self.rules, mesh)[0]
     self.batch_axes = batch_spec
-    if self.global_batch % self.num_data_shards:
-      raise ValueError(f"config.train.global_batch_size={self.global_batch} must be a multiple of the "
-                       f"{self.num_data_shards} data-parallel devices of mesh {dict(mesh.shape)}")
-    if self.chunk:
-      grad_cache.check_chunking(self.global_batch, self.chunk, self.num_data_shards, "query")
-    self.num_texts = {"query": self.global_batch, "passage": self.global_batch * self.group_size}
+    self.layout.check_mesh(self.num_data_shards, self.chunk, dict(mesh.shape))
+    self.num_texts = self.layout.num_texts
     # Packed inputs: [rows, L] per side holding every text of the batch (reasonir_jax.packing).
-    self.packing = bool(config.data.get("packing", False))
-    self.packed_rows = packed_rows_per_side(config, self.global_batch) if self.packing else None
-    if self.packing:
-      for side, rows in self.packed_rows.items():
-        multiple = self.num_data_shards * (self.num_texts[side] // self.chunk if self.chunk else 1)
-        if rows % multiple:
-          raise ValueError(
-              f"packed {side} rows ({rows} = {self.num_texts[side]} texts / "
-              f"config.data.{PER_ROW_FIELDS[side]}) must be a multiple of {multiple} (the "
-              f"data-parallel devices{' x GradCache chunks' if self.chunk else ''})")
+    self.packing = self.layout.packing
+    self.packed_rows = self.layout.packed_rows
 
     seed = int(config.seed)
-    self._make_model = lambda s=seed: LlamaEncoder(self.model_cfg, rngs=nnx.Rngs(s))
-    abstract_model = nnx.eval_shape(self._make_model)
-    self.graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    self.graphdef, abstract_params, rest = abstract_model(self.model_cfg, filters=(nnx.Param, ...),
+                                                          seed=seed)
     if jax.tree.leaves(rest):
       raise ValueError("the encoder holds non-Param state; the trainer only carries Params")
     self.abstract_params = abstract_params
@@ -175,7 +165,7 @@ class Trainer:
     """The train step compiled for every shape of `step_shapes`, before the run's first step:
     a shape first met mid-run would leave the whole pod idle while it compiles (minutes at 8B).
     With a persistent compilation cache a restart reads them back instead."""
-    shapes = step_shapes(self.config)
+    shapes = self.layout.step_shapes
     compiled = {}
     for i, (q, p) in enumerate(shapes):
       t0 = time.perf_counter()
@@ -207,16 +197,8 @@ def applied_updates(opt_state) -> jax.Array:
 
 
 def step_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
-  """Every (query, passage) row length a run's batches can have: the packed budget's one, or
-  each padded bucket up to the max lengths (a batch pads each side to its longest text's bucket)."""
-  d = config.data
-  q_max, p_max = int(d.query_max_length), int(d.passage_max_length)
-  if d.get("packing", False):
-    return [(q_max, p_max)]
-  buckets = sorted(int(b) for b in d.bucket_lengths)
-  queries = [b for b in buckets if b < q_max] + [q_max]
-  passages = [b for b in buckets if b < p_max] + [p_max]
-  return [(q, p) for q in queries for p in passages]
+  """Every (query, passage) row length a run's batches can have (BatchLayout.step_shapes)."""
+  return BatchLayout.from_config(config).step_shapes
 
 
 def token_counts(batch: dict) -> dict[str, jax.Array]:
@@ -228,5 +210,6 @@ def token_counts(batch: dict) -> dict[str, jax.Array]:
   return {"useful_tokens": useful, "token_slots": jnp.asarray(slots, jnp.int32)}
 
 
-def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
-  return Trainer(config, mesh)
+def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh,
+                  layout: BatchLayout | None = None) -> Trainer:
+  return Trainer(config, mesh, layout)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reasonir_jax.config import load_config
+from reasonir_jax.configs import load_config
 from reasonir_jax.training import flops
 
-# configs/tiny.py: d=64, ff=128, 2 layers, 4 heads, 2 KV heads, head_dim 16.
+# reasonir_jax/configs/tiny.py: d=64, ff=128, 2 layers, 4 heads, 2 KV heads, head_dim 16.
 B, QLEN, PLEN, GROUP = 16, 32, 64, 2
 
 

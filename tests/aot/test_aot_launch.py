@@ -53,8 +53,8 @@ def test_dry_run_up_creates_installs_and_trains_on_all_workers():
   setup, train = cmds[3], cmds[5]
   assert "tpu-vm ssh rir" in setup and "--worker=all" in setup and "pip install" in setup
   assert "tpu-vm ssh rir" in train and "--worker=all" in train
-  assert ("python -m reasonir_jax.train --config=configs/llama3_8b.py --workdir=gs://b/run1"
-          " --multihost" in train)
+  assert ("python -m reasonir_jax.train --config=reasonir_jax/configs/llama3_8b.py"
+          " --workdir=gs://b/run1 --multihost" in train)
   assert "bash launch/worker.sh start .venv/bin/python -m reasonir_jax.train" in train
   # Logs stream to the workdir; v5p gets the FSDP overlap flags by default.
   words = shlex.split(_cmd_option(train, "command"))
@@ -427,8 +427,8 @@ def test_training_arguments_reach_the_trainer_exactly(cloud):
   for worker in (0, 1):
     home = cloud.root / "vm" / "rir" / f"worker-{worker}"
     assert cloud.argv(worker, 1) == [
-        "-m", "reasonir_jax.train", "--config=configs/llama3_8b.py", f"--workdir={cloud.workdir}",
-        "--multihost", f"--config.init_from={home}/llama", "--config.y=two words", *TRICKY_ARGS]
+        "-m", "reasonir_jax.train", "--config=reasonir_jax/configs/llama3_8b.py",
+        f"--workdir={cloud.workdir}", "--multihost", f"--config.init_from={home}/llama", "--config.y=two words", *TRICKY_ARGS]
 
 
 def test_second_train_is_refused_and_stop_ends_the_run(cloud):

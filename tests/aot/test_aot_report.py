@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from reasonir_jax import aot
+from reasonir_jax.scale import aot
 
 
 def jax_version():
@@ -63,7 +63,7 @@ def test_parse_oom_reads_both_compiler_messages():
 
 def test_host_memory_counts_towards_fit_and_the_hint_names_the_remat_that_helps():
   import ml_collections
-  from reasonir_jax import tpu_topologies
+  from reasonir_jax.scale import tpu_topologies
   v5p, v6e = tpu_topologies.get_slice("v5p-64"), tpu_topologies.get_slice("v6e-256")
   limit = v5p.chip.host_bytes_per_chip
   assert limit == 112 * 10**9  # 448 GB per 4-chip v5p VM
@@ -97,7 +97,7 @@ def test_per_device_bytes_follow_the_sharding():
 def _run_aot(*args, timeout=600):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the fake CPU devices are not needed in the subprocess
-  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.aot", "--config=tiny", *args],
+  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.scale.aot", "--config=tiny", *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   lines = proc.stdout.strip().splitlines()
   assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
@@ -194,7 +194,7 @@ def test_two_slices_put_the_data_axis_across_them():
 @pytest.mark.tpu
 @needs_libtpu
 def test_a_batch_the_mesh_cannot_split_exits_2():
-  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.aot", "--config=tiny",
+  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.scale.aot", "--config=tiny",
                          "--topology=v5p-8", "--config.train.global_batch_size=6"],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == aot.EXIT_BAD_ARGS

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from reasonir_jax import aot, aot_table
-from reasonir_jax.config import load_config
+from reasonir_jax.scale import aot, aot_table
+from reasonir_jax.configs import load_config
 
 
 def _report(topology, chunk, total_gib, fits, **extra):
@@ -124,7 +124,7 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
     return Done()
 
   monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
-  report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "configs/llama3_8b.py")
+  report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "llama3_8b")
   assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
   assert report["topology"] == "2xv5p-64"
 
@@ -132,9 +132,9 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
 def test_a_row_of_another_config_is_its_own_row(tmp_path, monkeypatch, capsys):
   # A Qwen3 report of the same slice and chunk must not replace the Llama row (the key and the
   # table name the config file); rows of other configs follow the default's.
-  row = aot_table.parse_row("v5p-128:64 --config=configs/qwen3_8b.py --config.data.packing=True")
+  row = aot_table.parse_row("v5p-128:64 --config=reasonir_jax/configs/qwen3_8b.py --config.data.packing=True")
   assert row == aot_table.Row("v5p-128", 64, ("--config.data.packing=True",),
-                              "configs/qwen3_8b.py")
+                              "reasonir_jax/configs/qwen3_8b.py")
   assert not any(a.startswith("--config=") for a in row.aot_args())
   seen = {}
 
@@ -147,13 +147,13 @@ def test_a_row_of_another_config_is_its_own_row(tmp_path, monkeypatch, capsys):
     return Done()
 
   monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
-  qwen = aot_table.run_row(aot_table.parse_row("v5p-128:64 --config=configs/qwen3_8b.py"), [],
-                           "configs/llama3_8b.py")
-  assert "--config=configs/qwen3_8b.py" in seen["cmd"]
-  assert "--config=configs/llama3_8b.py" not in seen["cmd"]
-  assert qwen["config"] == "configs/qwen3_8b.py" and qwen["overrides"] == []
-  llama = aot_table.run_row(aot_table.parse_row("v5p-128:64"), [], "configs/llama3_8b.py")
-  assert "--config=configs/llama3_8b.py" in seen["cmd"]
+  qwen = aot_table.run_row(aot_table.parse_row("v5p-128:64 --config=reasonir_jax/configs/qwen3_8b.py"), [],
+                           "reasonir_jax/configs/llama3_8b.py")
+  assert "--config=reasonir_jax/configs/qwen3_8b.py" in seen["cmd"]
+  assert "--config=reasonir_jax/configs/llama3_8b.py" not in seen["cmd"]
+  assert qwen["config"] == "reasonir_jax/configs/qwen3_8b.py" and qwen["overrides"] == []
+  llama = aot_table.run_row(aot_table.parse_row("v5p-128:64"), [], "reasonir_jax/configs/llama3_8b.py")
+  assert "--config=reasonir_jax/configs/llama3_8b.py" in seen["cmd"]
 
   old = _report("v5p-128", 64, 4.0, True)  # no "config": compiled before the field existed
   merged = aot_table.merge(aot_table.merge([old], qwen), _report("v5p-64", 32, 7.0, True))
@@ -161,7 +161,7 @@ def test_a_row_of_another_config_is_its_own_row(tmp_path, monkeypatch, capsys):
   assert len(aot_table.merge(merged, llama)) == 3  # the default config's row is replaced
   table = aot_table.markdown_table(merged).splitlines()
   assert table[2].startswith("| v5p-64 | 64 |") and table[3].startswith("| v5p-128 | 64 |")
-  assert table[4].startswith("| v5p-128 --config=configs/qwen3_8b.py | 64 |")
+  assert table[4].startswith("| v5p-128 --config=reasonir_jax/configs/qwen3_8b.py | 64 |")
   assert {f"v5p-128:0 {aot_table.QWEN3_8B}", f"v5p-128:64 {aot_table.QWEN3_8B}"} <= set(
       aot_table.DEFAULT_ROWS)
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from reasonir_jax import tpu_topologies as tt
+from reasonir_jax.scale import tpu_topologies as tt
 
 GIB = 1024**3
 
@@ -56,7 +56,7 @@ def test_unknown_slice_lists_known_names():
 
 def test_cli_prints_one_field_and_rejects_bad_input():
   def cli(*args):
-    return subprocess.run([sys.executable, "-m", "reasonir_jax.tpu_topologies", *args],
+    return subprocess.run([sys.executable, "-m", "reasonir_jax.scale.tpu_topologies", *args],
                           capture_output=True, text=True, timeout=60)
   ok = cli("v5p-128", "hosts")
   assert ok.returncode == 0 and ok.stdout.strip() == "16"
@@ -64,3 +64,32 @@ def test_cli_prints_one_field_and_rejects_bad_input():
   bad = cli("v9-8", "hosts")
   assert bad.returncode == 2 and "unknown TPU topology" in bad.stderr
   assert cli("v5p-8", "colour").returncode == 2
+
+
+def test_old_module_paths_still_work_for_one_release():
+  """reasonir_jax.{aot,aot_table,tpu_topologies,host_memory} moved to reasonir_jax.scale: the old
+  names are the same modules (monkeypatching either reaches both) and still run with -m."""
+  import importlib
+  for name in ("aot", "aot_table", "tpu_topologies", "host_memory"):
+    with pytest.warns(DeprecationWarning, match=f"reasonir_jax.scale.{name}"):
+      sys.modules.pop(f"reasonir_jax.{name}", None)
+      old = importlib.import_module(f"reasonir_jax.{name}")
+    assert old is importlib.import_module(f"reasonir_jax.scale.{name}")
+  out = subprocess.run([sys.executable, "-m", "reasonir_jax.tpu_topologies", "v5p-128", "hosts"],
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0 and out.stdout.strip() == "16"
+  usage = subprocess.run([sys.executable, "-m", "reasonir_jax.aot", "--help"],
+                         capture_output=True, text=True, timeout=60)
+  assert usage.returncode == 0 and "--topology" in usage.stdout
+
+
+def test_the_slice_table_and_peak_flops_import_without_jax():
+  """The AOT report sets libtpu's environment before jax is imported, after reading the slice
+  table (whose peak FLOP/s come from training/flops.py); launch scripts read it without jax."""
+  code = ("import sys; from reasonir_jax.scale import tpu_topologies; "
+          "from reasonir_jax.training import flops; "
+          "assert 'jax' not in sys.modules, 'jax imported'; "
+          "peak = flops.peak_flops_per_device('TPU v5p'); "
+          "assert tpu_topologies.CHIPS['v5p'].peak_bf16_flops == peak")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from reasonir_jax.config import load_config
+from reasonir_jax.configs import load_config
 from reasonir_jax.data import pipeline
 from reasonir_jax.data.sample import sample_tokenizer_dir
 from reasonir_jax.data.schema import TrainingRow

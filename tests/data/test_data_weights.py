@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from reasonir_jax.config import load_config
+from reasonir_jax.configs import load_config
 from reasonir_jax.data import convert, pipeline
 from reasonir_jax.data.example_codec import ExampleParseError, example_bytes_to_row, row_to_example_bytes
 from reasonir_jax.data.reader import read_rows

@@ -123,7 +123,7 @@ def test_hq_end_to_end(tmp_path, tokenizer_dir):
   assert script.calls["doc1"] == 2 and script.calls["doc4"] == 3
 
   # The training pipeline's iterator reads the output.
-  from reasonir_jax.config import load_config_file
+  from reasonir_jax.configs import load_config_file
   from reasonir_jax.data.pipeline import make_host_iterator
   config = load_config_file("tiny")
   config.data.sources = f"hq={out}/hq-*.tfrecord"

@@ -185,6 +185,10 @@ def test_order_buckets_and_batch_independence(encoder):
   docs = encoder.encode(TEXTS, batch_size=2, max_length=64)
   assert np.abs(docs[0] - batched[0]).max() > 1e-3
   assert encoder.encode([], max_length=64).shape == (0, 64)
+  # A token budget below the texts' lengths splits them into smaller batches, same embeddings.
+  budgeted = encoder.encode(TEXTS, instruction=INSTRUCTION, batch_size=2, max_length=64,
+                            budget_length=8)
+  np.testing.assert_allclose(budgeted, batched, atol=2e-5)
 
 
 def test_instruction_tokens_are_not_pooled(encoder):
@@ -223,7 +227,7 @@ def _training_workdir(encoder, tokenizer_dir, path):
   """A real training workdir: the saved config and an Orbax checkpoint of the encoder's params."""
   from flax import nnx
   from reasonir_jax import sharding as shd
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer
   cfg = load_config("tiny", ["mesh.shape=(8,1,1)"])

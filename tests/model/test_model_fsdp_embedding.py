@@ -14,7 +14,7 @@ import ml_collections
 from flax import nnx
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.config_base import SHARDING_RULES
+from reasonir_jax.configs.base import SHARDING_RULES
 from reasonir_jax.model import LlamaEncoder, ModelConfig
 
 B, L, D, V = 16, 16, 64, 192  # V differs from every weight's dimensions

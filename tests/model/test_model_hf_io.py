@@ -149,7 +149,7 @@ def test_config_layouts_and_unknown_rope_type(hf_dir, tmp_path):
 
 
 def test_model_config_from_repo_configs():
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.model import ModelConfig
   cfg = ModelConfig.from_config(load_config("llama3_8b").model)
   assert (cfg.hidden_size, cfg.num_kv_heads, cfg.rope_type) == (4096, 8, "llama3")

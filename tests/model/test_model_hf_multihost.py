@@ -26,7 +26,7 @@ COMMON = textwrap.dedent("""
     from flax import nnx
     from jax.experimental import multihost_utils
     from reasonir_jax import sharding as shd, train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     from reasonir_jax.hf import load_hf, save_hf
     from reasonir_jax.hf.safetensors_io import SafetensorsFile
     from reasonir_jax.training.step import build_trainer
@@ -73,7 +73,7 @@ COMMON = textwrap.dedent("""
     def import_train_export(hf_dir, out_dir, overrides):
       cfg = load_config("tiny", overrides)
       cfg.init_from = hf_dir
-      train.adopt_hf_model_config(cfg)
+      cfg = train.with_hf_architecture(cfg)
       trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
       model, counts = import_counting(hf_dir, trainer, cfg)
       state = trainer.state_from_params(nnx.split(model, nnx.Param)[1])

@@ -81,9 +81,10 @@ def test_shapes_that_do_not_multiply_out_name_the_key(shape, dcn, devices, match
 
 
 def test_trainer_and_aot_report_build_their_mesh_with_the_same_function(monkeypatch, tmp_path):
-  from reasonir_jax import aot, train
-  from reasonir_jax.config import load_config
-  config = load_config("configs/tiny.py", [])
+  from reasonir_jax import train
+  from reasonir_jax.scale import aot
+  from reasonir_jax.configs import load_config
+  config = load_config("tiny", [])
   built = []
 
   class Stop(Exception):

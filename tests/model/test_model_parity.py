@@ -218,7 +218,7 @@ def test_matches_transformers_qwen3_per_layer(tmp_path, qwen3_dir_factory, causa
 def test_qwen3_sharded_import_gives_the_same_numbers(tmp_path, qwen3_dir_factory):
   import jax
   from reasonir_jax import sharding as shd
-  from reasonir_jax.config_base import SHARDING_RULES
+  from reasonir_jax.configs.base import SHARDING_RULES
   from reasonir_jax.hf import load_hf
   from reasonir_jax.model import embed
   _, src = qwen3_dir_factory(str(tmp_path / "src"), seed=6)

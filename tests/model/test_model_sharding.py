@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from reasonir_jax import sharding as shd
-from reasonir_jax.config_base import SHARDING_RULES
+from reasonir_jax.configs.base import SHARDING_RULES
 
 
 def _mesh_cfg(shape, axes=("data", "fsdp", "tensor")):

@@ -17,7 +17,7 @@ SMALL_MODEL = ("model.num_layers=1", "model.vocab_size=256", "model.hidden_size=
 
 
 def tiny_config(*overrides):
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   return load_config("tiny", [*SMALL_MODEL, *overrides])
 
 

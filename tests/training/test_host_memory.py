@@ -6,7 +6,7 @@ import pytest
 
 _PROBE = r"""
 import ctypes, resource, sys, threading
-from reasonir_jax import host_memory
+from reasonir_jax.scale import host_memory
 applied = host_memory.keep_freed_blocks() if sys.argv[1] == "reuse" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -47,7 +47,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 
 def test_only_cpu_only_processes_are_configured(monkeypatch):
-  from reasonir_jax import host_memory
+  from reasonir_jax.scale import host_memory
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
   assert not host_memory.cpu_only_process() and not host_memory.configure_for_cpu()
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")

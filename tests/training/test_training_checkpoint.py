@@ -22,7 +22,7 @@ RUN_OVERRIDES = ["model.vocab_size=2048", "mesh.shape=(4,2,1)", "train.num_steps
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     overrides, workdir, kill_at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def callback(step, state, metrics):
       if step == kill_at:
@@ -91,7 +91,7 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
   cfg = make_tiny_config("mesh.shape=(8,1,1)")
   cfg.model.hidden_size = 64  # a different width than the export: init_from must win
   cfg.init_from = str(hf_dir)
-  train.adopt_hf_model_config(cfg)
+  cfg = train.with_hf_architecture(cfg)
   assert cfg.model.hidden_size == 32 and cfg.model.param_dtype == "float32"
   trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
   model, _ = load_hf(str(hf_dir), mesh=trainer.mesh, rules=trainer.rules, show_progress=False)
@@ -104,6 +104,6 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
 def test_cli_rejects_unknown_config_keys(tmp_path):
   from reasonir_jax import train
   with pytest.raises(SystemExit, match="optim.lr"):
-    train.main(["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.lrr=1e-5"])
+    train.main(["--config=tiny", f"--workdir={tmp_path}", "--config.optim.lrr=1e-5"])
   with pytest.raises(SystemExit):
-    train.main(["--config=configs/tiny.py", f"--workdir={tmp_path}", "--bogus=1"])
+    train.main(["--config=tiny", f"--workdir={tmp_path}", "--bogus=1"])

@@ -42,7 +42,7 @@ CHILD = textwrap.dedent(f"""
       from reasonir_jax.training import distributed
       distributed.initialize(address, count, pid)
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     committed = [os.path.join(local_dir, f"process_{{pid}}-of-{{count}}", str(kill_at))]
     if kill_at >= {EVERY}:
       committed.append(os.path.join(workdir, "checkpoints", str(kill_at // {EVERY} * {EVERY})))
@@ -103,7 +103,7 @@ def _persistent_steps(workdir):
 @pytest.mark.multiprocess
 def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_path, make_child_env):
   from reasonir_jax import train
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
 
   overrides = [*RUN, "mesh.shape=(4,2,1)"]
   env = make_child_env(tmp_path)
@@ -205,7 +205,7 @@ def test_bad_local_tier_settings_name_the_flag(tmp_path, make_tiny_config):
 
 
 def test_the_time_cadence_counts_from_the_last_save_of_either_tier(tmp_path, monkeypatch):
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.training import local_checkpoint as lc
   now = [1000.0]
   monkeypatch.setattr(lc.time, "monotonic", lambda: now[0])

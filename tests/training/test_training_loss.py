@@ -110,8 +110,8 @@ def test_flops_hand_count():
 
 
 def test_8b_recipe_defaults_follow_the_reference():
-  from reasonir_jax.config import load_config
-  c = load_config("configs/llama3_8b.py")
+  from reasonir_jax.configs import load_config
+  c = load_config("llama3_8b")
   assert (c.train.temperature, c.data.group_size, c.train.global_batch_size) == (0.02, 2, 2048)
   assert (c.optim.lr, c.optim.schedule, c.optim.warmup_ratio, c.train.num_steps) == (2e-5, "constant", 0.06, 1000)
   assert (c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay, c.optim.grad_clip) == (0.9, 0.999, 1e-8, 0.0, 1.0)
@@ -123,16 +123,16 @@ def test_8b_recipe_defaults_follow_the_reference():
 
 def test_8b_recipe_refuses_the_shipped_sample(tmp_path):
   from reasonir_jax import train
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   with pytest.raises(ValueError, match=r"--config\.data\.sources.*--config\.init_from.*--config\.data\.tokenizer"):
-    train.check_required(load_config("configs/llama3_8b.py"))
+    train.check_required(load_config("llama3_8b"))
   with pytest.raises(ValueError, match=r"--config\.data\.tokenizer") as e:
-    train.check_required(load_config("configs/llama3_8b.py", ["data.sources=a=gs://b/a-*.tfrecord"]))
+    train.check_required(load_config("llama3_8b", ["data.sources=a=gs://b/a-*.tfrecord"]))
   assert "data.sources=" not in str(e.value)
   (tmp_path / "tokenizer.json").write_text("{}")
-  train.check_required(load_config("configs/llama3_8b.py", [  # both given: accepted
+  train.check_required(load_config("llama3_8b", [  # both given: accepted
       "data.sources=a=gs://b/a-*.tfrecord", f"data.tokenizer={tmp_path}"]))
-  train.check_required(load_config("configs/llama3_8b.py", [
+  train.check_required(load_config("llama3_8b", [
       "data.sources=a=gs://b/a-*.tfrecord", f"init_from={tmp_path}"]))
   train.check_required(load_config("tiny"))  # small configs keep the sample defaults
 

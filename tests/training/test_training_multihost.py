@@ -21,7 +21,7 @@ COMMON = textwrap.dedent("""
     import numpy as np, jax
     from flax import nnx
     from reasonir_jax import sharding as shd
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     from reasonir_jax.model import LlamaEncoder, ModelConfig
     from reasonir_jax.training.step import build_trainer
     from multihost_util import global_batch, local_rows

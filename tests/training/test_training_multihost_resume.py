@@ -40,7 +40,7 @@ CHILD = textwrap.dedent("""
                                                       getattr(signal, sys.argv[6]))
     distributed.initialize(address, 2, pid)
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     def callback(step, state, metrics):
       if step == kill_at:  # both processes, as a preempted slice's hosts each get SIGTERM
         os.kill(os.getpid(), sig)
@@ -115,7 +115,7 @@ def _params(workdir, step=None):
 def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_child_env):
   from reasonir_jax import sharding as shd
   from reasonir_jax import train
-  from reasonir_jax.config import load_config
+  from reasonir_jax.configs import load_config
   from reasonir_jax.data.pipeline import TrainIterator
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer

@@ -18,7 +18,7 @@ RUN_OVERRIDES = ["model.vocab_size=2048", "mesh.shape=(4,2,1)", "train.num_steps
 CHILD = textwrap.dedent("""
     import json, sys, time
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     overrides, workdir, slow_after = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def callback(step, state, metrics):
       if step >= slow_after:

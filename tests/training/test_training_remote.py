@@ -47,7 +47,7 @@ def read_steps(logdir, tag):
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     from reasonir_jax import train
-    from reasonir_jax.config import load_config
+    from reasonir_jax.configs import load_config
     from reasonir_jax.training import tensorboard_remote
     tensorboard_remote.UPLOAD_SECS = 0.0  # an upload at every flush, from both threads
     overrides, workdir, kill_at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
