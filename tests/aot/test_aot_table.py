@@ -109,21 +109,28 @@ def test_the_bucket_sweep_reports_the_worst_shape(monkeypatch):
   assert len(worst["buckets"]) == 4 and worst["compile_seconds"] == 4.0
 
 
-def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
-  assert aot_table.parse_row("2xv5p-64:0") == aot_table.Row("2xv5p-64", 0, ())
-  with pytest.raises(ValueError, match=r"TOPOLOGY\]:CHUNK"):
-    aot_table.parse_row("0xv5p-64:0")
+def _fake_aot_process(monkeypatch, report):
+  """Stands in for the `python -m reasonir_jax.scale.aot` process of a row: it prints `report`;
+  the returned dict gets the command it was started with."""
   seen = {}
 
   class Done:
     returncode = 0
-    stdout = json.dumps(_report("2xv5p-64", 0, 47.0, True)) + "\n"
+    stdout = json.dumps(report) + "\n"
 
   def fake_run(cmd, **kwargs):
     seen["cmd"] = cmd
     return Done()
 
   monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
+  return seen
+
+
+def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
+  assert aot_table.parse_row("2xv5p-64:0") == aot_table.Row("2xv5p-64", 0, ())
+  with pytest.raises(ValueError, match=r"TOPOLOGY\]:CHUNK"):
+    aot_table.parse_row("0xv5p-64:0")
+  seen = _fake_aot_process(monkeypatch, _report("2xv5p-64", 0, 47.0, True))
   report = aot_table.run_row(aot_table.parse_row("2xv5p-64:0"), [], "llama3_8b")
   assert "--topology=v5p-64" in seen["cmd"] and "--num_slices=2" in seen["cmd"]
   assert report["topology"] == "2xv5p-64"
@@ -132,27 +139,18 @@ def test_a_multi_slice_row_runs_the_report_with_num_slices(monkeypatch):
 def test_a_row_of_another_config_is_its_own_row(tmp_path, monkeypatch, capsys):
   # A Qwen3 report of the same slice and chunk must not replace the Llama row (the key and the
   # table name the config file); rows of other configs follow the default's.
-  row = aot_table.parse_row("v5p-128:64 --config=reasonir_jax/configs/qwen3_8b.py --config.data.packing=True")
+  row = aot_table.parse_row(f"v5p-128:64 {aot_table.QWEN3_8B} --config.data.packing=True")
   assert row == aot_table.Row("v5p-128", 64, ("--config.data.packing=True",),
                               "reasonir_jax/configs/qwen3_8b.py")
   assert not any(a.startswith("--config=") for a in row.aot_args())
-  seen = {}
-
-  class Done:
-    returncode = 0
-    stdout = json.dumps(_report("v5p-128", 64, 5.0, True)) + "\n"
-
-  def fake_run(cmd, **kwargs):
-    seen["cmd"] = cmd
-    return Done()
-
-  monkeypatch.setattr(aot_table.subprocess, "run", fake_run)
-  qwen = aot_table.run_row(aot_table.parse_row("v5p-128:64 --config=reasonir_jax/configs/qwen3_8b.py"), [],
+  seen = _fake_aot_process(monkeypatch, _report("v5p-128", 64, 5.0, True))
+  qwen = aot_table.run_row(aot_table.parse_row(f"v5p-128:64 {aot_table.QWEN3_8B}"), [],
                            "reasonir_jax/configs/llama3_8b.py")
   assert "--config=reasonir_jax/configs/qwen3_8b.py" in seen["cmd"]
   assert "--config=reasonir_jax/configs/llama3_8b.py" not in seen["cmd"]
   assert qwen["config"] == "reasonir_jax/configs/qwen3_8b.py" and qwen["overrides"] == []
-  llama = aot_table.run_row(aot_table.parse_row("v5p-128:64"), [], "reasonir_jax/configs/llama3_8b.py")
+  llama = aot_table.run_row(aot_table.parse_row("v5p-128:64"), [],
+                            "reasonir_jax/configs/llama3_8b.py")
   assert "--config=reasonir_jax/configs/llama3_8b.py" in seen["cmd"]
 
   old = _report("v5p-128", 64, 4.0, True)  # no "config": compiled before the field existed
