@@ -1,6 +1,9 @@
-"""Shared test set-up: a fake 8-device CPU mesh, a local GCS emulator for the gs:// tests, and
-small artefacts the tests build themselves."""
+"""Shared test set-up: a fake 8-device CPU mesh, one persistent compilation cache for the whole
+run, a local GCS emulator for the gs:// tests, and small artefacts the tests build themselves."""
 import os
+import shutil
+import sys
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -12,7 +15,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # which an emulator does not serve (a 60 s timeout per bucket).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+# One JAX persistent compilation cache per test run, for this process and (through the
+# environment) every process it starts: tests and child trainers compile the same small
+# programs again and again. A cache the user names is used as it is and kept.
+RUN_CACHE_DIR = None  # the run's own cache, removed at the end
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  RUN_CACHE_DIR = tempfile.mkdtemp(prefix="reasonir-jax-test-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = RUN_CACHE_DIR
+# Compiles under this many seconds are not written (the many tiny jits are as quick to compile
+# again); 0 and 0.1 measured the same on the training and model tests.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+if "jax" in sys.modules:  # a plugin imported jax first: it read its environment already
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure():
+  if RUN_CACHE_DIR:  # the children that used it have ended with their tests
+    shutil.rmtree(RUN_CACHE_DIR, ignore_errors=True)
 
 TOKENIZER_CORPUS = [
     "<|user|>\nGiven a biology post, retrieve relevant passages that help answer the post\n<|embed|>\n",

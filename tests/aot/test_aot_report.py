@@ -2,14 +2,19 @@
 compile of the tiny config's train step for a v5p-8 topology, which fits, and for a v5e-1 with a
 batch far too big, which does not.
 
-The TPU compiles run in a subprocess: this process already initialised JAX's CPU backend with 8
-fake devices, and a fresh process gives libtpu its own environment (same result, less coupling).
+The TPU compiles run in other processes: this process already initialised JAX's CPU backend with
+8 fake devices, and a fresh process gives libtpu its own environment (same result, less
+coupling). They are forked from one driver (tests/aot/aot_driver.py) that imports jax and the
+model once, most of a process's start-up.
 """
 import importlib.util
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -94,11 +99,68 @@ def test_per_device_bytes_follow_the_sharding():
   assert aot.split_state_bytes(state) == {"params": 320, "opt_state": 640, "other_state": 10}
 
 
-def _run_aot(*args, timeout=600):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # the fake CPU devices are not needed in the subprocess
-  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.scale.aot", "--config=tiny", *args],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+class AotDriver:
+  """Runs `python -m reasonir_jax.scale.aot --config=tiny ARGS` in a process forked from one
+  driver; `run` gives what a separate process would have: the CompletedProcess (returncode,
+  stdout, stderr)."""
+
+  def __init__(self):
+    self._proc = self._log = None
+
+  def _start(self):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the fake CPU devices are not needed there
+    # The reports measure the TPU compiler: no compilation cache between it and them.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    self._log = tempfile.TemporaryFile()  # what the driver prints between requests
+    self._proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "aot", "aot_driver.py")], cwd=REPO, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        start_new_session=True)  # its own process group: a timeout ends its child too
+
+  def run(self, args, timeout):
+    argv = ["--config=tiny", *args]
+    if self._proc is None or self._proc.poll() is not None:
+      self.close()
+      self._start()
+    self._proc.stdin.write(json.dumps(argv) + "\n")
+    self._proc.stdin.flush()
+    ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+    line = self._proc.stdout.readline() if ready else ""
+    if not line:
+      os.killpg(self._proc.pid, signal.SIGKILL)
+      self._log.seek(0)
+      log = self._log.read().decode(errors="replace")[-3000:]
+      self.close()
+      pytest.fail(f"the AOT driver {'died' if ready else 'timed out'} on {argv}; its "
+                  f"stderr:\n{log}")
+    answer = json.loads(line)
+    return subprocess.CompletedProcess(["aot", *argv], answer["returncode"], answer["stdout"],
+                                       answer["stderr"])
+
+  def close(self):
+    if self._proc is not None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+        self._proc.wait()
+      self._proc.stdout.close()
+      self._log.close()
+    self._proc = self._log = None
+
+
+@pytest.fixture(scope="module")
+def aot_driver():
+  """The module's AOT driver, started on first use (never when libtpu is missing)."""
+  driver = AotDriver()
+  yield driver
+  driver.close()
+
+
+def _run_aot(driver, *args, timeout=600):
+  proc = driver.run(args, timeout)
   lines = proc.stdout.strip().splitlines()
   assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
   try:
@@ -110,9 +172,9 @@ def _run_aot(*args, timeout=600):
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8():
+def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8(aot_driver):
   from reasonir_jax.training import flops
-  proc, r = _run_aot("--topology=v5p-8", "--query_len=32", "--passage_len=64",
+  proc, r = _run_aot(aot_driver, "--topology=v5p-8", "--query_len=32", "--passage_len=64",
                      "--config.mesh.shape=(1,-1,1)", "--config.train.grad_cache_chunk=8")
   assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
   assert set(r) >= {"topology", "chips", "per_chip_bytes", "hbm_bytes", "fits", "flops_per_step",
@@ -142,13 +204,13 @@ def test_tiny_step_with_fsdp_and_grad_cache_compiles_and_fits_on_v5p_8():
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_xla_attention_compiles_without_kernels_and_needs_more_memory():
+def test_xla_attention_compiles_without_kernels_and_needs_more_memory(aot_driver):
   """The kernel path against the XLA one on the same step: splash keeps no [b, k, x, s] score
   tensors, so its temporaries are smaller (queries and passages of 512 tokens)."""
   args = ("--topology=v5p-8", "--query_len=512", "--passage_len=512", "--config.model.head_dim=128")
-  proc, xla = _run_aot(*args, "--config.model.attention=xla")
+  proc, xla = _run_aot(aot_driver, *args, "--config.model.attention=xla")
   assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
-  proc, splash = _run_aot(*args)
+  proc, splash = _run_aot(aot_driver, *args)
   assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
   assert (xla["attention"], xla["kernel_calls"]) == ("xla", 0)
   assert splash["attention"] == "splash" and splash["kernel_calls"] > 0
@@ -157,7 +219,7 @@ def test_xla_attention_compiles_without_kernels_and_needs_more_memory():
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_offload_remat_moves_the_layer_inputs_off_the_chip():
+def test_offload_remat_moves_the_layer_inputs_off_the_chip(aot_driver):
   """remat_policy=offload keeps each layer's input in host memory: 16 layers x 24,576 tokens
   per chip x 64 x fp32 = 96 MiB of them: most of that leaves the temporaries (84 MiB measured)."""
   args = ("--topology=v5p-8", "--query_len=512", "--passage_len=512",
@@ -165,7 +227,7 @@ def test_offload_remat_moves_the_layer_inputs_off_the_chip():
           "--config.model.scan_layers=True")
   temps = {}
   for policy in ("full", "offload"):
-    proc, r = _run_aot(*args, f"--config.model.remat_policy={policy}")
+    proc, r = _run_aot(aot_driver, *args, f"--config.model.remat_policy={policy}")
     assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
     temps[policy] = r["memory"]["activations_temp"]
   assert temps["full"] - temps["offload"] >= 0.75 * 16 * 24576 * 64 * 4
@@ -173,8 +235,8 @@ def test_offload_remat_moves_the_layer_inputs_off_the_chip():
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_too_big_a_batch_does_not_fit_and_exits_3_with_a_hint():
-  proc, r = _run_aot("--topology=v5e-1", "--config.train.global_batch_size=2048",
+def test_too_big_a_batch_does_not_fit_and_exits_3_with_a_hint(aot_driver):
+  proc, r = _run_aot(aot_driver, "--topology=v5e-1", "--config.train.global_batch_size=2048",
                      "--query_len=2048", "--passage_len=2048")
   assert proc.returncode == aot.EXIT_DOES_NOT_FIT, proc.stderr[-3000:]
   assert r["fits"] is False and r["chips"] == 1
@@ -184,8 +246,9 @@ def test_too_big_a_batch_does_not_fit_and_exits_3_with_a_hint():
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_two_slices_put_the_data_axis_across_them():
-  proc, r = _run_aot("--topology=v5p-8", "--num_slices=2", "--query_len=16", "--passage_len=16")
+def test_two_slices_put_the_data_axis_across_them(aot_driver):
+  proc, r = _run_aot(aot_driver, "--topology=v5p-8", "--num_slices=2", "--query_len=16",
+                     "--passage_len=16")
   assert proc.returncode == aot.EXIT_FITS, proc.stderr[-3000:]
   assert (r["topology"], r["chips"]) == ("2xv5p-8", 8)
   assert r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
@@ -193,9 +256,7 @@ def test_two_slices_put_the_data_axis_across_them():
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_a_batch_the_mesh_cannot_split_exits_2():
-  proc = subprocess.run([sys.executable, "-m", "reasonir_jax.scale.aot", "--config=tiny",
-                         "--topology=v5p-8", "--config.train.global_batch_size=6"],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_a_batch_the_mesh_cannot_split_exits_2(aot_driver):
+  proc = aot_driver.run(["--topology=v5p-8", "--config.train.global_batch_size=6"], timeout=300)
   assert proc.returncode == aot.EXIT_BAD_ARGS
   assert "global_batch_size=6 must be a multiple" in proc.stderr
