@@ -1,7 +1,8 @@
 """The local checkpoint tier (training/local_checkpoint.py): a restart on the same hosts resumes
 from each process's own local step when it is newer than the persistent one and ends bitwise
 equal to a run that never stopped; a host whose local disk is empty (a replaced host) makes every
-process fall back to the persistent tier; a partial or foreign local step is never read."""
+process fall back to the persistent tier; a partial or foreign local step is never read. The
+2-process run that never stopped is shared with test_training_multihost_resume.py."""
 import json
 import os
 import shutil
@@ -16,15 +17,12 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from multihost_util import free_port  # noqa: E402  pylint: disable=wrong-import-position
+from multihost_util import (  # noqa: E402  pylint: disable=wrong-import-position
+    TWO_PROCESS_RUN, free_port, uninterrupted_two_process_run)
 
 EVERY = 4  # a persistent save every EVERY steps, a local one on every other step
-# One bucket length (one compilation per run); the sample tokenizer's vocabulary (2048).
-RUN = ["model.num_layers=1", "model.vocab_size=2048", "model.hidden_size=32",
-       "model.intermediate_size=64", "model.head_dim=8", "train.num_steps=8",
-       f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "train.log_every=1",
-       "data.max_length=48", "data.query_max_length=48", "data.passage_max_length=48",
-       "data.bucket_lengths=(48,)", "data.prefetch=0"]
+# 8 steps on a (4,2,1) mesh, one bucket length (one compilation per run).
+RUN = [*TWO_PROCESS_RUN, f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2"]
 
 # argv: coordinator address ("" for one process), process id, process count, workdir, local dir,
 # the step to die at (-1: never), overrides as JSON. At that step the process waits for its own
@@ -105,26 +103,27 @@ def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_pa
   from reasonir_jax import train
   from reasonir_jax.configs import load_config
 
-  overrides = [*RUN, "mesh.shape=(4,2,1)"]
   env = make_child_env(tmp_path)
   workdir, local_dir = tmp_path / "killed", tmp_path / "local"
-  _wait(_start(tmp_path, env, workdir, local_dir, 6, overrides, 1), -signal.SIGKILL)
+  procs = _start(tmp_path, env, workdir, local_dir, 6, RUN, 1)
+  straight = tmp_path / "straight"
+  train.run(load_config("tiny", RUN), str(straight))  # while the child runs
+  _wait(procs, -signal.SIGKILL)
   assert _persistent_steps(workdir) == [4]  # the local step 6 is newer
-  logs = _wait(_start(tmp_path, env, workdir, local_dir, -1, overrides, 1), 0)
+  logs = _wait(_start(tmp_path, env, workdir, local_dir, -1, RUN, 1), 0)
   assert "resumed from the local checkpoint" in logs[0] and "at step 6" in logs[0], logs[0][-3000:]
   assert "training 8 steps from step 6" in logs[0]
-  straight = tmp_path / "straight"
-  train.run(load_config("tiny", overrides), str(straight))
   _assert_same_params(workdir, straight)
 
 
 @pytest.mark.multiprocess
-def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(tmp_path,
-                                                                             make_child_env):
-  overrides = [*RUN, "mesh.shape=(4,2,1)"]
-  env = make_child_env(tmp_path)
-  straight, workdir, local_dir = tmp_path / "straight", tmp_path / "killed", tmp_path / "local"
-  _wait(_start(tmp_path, env, straight, tmp_path / "local_straight", -1, overrides, 2), 0)
+def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(
+    tmp_path, tmp_path_factory, make_child_env):
+  overrides = RUN
+  # One compilation cache for every 2-process run of the session (the same step each time).
+  env = make_child_env(tmp_path_factory.getbasetemp())
+  straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
+  workdir, local_dir = tmp_path / "killed", tmp_path / "local"
   # A crash at step 3, before any persistent checkpoint: both processes resume from local step 3.
   _wait(_start(tmp_path, env, workdir, local_dir, 3, overrides, 2), -signal.SIGKILL)
   assert _persistent_steps(workdir) == []

@@ -1,13 +1,13 @@
 """Multi-host exact resume: a real 2-process jax.distributed CPU `train.run` (real data pipeline,
-Orbax checkpoints) is killed with SIGKILL, restarted, preempted with SIGTERM (both processes stop
-at the sync step JAX's preemption service agrees on, checkpoint it and exit with 75), restarted
-again, and ends bitwise equal to an uninterrupted 2-process run and equal (rtol 1e-5) to a
-1-process run fed the same global batches. Each process restores its own data-iterator state;
-resuming on another process count fails with an error that says what to do."""
+Orbax checkpoints) is killed with SIGKILL (once its step-2 checkpoint is committed), restarted,
+preempted with SIGTERM (both processes stop at the sync step JAX's preemption service agrees on,
+checkpoint it and exit with 75), restarted again, and ends bitwise equal to an uninterrupted
+2-process run (shared with the local checkpoint tier's test) and equal (rtol 1e-5) to a 1-process
+run fed the same global batches. Each process restores its own data-iterator state; resuming on
+another process count fails with an error that says what to do."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,18 +18,14 @@ import pytest
 import jax
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# One bucket length: every batch has one shape (one compilation per run).
-# The sample tokenizer's vocabulary (2048): a smaller embedding would turn its ids into NaNs.
-OVERRIDES = ["model.num_layers=1", "model.vocab_size=2048", "model.hidden_size=32",
-             "model.intermediate_size=64", "model.head_dim=8", "mesh.shape=(4,2,1)",
-             "train.num_steps=8", "checkpoint.every_steps=2", "checkpoint.keep=5",
-             "train.log_every=1", "data.max_length=48", "data.query_max_length=48",
-             "data.passage_max_length=48", "data.bucket_lengths=(48,)", "data.prefetch=0",
-             # Adam turns float noise in a near-zero gradient into an update of up to lr: a
-             # small lr keeps the 1- vs 2-process difference under rtol 1e-5 (other data would
-             # still move most parameters by ~lr, far beyond it).
-             "optim.lr=1e-5"]
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from multihost_util import (  # noqa: E402  pylint: disable=wrong-import-position
+    TWO_PROCESS_RUN, free_port, uninterrupted_two_process_run)
 
+OVERRIDES = [*TWO_PROCESS_RUN, "checkpoint.every_steps=2", "checkpoint.keep=5"]
+
+# SIGKILL: a crash at step kill_at once the last checkpoint before it is committed (where the
+# restart must resume). SIGTERM: the preemption notice every host of a slice gets.
 CHILD = textwrap.dedent("""
     import json, os, signal, sys, time
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -41,28 +37,28 @@ CHILD = textwrap.dedent("""
     distributed.initialize(address, 2, pid)
     from reasonir_jax import train
     from reasonir_jax.configs import load_config
+    config = load_config("tiny", overrides)
+    every = config.checkpoint.every_steps
+    committed = os.path.join(workdir, "checkpoints", str(kill_at // every * every))
     def callback(step, state, metrics):
       if step == kill_at:  # both processes, as a preempted slice's hosts each get SIGTERM
+        deadline = time.monotonic() + 300
+        while sig == signal.SIGKILL and not os.path.isdir(committed) and time.monotonic() < deadline:
+          time.sleep(0.02)
         os.kill(os.getpid(), sig)
       if sig == signal.SIGTERM and step >= kill_at:
         # The preemption notice reaches the other process asynchronously; real steps take
         # seconds, these take milliseconds and could finish the run before the sync step.
         time.sleep(1.0)
-    train.run(load_config("tiny", overrides), workdir, step_callback=callback)
+    train.run(config, workdir, step_callback=callback)
     """)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _two_processes(tmp_path, env, workdir, kill_at, sig="SIGKILL"):
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   env = {k: v for k, v in env.items() if k != "XLA_FLAGS"}
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   return [subprocess.Popen([sys.executable, str(script), address, str(pid), str(workdir),
                             str(kill_at), json.dumps(OVERRIDES), sig], env=env, cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -112,7 +108,8 @@ def _params(workdir, step=None):
 
 
 @pytest.mark.multiprocess
-def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_child_env):
+def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, tmp_path_factory,
+                                                             make_child_env):
   from reasonir_jax import sharding as shd
   from reasonir_jax import train
   from reasonir_jax.configs import load_config
@@ -120,10 +117,20 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_chil
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer
 
-  env = make_child_env(tmp_path)
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  _wait(_two_processes(tmp_path, env, straight, -1), (0,))
-  _wait(_two_processes(tmp_path, env, killed, 3), (-signal.SIGKILL,))
+  # One compilation cache for every 2-process run of the session (the same step each time).
+  env = make_child_env(tmp_path_factory.getbasetemp())
+  straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
+  killed = tmp_path / "killed"
+  procs = _two_processes(tmp_path, env, killed, 3)
+  # One process, 8 devices, the same global batches, trained here while the children run.
+  cfg = load_config("tiny", OVERRIDES)
+  trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
+  one = tmp_path / "one"
+  tokenizer = train.resolve_tokenizer(cfg)
+  data = TrainIterator(_SameBatchesAsTwoProcesses(cfg, tokenizer), trainer.mesh,
+                       trainer.batch_sharding.spec, process_count=1)
+  train.run(cfg, str(one), data_iterator=data)
+  _wait(procs, (-signal.SIGKILL,))
   manager = ckpt_lib.CheckpointManager(str(killed))
   assert manager.latest_step() == 2, manager.all_steps()
   # Each process wrote its own iterator state (Grain's item), and they differ (their shares).
@@ -131,8 +138,6 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_chil
             for i in (0, 1)]
   assert [s["process_index"] for s in states] == [0, 1]
   # Restoring a 2-process checkpoint in 1 process says what to do.
-  cfg = load_config("tiny", OVERRIDES)
-  trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
   with pytest.raises(ValueError, match="written by 2 processes.*resume with 2 processes"):
     manager.restore(trainer.abstract_state())
   manager.close()
@@ -151,12 +156,7 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_chil
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
-  # One process, 8 devices, the same global batches: the same parameters up to float rounding.
-  one = tmp_path / "one"
-  tokenizer = train.resolve_tokenizer(cfg)
-  data = TrainIterator(_SameBatchesAsTwoProcesses(cfg, tokenizer), trainer.mesh,
-                       trainer.batch_sharding.spec, process_count=1)
-  train.run(cfg, str(one), data_iterator=data)
+  # The 1-process run: the same parameters up to float rounding.
   single = _params(one)
   early = _params(killed, 2)  # 6 steps earlier: far outside the tolerance (the check can fail)
   assert sum(not np.allclose(early[n], want[n], rtol=1e-5, atol=1e-5 * float(np.abs(want[n]).max()))
