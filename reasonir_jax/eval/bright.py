@@ -68,8 +68,7 @@ def corpus_embeddings(encoder, model_key: str, task: str, doc_ids, docs, *, max_
   """The task corpus's document embeddings, from the cache or encoded into it. The key is the
   corpus content, not the task: tasks sharing a corpus (aops, theoremqa_questions) share an entry."""
   fingerprint = cache.corpus_fingerprint(doc_ids, docs)
-  key = {"model": model_key, "corpus": fingerprint, "max_length": max_length, "template": "document",
-         **cache.encoder_key(encoder)}
+  key = cache.document_key(model_key, fingerprint, max_length, encoder)
   entry = cache.EmbeddingCache(cache_dir, key, chunk_size=chunk_size,
                                name=f"corpus-{fingerprint[:12]}-{max_length}", storage_dtype=cache_dtype)
 

@@ -55,6 +55,13 @@ def encoder_key(encoder) -> dict:
   return key
 
 
+def document_key(model_key: str, fingerprint: str, max_length: int, encoder) -> dict:
+  """The cache key of a corpus's document embeddings (no instruction): one for eval.bright and
+  the datastore, so both find the same entry for the same model, corpus and encoder."""
+  return {"model": model_key, "corpus": fingerprint, "max_length": max_length,
+          "template": "document", **encoder_key(encoder)}
+
+
 def corpus_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
   h = hashlib.sha256()
   for i, t in zip(ids, texts):

@@ -148,9 +148,8 @@ class Datastore:
                  cache_dir: str = "", chunk_size: int = 8192,
                  cache_dtype: str = cache.DEFAULT_STORAGE_DTYPE) -> cache.ChunkedEmbeddings:
     """Document embeddings (no instruction), from the cache or encoded into it (resumable)."""
-    key = {"model": model_key, "corpus": cache.corpus_fingerprint(self.ids, self.texts),
-           "max_length": max_length, "template": "document",
-           **cache.encoder_key(encoder)}
+    key = cache.document_key(model_key, cache.corpus_fingerprint(self.ids, self.texts),
+                             max_length, encoder)
     store = cache.EmbeddingCache(cache_dir or os.path.join(self.dir, "embeddings"), key,
                                  chunk_size=chunk_size, name=f"datastore-{max_length}", storage_dtype=cache_dtype)
     return store.get_or_encode(self.texts, lambda t: encoder.encode(
