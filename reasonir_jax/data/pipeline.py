@@ -127,7 +127,7 @@ class TrainIterator(grain.DatasetIterator):
 
   def set_state(self, state):
     self._buffer = []
-    self.host_iter.set_state(json.loads(state) if isinstance(state, (bytes, str)) else state)
+    self.host_iter.set_state(state)  # both host iterators also take the JSON form
     self._state, self._host_stats = self.host_iter.get_state(), self.host_iter.stats()
 
   def stats(self):

@@ -68,11 +68,11 @@ def set_data_state(data_iterator, data_state: Any) -> None:
   data_iterator.set_state(data_state)
 
 
-def _write_data_state(folder: str, data_state: Any) -> None:
-  """Grain's checkpoint handler writes this process's file, `data/process_<i>-of-<n>.json`."""
+def _write_data_state(folder: str, data_args) -> None:
+  """Grain's checkpoint handler writes this process's file, `data/process_<i>-of-<n>.json`
+  (`data_args`: `data_iterator_args` of the state, made when the save started)."""
   os.makedirs(os.path.join(folder, DATA_ITEM))
-  grain.checkpoint.CheckpointHandler().save(epath.Path(folder) / DATA_ITEM,
-                                            args=data_iterator_args(data_state))
+  grain.checkpoint.CheckpointHandler().save(epath.Path(folder) / DATA_ITEM, args=data_args)
   for name in os.listdir(os.path.join(folder, DATA_ITEM)):
     with open(os.path.join(folder, DATA_ITEM, name), "rb+") as f:
       os.fsync(f.fileno())
@@ -189,14 +189,14 @@ class LocalCheckpointTier:
                 "process_index": jax.process_index(), "process_count": jax.process_count(),
                 "bytes": int(sum(b.nbytes for b in buffers)), "arrays": entries,
                 "has_data_state": data_state is not None}
-    # A snapshot now: the iterator moves on while the writer runs.
-    data_state = json.loads(json.dumps(data_state))
-    self._writer = threading.Thread(target=self._write, args=(manifest, buffers, data_state),
-                                    daemon=True,
-                                    name="local-checkpoint-writer")
+    # The item's args hold a snapshot of the state taken now: the iterator moves on while the
+    # writer runs.
+    data_args = data_iterator_args(data_state) if data_state is not None else None
+    self._writer = threading.Thread(target=self._write, args=(manifest, buffers, data_args),
+                                    daemon=True, name="local-checkpoint-writer")
     self._writer.start()
 
-  def _write(self, manifest: dict, buffers: list[np.ndarray], data_state: Any) -> None:
+  def _write(self, manifest: dict, buffers: list[np.ndarray], data_args) -> None:
     start = time.monotonic()
     step = manifest["step"]
     final = os.path.join(self.directory, str(step))
@@ -209,8 +209,8 @@ class LocalCheckpointTier:
           f.write(b.reshape(-1).view(np.uint8).data)
         f.flush()
         os.fsync(f.fileno())
-      if data_state is not None:
-        _write_data_state(partial, data_state)
+      if data_args is not None:
+        _write_data_state(partial, data_args)
       with open(os.path.join(partial, MANIFEST), "w") as f:
         json.dump(manifest, f)
         f.flush()
