@@ -57,10 +57,9 @@ def small_model_overrides():
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def child_env(tmp_path):
+def child_env():
   """Environment of a child training process: the repo importable, and the test run's persistent
   compilation cache (tests/conftest.py; a restarted run reuses the first one's compiles)."""
-  del tmp_path  # the cache is the run's, no longer one per test
   return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

@@ -41,7 +41,7 @@ def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_
 
   overrides = [*small_model_overrides, *RUN_OVERRIDES]
   killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-  env = make_child_env(tmp_path)
+  env = make_child_env()
   # Runs while the reference trains here.
   proc = start_child_trainer(CHILD, overrides, killed_dir, 5, tmp_path, env)
   reference = train.run(make_tiny_config(*RUN_OVERRIDES), str(straight_dir))

@@ -103,7 +103,7 @@ def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_pa
   from reasonir_jax import train
   from reasonir_jax.configs import load_config
 
-  env = make_child_env(tmp_path)
+  env = make_child_env()
   workdir, local_dir = tmp_path / "killed", tmp_path / "local"
   procs = _start(tmp_path, env, workdir, local_dir, 6, RUN, 1)
   straight = tmp_path / "straight"
@@ -120,8 +120,7 @@ def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_pa
 def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(
     tmp_path, tmp_path_factory, make_child_env):
   overrides = RUN
-  # One compilation cache for every 2-process run of the session (the same step each time).
-  env = make_child_env(tmp_path_factory.getbasetemp())
+  env = make_child_env()
   straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
   workdir, local_dir = tmp_path / "killed", tmp_path / "local"
   # A crash at step 3, before any persistent checkpoint: both processes resume from local step 3.

@@ -117,8 +117,7 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, tmp_path_
   from reasonir_jax.training import checkpoint as ckpt_lib
   from reasonir_jax.training.step import build_trainer
 
-  # One compilation cache for every 2-process run of the session (the same step each time).
-  env = make_child_env(tmp_path_factory.getbasetemp())
+  env = make_child_env()
   straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
   killed = tmp_path / "killed"
   procs = _two_processes(tmp_path, env, killed, 3)

@@ -46,7 +46,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(make_tiny_config, tmp_
 
   overrides = [*small_model_overrides, *RUN_OVERRIDES]
   workdir = tmp_path / "preempted"
-  env = make_child_env(tmp_path)
+  env = make_child_env()
   proc = start_child_trainer(CHILD, overrides, workdir, 3, tmp_path, env)  # SIGTERM at step 3
   reference = train.run(make_tiny_config(*RUN_OVERRIDES), str(tmp_path / "straight"))
   first = proc.communicate(timeout=600)[0]
@@ -125,7 +125,7 @@ def test_a_save_that_cannot_fit_the_grace_window_never_costs_a_complete_checkpoi
   from reasonir_jax.training.preemption import EXIT_PREEMPTED
 
   workdir = tmp_path / "spot"
-  env = make_child_env(tmp_path)
+  env = make_child_env()
 
   def start(grace, commit_seconds, term_at=-1, die_in_commit_of=-1):
     overrides = [*small_model_overrides, *SLOW_OVERRIDES,

@@ -82,7 +82,7 @@ def test_train_kill_resume_export_on_a_bucket(bucket, make_tiny_config, small_mo
   # Killed with SIGKILL at step 7, right after its step-6 checkpoint (where a run to gs:// once
   # hung on its TensorBoard upload); the local reference trains meanwhile.
   child = start_child_trainer(CHILD, [*small_model_overrides, *run], workdir, 7, tmp_path,
-                              make_child_env(tmp_path))
+                              make_child_env())
   local = train.run(make_tiny_config(*RUN, "train.num_steps=8",
                                      f"data.sources=remote={default_sample_tfrecords()}"),
                     str(tmp_path / "local"))
