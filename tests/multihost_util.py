@@ -1,9 +1,12 @@
 """Shared by tests that start 2 real jax.distributed processes: a random global batch, the rows
 of it one process supplies, a free coordinator port, and the uninterrupted 2-process training run
-that several resume tests compare against (run once per pytest session). Child processes import
+that several resume tests compare against (run once per pytest run). Child processes import
 it too (the spawning test puts tests/ on their PYTHONPATH)."""
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +37,14 @@ def local_rows(sharding, x):
   return np.concatenate([x[a:b] for a, b in blocks])
 
 
+def two_process_env(env) -> dict:
+  """`env` for one process of a 2-process run: the test run's XLA flags, with 4 fake CPU devices
+  (each process's share of the 8-device mesh) instead of the parent's 8."""
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return {**env, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=4"])}
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -55,7 +66,6 @@ TWO_PROCESS_RUN = ["model.num_layers=1", "model.vocab_size=2048", "model.hidden_
 # argv: coordinator address, process id, workdir, overrides as JSON.
 TRAIN_CHILD = textwrap.dedent("""
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     from reasonir_jax.training import distributed
     address, pid, workdir, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
@@ -65,26 +75,31 @@ TRAIN_CHILD = textwrap.dedent("""
     train.run(load_config("tiny", overrides), workdir)
     """)
 
-_UNINTERRUPTED = {}
-
-
-def uninterrupted_two_process_run(tmp_path_factory, env, overrides) -> str:
-  """The workdir of a 2-process `train.run` of `overrides` that never stopped: trained the
-  first time these overrides are asked for in this pytest session, shared after (a read-only
-  reference for the tests that resume 2-process runs)."""
+def uninterrupted_two_process_run(env, overrides) -> str:
+  """The workdir of a 2-process `train.run` of `overrides` that never stopped: trained the first
+  time a test of this pytest run asks for these overrides, shared after, also across
+  pytest-xdist workers (a read-only reference for the tests that resume 2-process runs). A lock
+  file makes a second asker wait for the run rather than train it again."""
   key = json.dumps(overrides)
-  if key not in _UNINTERRUPTED:
-    workdir = tmp_path_factory.mktemp("uninterrupted_two_process")
-    script = workdir / "child.py"
-    script.write_text(TRAIN_CHILD)
-    env = {k: v for k, v in env.items() if k != "XLA_FLAGS"}
-    address = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, str(script), address, str(pid),
-                               str(workdir / "run"), key], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for pid in (0, 1)]
-    for p in procs:
-      log = p.communicate(timeout=900)[0]
-      assert p.returncode == 0, log[-4000:]
-    _UNINTERRUPTED[key] = str(workdir / "run")
-  return _UNINTERRUPTED[key]
+  root = os.path.join(os.environ["REASONIR_JAX_TEST_RUN_DIR"], "uninterrupted_two_process",
+                      hashlib.sha1(key.encode()).hexdigest()[:16])
+  os.makedirs(root, exist_ok=True)
+  workdir, done = os.path.join(root, "run"), os.path.join(root, "done")
+  with open(os.path.join(root, "lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(done):
+      shutil.rmtree(workdir, ignore_errors=True)  # an asker that failed part-way
+      script = os.path.join(root, "child.py")
+      with open(script, "w") as f:
+        f.write(TRAIN_CHILD)
+      env = two_process_env(env)
+      address = f"127.0.0.1:{free_port()}"
+      procs = [subprocess.Popen([sys.executable, script, address, str(pid), workdir, key],
+                                env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for pid in (0, 1)]
+      for p in procs:
+        log = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, log[-4000:]
+      open(done, "w").close()
+  return workdir

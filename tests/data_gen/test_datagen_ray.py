@@ -55,6 +55,7 @@ def _factory(base_url, kill_marker, built_log=None):
   return make
 
 
+@pytest.mark.slow
 def test_ray_run_survives_a_killed_worker_exactly_once(local_ray, tmp_path):
   inputs = []
   for f in range(2):  # two files, read in blocks by Ray

@@ -293,6 +293,7 @@ def test_remote_hf_dir_loads_sharded_and_exports(encoder, export_dir, gcs_emulat
       assert f.read() == open(os.path.join(export_dir, name), "rb").read(), name
 
 
+@pytest.mark.slow
 def test_export_cli_from_and_to_a_bucket(encoder, tokenizer_dir, tmp_path, gcs_emulator):
   # `python -m reasonir_jax.export` as users run it, in its own process: a training workdir in
   # a bucket (Orbax through gcsfs and TensorStore's gcs driver) exported to the bucket (gcsfs),

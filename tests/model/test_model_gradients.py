@@ -42,6 +42,7 @@ def test_attention_vjp_matches_autodiff(groups):
     np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_encoder_parameter_gradients_match_transformers(tmp_path, hf_model_factory):
   """d(sum of pooled embeddings . w)/d(every weight), ours against PyTorch autograd."""
   import jax

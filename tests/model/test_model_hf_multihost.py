@@ -13,11 +13,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(REPO, "tests")
 sys.path.insert(0, TESTS)  # multihost_util, for this process and (via PYTHONPATH) the children
-from multihost_util import free_port  # noqa: E402  pylint: disable=wrong-import-position
+from multihost_util import free_port, two_process_env  # noqa: E402  pylint: disable=wrong-import-position
 OVERRIDES = ["mesh.shape=(1,8,1)", "model.scan_layers=True", "optim.lr=1e-3"]
 
 # Shared by the child processes and the single-process reference.
@@ -91,7 +92,6 @@ COMMON = textwrap.dedent("""
 
 CHILD = textwrap.dedent("""
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     from reasonir_jax.training import distributed
     address, pid, hf_dir, out_dir, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
@@ -125,6 +125,7 @@ def _published_checkpoint(hf_model_factory, path):
   return cfg
 
 
+@pytest.mark.multiprocess
 def test_two_process_import_train_export_matches_one_process(hf_model_factory, tmp_path):
   from safetensors.numpy import load_file
   hf_dir = str(tmp_path / "published")
@@ -138,7 +139,7 @@ def test_two_process_import_train_export_matches_one_process(hf_model_factory, t
   two_dir = str(tmp_path / "two" / "export")
   os.makedirs(os.path.dirname(two_dir))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
-  env.pop("XLA_FLAGS", None)
+  env = two_process_env(env)
   address = f"127.0.0.1:{free_port()}"
   procs = [subprocess.Popen([sys.executable, str(script), address, str(pid), hf_dir, two_dir,
                              json.dumps(OVERRIDES)], env=env, cwd=REPO, stdout=subprocess.PIPE,

@@ -77,6 +77,7 @@ def test_reference_and_ours_are_bidirectional(tmp_path, hf_model_factory):
   np.testing.assert_allclose(o1, r1.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scan_and_remat_switches_give_same_numbers_and_grads(hf_dir):
   import jax.numpy as jnp
   from flax import nnx

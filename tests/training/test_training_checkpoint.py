@@ -31,6 +31,7 @@ CHILD = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact_and_restores_onto_another_mesh(make_tiny_config, tmp_path,
                                                                       small_model_overrides,
                                                                       make_child_env,

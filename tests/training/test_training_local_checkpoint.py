@@ -18,7 +18,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from multihost_util import (  # noqa: E402  pylint: disable=wrong-import-position
-    TWO_PROCESS_RUN, free_port, uninterrupted_two_process_run)
+    TWO_PROCESS_RUN, free_port, two_process_env, uninterrupted_two_process_run)
 
 EVERY = 4  # a persistent save every EVERY steps, a local one on every other step
 # 8 steps on a (4,2,1) mesh, one bucket length (one compilation per run).
@@ -36,7 +36,6 @@ CHILD = textwrap.dedent(f"""
         sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5],
         int(sys.argv[6]), json.loads(sys.argv[7]))
     if address:
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
       from reasonir_jax.training import distributed
       distributed.initialize(address, count, pid)
     from reasonir_jax import train
@@ -60,7 +59,7 @@ def _start(tmp_path, env, workdir, local_dir, kill_at, overrides, processes):
   script.write_text(CHILD)
   address = f"127.0.0.1:{free_port()}" if processes > 1 else ""
   if processes > 1:
-    env = {k: v for k, v in env.items() if k != "XLA_FLAGS"}
+    env = two_process_env(env)
   return [subprocess.Popen([sys.executable, str(script), address, str(pid), str(processes),
                             str(workdir), str(local_dir), str(kill_at), json.dumps(overrides)],
                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -118,10 +117,10 @@ def test_sigkill_resumes_from_the_newer_local_step_and_ends_bitwise_equal(tmp_pa
 
 @pytest.mark.multiprocess
 def test_two_processes_use_the_local_tier_and_fall_back_when_a_host_lost_it(
-    tmp_path, tmp_path_factory, make_child_env):
+    tmp_path, make_child_env):
   overrides = RUN
   env = make_child_env()
-  straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
+  straight = uninterrupted_two_process_run(env, TWO_PROCESS_RUN)
   workdir, local_dir = tmp_path / "killed", tmp_path / "local"
   # A crash at step 3, before any persistent checkpoint: both processes resume from local step 3.
   _wait(_start(tmp_path, env, workdir, local_dir, 3, overrides, 2), -signal.SIGKILL)

@@ -7,11 +7,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)  # multihost_util, for this process and (via PYTHONPATH) the children
-from multihost_util import free_port  # noqa: E402  pylint: disable=wrong-import-position
+from multihost_util import free_port, two_process_env  # noqa: E402  pylint: disable=wrong-import-position
 
 OVERRIDES = ["model.num_layers=1", "model.vocab_size=256", "model.hidden_size=32",
              "model.intermediate_size=64", "model.head_dim=8", "mesh.shape=(2,4,1)"]
@@ -43,7 +44,6 @@ COMMON = textwrap.dedent("""
 
 CHILD = textwrap.dedent("""
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     from reasonir_jax.training import distributed
     address, pid, out, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
@@ -57,13 +57,14 @@ CHILD = textwrap.dedent("""
     """)
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_process(tmp_path):
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   out = tmp_path / "two_process.npz"
   env = dict(os.environ,
              PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
-  env.pop("XLA_FLAGS", None)
+  env = two_process_env(env)
   address = f"127.0.0.1:{free_port()}"
   procs = [subprocess.Popen([sys.executable, str(script), address, str(pid), str(out),
                              json.dumps(OVERRIDES)], env=env, cwd=REPO, stdout=subprocess.PIPE,

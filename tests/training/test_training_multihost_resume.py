@@ -20,7 +20,7 @@ import jax
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from multihost_util import (  # noqa: E402  pylint: disable=wrong-import-position
-    TWO_PROCESS_RUN, free_port, uninterrupted_two_process_run)
+    TWO_PROCESS_RUN, free_port, two_process_env, uninterrupted_two_process_run)
 
 OVERRIDES = [*TWO_PROCESS_RUN, "checkpoint.every_steps=2", "checkpoint.keep=5"]
 
@@ -28,7 +28,6 @@ OVERRIDES = [*TWO_PROCESS_RUN, "checkpoint.every_steps=2", "checkpoint.keep=5"]
 # restart must resume). SIGTERM: the preemption notice every host of a slice gets.
 CHILD = textwrap.dedent("""
     import json, os, signal, sys, time
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     from reasonir_jax.training import distributed
     address, pid, workdir, kill_at, overrides, sig = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
@@ -57,7 +56,7 @@ CHILD = textwrap.dedent("""
 def _two_processes(tmp_path, env, workdir, kill_at, sig="SIGKILL"):
   script = tmp_path / "child.py"
   script.write_text(CHILD)
-  env = {k: v for k, v in env.items() if k != "XLA_FLAGS"}
+  env = two_process_env(env)
   address = f"127.0.0.1:{free_port()}"
   return [subprocess.Popen([sys.executable, str(script), address, str(pid), str(workdir),
                             str(kill_at), json.dumps(OVERRIDES), sig], env=env, cwd=REPO,
@@ -108,8 +107,7 @@ def _params(workdir, step=None):
 
 
 @pytest.mark.multiprocess
-def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, tmp_path_factory,
-                                                             make_child_env):
+def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, make_child_env):
   from reasonir_jax import sharding as shd
   from reasonir_jax import train
   from reasonir_jax.configs import load_config
@@ -118,7 +116,7 @@ def test_two_process_resume_is_exact_and_matches_one_process(tmp_path, tmp_path_
   from reasonir_jax.training.step import build_trainer
 
   env = make_child_env()
-  straight = uninterrupted_two_process_run(tmp_path_factory, env, TWO_PROCESS_RUN)
+  straight = uninterrupted_two_process_run(env, TWO_PROCESS_RUN)
   killed = tmp_path / "killed"
   procs = _two_processes(tmp_path, env, killed, 3)
   # One process, 8 devices, the same global batches, trained here while the children run.

@@ -34,6 +34,7 @@ class _Poisoning:
     return getattr(self.inner, name)
 
 
+@pytest.mark.slow
 def test_nan_batches_are_skipped_then_stop_the_run_with_a_finite_checkpoint(
     make_tiny_config, tmp_path, poisoned_encoder, monkeypatch, capsys):
   from reasonir_jax import train

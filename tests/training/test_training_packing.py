@@ -49,6 +49,7 @@ def _assert_same(a, b, rtol=1e-5):
 
 
 @pytest.mark.parametrize("shape", MESH_SHAPES)
+@pytest.mark.slow
 def test_packed_loss_and_grads_equal_padded(make_tiny_config, make_random_batch, shape):
   batch = make_random_batch(16, 3, 8, 12, seed=1)
   params = _host_params(make_tiny_config())
@@ -58,6 +59,7 @@ def test_packed_loss_and_grads_equal_padded(make_tiny_config, make_random_batch,
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)])
+@pytest.mark.slow
 def test_packed_grad_cache_equals_padded_full_batch(make_tiny_config, make_random_batch, shape):
   batch = make_random_batch(32, 3, 8, 12, seed=2)
   params = _host_params(make_tiny_config())
@@ -180,6 +182,7 @@ def _last_token(batch):
 
 
 @pytest.mark.parametrize("shape,chunk", [((1, 8, 1), 0), ((2, 2, 2), 0), ((2, 4, 1), 16)])
+@pytest.mark.slow
 def test_causal_last_token_packed_equals_padded(make_tiny_config, make_random_batch, shape,
                                                 chunk):
   # A packed text attends causally within its own segment only and pools its own last token:

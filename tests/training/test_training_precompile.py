@@ -3,6 +3,7 @@ import logging
 
 import jax
 import numpy as np
+import pytest
 
 RUN = ["model.vocab_size=2048", "mesh.shape=(4,2,1)", "train.num_steps=8",
        "checkpoint.every_steps=100", "train.log_every=1", "data.max_length=64",
@@ -23,6 +24,7 @@ class _Compiles(logging.Handler):
       self.lines.append((self.step, msg))
 
 
+@pytest.mark.slow
 def test_every_step_shape_is_compiled_before_the_first_step(make_tiny_config, tmp_path):
   from reasonir_jax import train
   from reasonir_jax.training.step import step_shapes

@@ -67,6 +67,7 @@ def _upload_sample(prefix):
 
 
 @pytest.mark.timeout(500)
+@pytest.mark.slow
 def test_train_kill_resume_export_on_a_bucket(bucket, make_tiny_config, small_model_overrides,
                                               make_child_env, start_child_trainer, tmp_path, capsys,
                                               monkeypatch):

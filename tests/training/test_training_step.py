@@ -82,6 +82,7 @@ def test_bad_mesh_or_batch_is_a_clear_error(make_tiny_config):
     build_trainer(cfg, shd.make_mesh(cfg.mesh))
 
 
+@pytest.mark.slow
 def test_steps_lower_the_loss_on_a_fixed_batch(make_tiny_config, make_random_batch):
   cfg = make_tiny_config("mesh.shape=(8,1,1)", "optim.warmup_ratio=0.0", "train.num_steps=8")
   trainer = build_trainer(cfg, shd.make_mesh(cfg.mesh))
@@ -99,6 +100,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(make_tiny_config, make_random_bat
 
 
 @pytest.mark.parametrize("grad_cache_chunk", [0, 8])
+@pytest.mark.slow
 def test_a_non_finite_step_changes_nothing_and_the_next_step_updates_normally(
     make_tiny_config, make_random_batch, poisoned_encoder, grad_cache_chunk):
   """Parameters and optimiser state bitwise unchanged after a NaN batch, the skip flagged, and

@@ -116,6 +116,7 @@ def test_trainer_weighted_loss_equals_the_direct_reference(make_tiny_config, mak
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2)])
+@pytest.mark.slow
 def test_weighted_grad_cache_and_packing_equal_full_batch_on_every_mesh(make_tiny_config, make_random_batch,
                                                                         shape):
   batch = _weighted_batch(make_random_batch)
